@@ -1,3 +1,18 @@
-"""pcattn: vector and scalar self-attention for 3D point clouds."""
+"""pcattn: vector and scalar self-attention for 3D point clouds.
+
+>>> from pcattn import VectorSelfAttention, ScalarSelfAttention
+"""
+
+from .attention import AttentionMap, ScalarSelfAttention, VectorSelfAttention
+from .geometry import farthest_point_sampling, knn
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "VectorSelfAttention",
+    "ScalarSelfAttention",
+    "AttentionMap",
+    "knn",
+    "farthest_point_sampling",
+    "__version__",
+]
