@@ -1,0 +1,144 @@
+"""Point Transformer building blocks on flat point batches.
+
+All blocks take flat rows, ``x (N, C)``, ``pos (N, 3)`` and a sorted ``batch (N,)``
+(see :mod:`pcattn.geometry` to convert dense ``(B, P, C)`` input).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import ScalarSelfAttention, VectorSelfAttention
+from .geometry import farthest_point_sampling, knn
+
+__all__ = ["make_attention", "PointTransformerBlock", "TransitionDown", "TransitionUp", "Downsampled"]
+
+
+def make_attention(attention: str, in_channels: int, out_channels: int, k: int = 16,
+                   groups: Optional[int] = None, heads: int = 4, **kwargs) -> nn.Module:
+    """Build a :class:`VectorSelfAttention` (``attention="vector"``) or :class:`ScalarSelfAttention` (``"scalar"``).
+
+    ``groups`` is used by vector attention, ``heads`` by scalar attention; other keyword
+    arguments go to the layer (e.g. ``positional_encoding``, ``relation``, ``normalization``).
+    """
+    if attention == "vector":
+        return VectorSelfAttention(in_channels, out_channels, k=k, groups=groups, **kwargs)
+    if attention == "scalar":
+        return ScalarSelfAttention(in_channels, out_channels, k=k, heads=heads, **kwargs)
+    raise ValueError(f"attention must be 'vector' or 'scalar', got {attention!r}")
+
+
+class PointTransformerBlock(nn.Module):
+    r"""Residual Point Transformer block: linear, self-attention, linear, with normalisation.
+
+    .. math::
+        \mathbf{h} = \mathrm{ReLU}(\mathrm{BN}(W_1 \mathbf{x})),\quad
+        \mathbf{h} = \mathrm{ReLU}(\mathrm{BN}(\mathrm{Attn}(\mathbf{h}, \mathbf{p}))),\quad
+        \mathbf{y} = \mathrm{ReLU}(\mathbf{x} + \mathrm{BN}(W_3 \mathbf{h}))
+
+    Args:
+        channels: feature size ``C`` (kept).
+        attention: ``"vector"`` or ``"scalar"``.
+        k, groups, heads, **attention_kwargs: passed to the attention layer.
+
+    Shapes: ``x (N, C)``, ``pos (N, 3)``, ``batch (N,)``, ``neighbors (N, K)`` (optional,
+    computed by kNN when omitted; pass it to share one kNN between blocks) -> ``(N, C)``.
+    """
+
+    def __init__(self, channels: int, attention: str = "vector", k: int = 16,
+                 groups: Optional[int] = None, heads: int = 4, **attention_kwargs):
+        super().__init__()
+        self.linear1 = nn.Linear(channels, channels, bias=False)
+        self.norm1 = nn.BatchNorm1d(channels)
+        self.attention = make_attention(attention, channels, channels, k=k, groups=groups, heads=heads,
+                                        **attention_kwargs)
+        self.norm2 = nn.BatchNorm1d(channels)
+        self.linear3 = nn.Linear(channels, channels, bias=False)
+        self.norm3 = nn.BatchNorm1d(channels)
+
+    def forward(self, x: Tensor, pos: Tensor, batch: Optional[Tensor] = None,
+                neighbors: Optional[Tensor] = None) -> Tensor:
+        h = F.relu(self.norm1(self.linear1(x)))
+        h = F.relu(self.norm2(self.attention(h, pos, batch, neighbors)))
+        h = self.norm3(self.linear3(h))
+        return F.relu(x + h)
+
+
+class Downsampled(NamedTuple):
+    """Output of :class:`TransitionDown`: the kept points and their features."""
+
+    x: Tensor        # (M, C_out)
+    pos: Tensor      # (M, 3)
+    batch: Tensor    # (M,)
+    index: Tensor    # (M,) rows of the input that were kept
+
+
+class TransitionDown(nn.Module):
+    r"""Farthest point sampling to ``1/stride`` of each cloud, then kNN pooling.
+
+    For each kept point ``i`` and its ``k`` nearest input points ``j``:
+
+    .. math::
+        \mathbf{y}_i = \max_j \mathrm{ReLU}\big(\mathrm{BN}(W [\mathbf{p}_j - \mathbf{p}_i, \mathbf{x}_j] + b)\big)
+
+    The linear map is applied to the points before grouping (it is linear, so
+    ``W [p_j - p_i, x_j] = W [p_j, x_j] - W_p p_i``), which avoids an ``(M, k, C_in + 3)`` tensor.
+    Empty slots of clouds smaller than ``k`` repeat the nearest neighbour (a no-op for the max).
+
+    Shapes: ``x (N, C_in)``, ``pos (N, 3)``, ``batch (N,)`` -> :class:`Downsampled` with
+    ``M = sum over clouds of ceil(n_cloud / stride)`` rows.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 4, k: int = 16):
+        super().__init__()
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        self.stride, self.k = stride, k
+        self.linear = nn.Linear(in_channels + 3, out_channels, bias=False)
+        self.norm = nn.BatchNorm1d(out_channels)
+
+    def forward(self, x: Tensor, pos: Tensor, batch: Tensor) -> Downsampled:
+        index = farthest_point_sampling(pos, ratio=1.0 / self.stride, batch=batch)
+        pos_out, batch_out = pos[index], batch[index]
+        neighbors = knn(pos, self.k, batch, query=pos_out, query_batch=batch_out)     # (M, k)
+        neighbors = torch.where(neighbors >= 0, neighbors, neighbors[:, :1])
+        projected = self.linear(torch.cat([pos, x], dim=1))                           # W [p_j, x_j]: (N, C_out)
+        centre = F.linear(pos_out, self.linear.weight[:, :3])                          # W_p p_i: (M, C_out)
+        grouped = projected[neighbors] - centre[:, None, :]                            # (M, k, C_out)
+        m, k, c = grouped.shape
+        grouped = F.relu(self.norm(grouped.reshape(m * k, c))).reshape(m, k, c)
+        return Downsampled(grouped.max(dim=1).values, pos_out, batch_out, index)
+
+
+class TransitionUp(nn.Module):
+    r"""Interpolate coarse features back to finer points and add a skip connection.
+
+    .. math::
+        \mathbf{y}_i = \sum_{j \in \mathrm{3NN}(i)} \frac{w_{ij}}{\sum w}\,
+            \mathrm{ReLU}(\mathrm{BN}(W_c \mathbf{x}^{c}_j))
+            + \mathrm{ReLU}(\mathrm{BN}(W_f \mathbf{x}^{f}_i)),
+        \qquad w_{ij} = 1 / \lVert \mathbf{p}_i - \mathbf{p}_j \rVert^2
+
+    Shapes: coarse ``x (M, C_coarse)``, ``pos (M, 3)``, ``batch (M,)``; fine ``x (N, C_skip)``,
+    ``pos (N, 3)``, ``batch (N,)`` -> ``(N, C_out)``.
+    """
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, interpolation_k: int = 3):
+        super().__init__()
+        self.interpolation_k = interpolation_k
+        self.coarse = nn.Sequential(nn.Linear(in_channels, out_channels), nn.BatchNorm1d(out_channels), nn.ReLU())
+        self.skip = nn.Sequential(nn.Linear(skip_channels, out_channels), nn.BatchNorm1d(out_channels), nn.ReLU())
+
+    def forward(self, x_coarse: Tensor, pos_coarse: Tensor, batch_coarse: Tensor,
+                x_fine: Tensor, pos_fine: Tensor, batch_fine: Tensor) -> Tensor:
+        neighbors = knn(pos_coarse, self.interpolation_k, batch_coarse, query=pos_fine, query_batch=batch_fine)
+        valid = neighbors >= 0
+        neighbors = neighbors.clamp(min=0)
+        dist2 = (pos_fine[:, None, :] - pos_coarse[neighbors]).square().sum(-1)
+        weights = valid.to(dist2.dtype) / dist2.clamp_min(1e-10)
+        weights = weights / weights.sum(dim=1, keepdim=True)
+        coarse = self.coarse(x_coarse)
+        return (weights[..., None] * coarse[neighbors]).sum(dim=1) + self.skip(x_fine)
