@@ -271,7 +271,9 @@ def sample_mesh_surface(
 # Text / binary point files
 # ---------------------------------------------------------------------------------------------
 
-def read_text_points(path: PathLike, delimiter: Optional[str] = None, min_columns: int = 3) -> np.ndarray:
+def read_text_points(
+    path: PathLike, delimiter: Optional[str] = None, min_columns: int = 3, columns: Optional[int] = None
+) -> np.ndarray:
     """Read a text point file: one point per line, comma- or whitespace-separated values.
 
     Every line must have the same number of values (at least ``min_columns``); used for
@@ -282,6 +284,7 @@ def read_text_points(path: PathLike, delimiter: Optional[str] = None, min_column
         delimiter: ``","``, ``None`` (whitespace) or ``"auto"``-like ``None`` with commas
             also accepted (commas are always treated as separators).
         min_columns: smallest number of values per line.
+        columns: if given, the exact number of values every line must have.
 
     Returns:
         float32 ``(P, C)``.
@@ -301,14 +304,18 @@ def read_text_points(path: PathLike, delimiter: Optional[str] = None, min_column
         lines.pop()
     if not lines:
         raise ValueError(f"{path}: empty point cloud (no lines)")
-    width = len(lines[0].split())
+    tokens = [line.split() for line in lines]
+    width = len(tokens[0]) if columns is None else columns
+    if width < min_columns:
+        raise ValueError(f"{path}, line 1: expected at least {min_columns} values per line, got {width}")
+    for number, values in enumerate(tokens, start=1):
+        if len(values) != width:
+            what = "as on line 1" if columns is None else "x,y,z[,nx,ny,nz] layout"
+            raise ValueError(f"{path}, line {number}: expected {width} values ({what}), got {len(values)}")
     try:
-        flat = np.array(text.split(), dtype=np.float64)
+        points = np.array(tokens, dtype=np.float64)
     except ValueError:
-        flat = None
-    if flat is None or width < min_columns or flat.size != width * len(lines):
         _raise_first_bad_line(path, lines, width, min_columns)
-    points = flat.reshape(len(lines), width)
     return check_cloud(path, points, min_columns)
 
 
