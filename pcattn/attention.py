@@ -30,9 +30,9 @@ __all__ = [
     "ATTENTION_LAYERS",
 ]
 
-# Rows of a chunk hold about this many (pair, channel) elements: 4 MiB in float32, small
+# Rows of a chunk hold about this many (pair, channel) elements: 1 MiB in float32, small
 # enough to stay in cache and below glibc's mmap threshold, so no fresh zeroed pages per op.
-_CHUNK_ELEMENTS = 1 << 20
+_CHUNK_ELEMENTS = 1 << 18
 
 
 class AttentionMap(NamedTuple):
@@ -62,6 +62,15 @@ class RecordedAttention(NamedTuple):
 # ----------------------------------------------------------------------------- helpers
 def _mlp(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_channels))
+
+
+def gather(rows: Tensor, index: Tensor) -> Tensor:
+    """``rows[index]`` for an ``(M, K)`` index: ``(M, K, ...)``.
+
+    ``index_select`` rather than advanced indexing: its backward is an ``index_add`` that
+    runs 2-10x faster on the CPU than the ``index_put`` of ``rows[index]``.
+    """
+    return rows.index_select(0, index.reshape(-1)).view(*index.shape, *rows.shape[1:])
 
 
 def _pairwise(module: nn.Module, pairs: Tensor) -> Tensor:
@@ -231,7 +240,7 @@ class VectorSelfAttention(nn.Module):
             ``(M, C_rel)`` to ``(M, groups)``.
         pos_hidden: hidden width of the ``"mlp"`` positional encoding.
         bias: whether :math:`\varphi, \psi, \alpha` have biases.
-        chunk_size: query points processed at once (default: about 1M pair-channels).
+        chunk_size: query points processed at once (default: about 256k pair-channels).
         checkpoint: recompute each chunk's pairwise tensors in the backward pass instead of
             storing them (much less memory in training; same gradients).
 
@@ -394,10 +403,10 @@ class VectorSelfAttention(nn.Module):
             valid = None
         else:
             neighbors = neighbors.clamp(min=0)
-        key_j, value_j = key[neighbors], value[neighbors]                   # (M, K, C)
+        key_j, value_j = gather(key, neighbors), gather(value, neighbors)   # (M, K, C)
         delta = None
         if self.pos_encoder is not None:
-            rel_pos = pos_query[:, None, :] - pos[neighbors]                 # p_i - p_j: (M, K, 3)
+            rel_pos = pos_query[:, None, :] - gather(pos, neighbors)          # p_i - p_j: (M, K, 3)
             delta = _pairwise(self.pos_encoder, rel_pos)                     # (M, K, C)
             value_j = value_j + delta
         query_i = query[:, None, :]
@@ -554,10 +563,10 @@ class ScalarSelfAttention(nn.Module):
             valid = None
         else:
             neighbors = neighbors.clamp(min=0)
-        key_j = key[neighbors].view(m, k, H, dq)
-        value_j = value[neighbors].view(m, k, H, dv)
+        key_j = gather(key, neighbors).view(m, k, H, dq)
+        value_j = gather(value, neighbors).view(m, k, H, dv)
         if self.pos_encoder is not None:
-            delta = _pairwise(self.pos_encoder, pos_query[:, None, :] - pos[neighbors])
+            delta = _pairwise(self.pos_encoder, pos_query[:, None, :] - gather(pos, neighbors))
             key_j = key_j + delta[..., :H * dq].view(m, k, H, dq)
             value_j = value_j + delta[..., H * dq:].view(m, k, H, dv)
         logits = (query.view(m, 1, H, dq) * key_j).sum(-1) / math.sqrt(dq)    # (M, K, H)

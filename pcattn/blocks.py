@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import ScalarSelfAttention, VectorSelfAttention
+from .attention import ScalarSelfAttention, VectorSelfAttention, gather
 from .geometry import farthest_point_sampling, knn
 
 __all__ = ["make_attention", "PointTransformerBlock", "TransitionDown", "TransitionUp", "Downsampled"]
@@ -107,7 +107,7 @@ class TransitionDown(nn.Module):
         neighbors = torch.where(neighbors >= 0, neighbors, neighbors[:, :1])
         projected = self.linear(torch.cat([pos, x], dim=1))                           # W [p_j, x_j]: (N, C_out)
         centre = F.linear(pos_out, self.linear.weight[:, :3])                          # W_p p_i: (M, C_out)
-        grouped = projected[neighbors] - centre[:, None, :]                            # (M, k, C_out)
+        grouped = gather(projected, neighbors) - centre[:, None, :]                            # (M, k, C_out)
         m, k, c = grouped.shape
         grouped = F.relu(self.norm(grouped.reshape(m * k, c))).reshape(m, k, c)
         return Downsampled(grouped.max(dim=1).values, pos_out, batch_out, index)
@@ -137,8 +137,8 @@ class TransitionUp(nn.Module):
         neighbors = knn(pos_coarse, self.interpolation_k, batch_coarse, query=pos_fine, query_batch=batch_fine)
         valid = neighbors >= 0
         neighbors = neighbors.clamp(min=0)
-        dist2 = (pos_fine[:, None, :] - pos_coarse[neighbors]).square().sum(-1)
+        dist2 = (pos_fine[:, None, :] - gather(pos_coarse, neighbors)).square().sum(-1)
         weights = valid.to(dist2.dtype) / dist2.clamp_min(1e-10)
         weights = weights / weights.sum(dim=1, keepdim=True)
         coarse = self.coarse(x_coarse)
-        return (weights[..., None] * coarse[neighbors]).sum(dim=1) + self.skip(x_fine)
+        return (weights[..., None] * gather(coarse, neighbors)).sum(dim=1) + self.skip(x_fine)

@@ -5,7 +5,7 @@ fixed-size float32 array of ``cache_points`` points (``(M, 3)`` or ``(M, 6)`` wi
 keeps them all in memory as one ``(S, M, C)`` array. ``__getitem__`` only slices and copies.
 
 Cache: the stacked arrays are saved to ``<cache_dir>/<tag>_<split>_<M>pts_<sampling>.npz``
-(``cache_dir`` defaults to ``<root>/processed``; a read-only root falls back to
+(``cache_dir`` defaults to ``<root>/.pcattn_cache``; a read-only root falls back to
 ``~/.cache/pcattn/<hash of root>``). The file stores a fingerprint: the relative path, size and
 mtime of every source file plus the options that shape the arrays. A cache whose fingerprint
 does not match the files on disk is rebuilt; it is written to a temporary file and renamed,
@@ -110,9 +110,15 @@ def _writable_dir(path: Path) -> bool:
         return False
 
 
+CACHE_DIR_NAME = ".pcattn_cache"
+
+
 def default_cache_dir(root: Path) -> Path:
-    """``<root>/processed`` when writable, else ``~/.cache/pcattn/<hash of root>``."""
-    preferred = root / "processed"
+    """``<root>/.pcattn_cache`` when writable, else ``~/.cache/pcattn/<name>-<hash of root>``.
+
+    The folder is hidden so that layouts whose classes are folders never mistake it for a class.
+    """
+    preferred = root / CACHE_DIR_NAME
     if _writable_dir(preferred):
         return preferred
     digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
@@ -276,7 +282,7 @@ class PointCloudDataset(Dataset):
         show = len(items) >= 100 if self.progress is None else self.progress
         rows = []
         width = None
-        for index, item in enumerate(tqdm(items, desc=f"parsing {self.tag} {self.split}", disable=not show,
+        for index, item in enumerate(tqdm(items, desc=f"parsing {self.tag} {self.split}", disable=None if show else True,
                                           unit="file")):
             cloud = self._fit(self._load_item(item, index), index)
             if width is None:

@@ -304,18 +304,20 @@ def read_text_points(
         lines.pop()
     if not lines:
         raise ValueError(f"{path}: empty point cloud (no lines)")
-    tokens = [line.split() for line in lines]
-    width = len(tokens[0]) if columns is None else columns
+    counts = np.fromiter((len(line.split()) for line in lines), dtype=np.int64, count=len(lines))
+    width = int(counts[0]) if columns is None else columns
     if width < min_columns:
         raise ValueError(f"{path}, line 1: expected at least {min_columns} values per line, got {width}")
-    for number, values in enumerate(tokens, start=1):
-        if len(values) != width:
-            what = "as on line 1" if columns is None else "x,y,z[,nx,ny,nz] layout"
-            raise ValueError(f"{path}, line {number}: expected {width} values ({what}), got {len(values)}")
+    wrong = np.flatnonzero(counts != width)
+    if wrong.size:
+        number = int(wrong[0]) + 1
+        what = "as on line 1" if columns is None else "x,y,z,nx,ny,nz layout"
+        raise ValueError(f"{path}, line {number}: expected {width} values ({what}), got {int(counts[wrong[0]])}")
     try:
-        points = np.array(tokens, dtype=np.float64)
+        flat = np.array(text.split(), dtype=np.float64)
     except ValueError:
         _raise_first_bad_line(path, lines, width, min_columns)
+    points = flat.reshape(len(lines), width)
     return check_cloud(path, points, min_columns)
 
 
