@@ -1,0 +1,178 @@
+"""Datasets, file formats and transforms for point-cloud classification.
+
+Every dataset is ``Cls(root, split="train" | "test", num_points=1024, use_normals=False,
+transform=None, ...)`` and yields the same sample dict::
+
+    {"pos": FloatTensor (P, 3), "label": LongTensor (), ["normals": FloatTensor (P, 3)]}
+
+with ``dataset.classes`` (index = label) and ``dataset.up_axis``. Every sample of a dataset has
+the same ``P``, so torch's default collate gives ``pos (B, P, 3)``, ``label (B,)``.
+
+Sources: :class:`BuiltinShapes` (generated, no download), :class:`ModelNetOFF` (Princeton OFF
+meshes), :class:`ModelNetNormalResampled` (PointNet++ text files), :class:`ModelNetHDF5`
+(PointNet HDF5), :class:`PointFolder` (``<class>/{train,test}/<name>.<ext>``).
+:func:`build_dataset` picks one by name and guesses the format from the files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple
+
+from torch import Tensor
+
+from . import transforms
+from .base import PointCloudDataset
+from .builtin import BUILTIN_CLASSES, BuiltinShapes, default_data_dir, generate_builtin_shapes
+from .folder import PointFolder
+from .io import read_off, read_point_cloud
+from .modelnet import ModelNetHDF5, ModelNetNormalResampled, ModelNetOFF
+from .transforms import seed_worker, test_transforms, train_transforms
+
+__all__ = [
+    "BUILTIN_CLASSES",
+    "BuiltinShapes",
+    "ModelNetHDF5",
+    "ModelNetNormalResampled",
+    "ModelNetOFF",
+    "PointCloudDataset",
+    "PointFolder",
+    "FORMATS",
+    "DATASETS",
+    "build_dataset",
+    "guess_format",
+    "default_data_dir",
+    "generate_builtin_shapes",
+    "read_off",
+    "read_point_cloud",
+    "seed_worker",
+    "test_transforms",
+    "train_transforms",
+    "transforms",
+]
+
+FORMATS = ("off", "normal_resampled", "hdf5", "folder")
+DATASETS = ("builtin", "modelnet10", "modelnet40")
+_FORMAT_CLASSES = {
+    "off": ModelNetOFF,
+    "normal_resampled": ModelNetNormalResampled,
+    "hdf5": ModelNetHDF5,
+    "folder": PointFolder,
+}
+# Folder names of the usual downloads, tried under the data directory when no root is given.
+_DEFAULT_FOLDERS = {
+    "modelnet40": ("modelnet40_normal_resampled", "modelnet40_ply_hdf5_2048", "ModelNet40", "."),
+    "modelnet10": ("modelnet40_normal_resampled", "ModelNet10", "modelnet10_normal_resampled", "."),
+}
+
+
+def _class_dirs(root: Path):
+    return [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith((".", "__"))]
+
+
+def _detect(root: Path) -> Optional[Tuple[str, Path]]:
+    """The format of the files directly in ``root`` (or in one well-known subfolder), else None."""
+    if not root.is_dir():
+        return None
+    if any(root.glob("*_shape_names.txt")) and any(root.glob("*_train.txt")):
+        return "normal_resampled", root
+    if any(root.glob("ply_data_*.h5")):
+        return "hdf5", root
+    if any(root.glob("ModelNet*.zip")):
+        return "off", root
+    for child in _class_dirs(root):
+        if child.name.startswith("ModelNet") or child.name == "raw":
+            found = _detect(child)
+            if found is not None and found[0] == "off":
+                return "off", root
+        split = next((child / s for s in ("train", "test") if (child / s).is_dir()), None)
+        if split is None:
+            continue
+        files = [p for p in split.iterdir() if p.is_file() and not p.name.startswith(".")]
+        if files:
+            return ("off" if all(p.suffix.lower() == ".off" for p in files) else "folder"), root
+    for name in ("modelnet40_normal_resampled", "modelnet40_ply_hdf5_2048"):
+        if (root / name).is_dir():
+            return _detect(root / name)
+    return None
+
+
+def guess_format(root) -> Tuple[str, Path]:
+    """Guess a dataset's format from the files under ``root``.
+
+    Returns:
+        ``(format, folder)``: one of :data:`FORMATS` and the folder to pass as ``root``
+        (``root`` itself, or ``modelnet40_normal_resampled`` / ``modelnet40_ply_hdf5_2048`` inside it).
+
+    Raises:
+        FileNotFoundError: nothing recognisable under ``root``.
+    """
+    root = Path(root).expanduser()
+    found = _detect(root)
+    if found is None:
+        raise FileNotFoundError(
+            f"{root}: cannot tell the dataset format: expected *_shape_names.txt + *_train.txt "
+            f"(normal_resampled), ply_data_*.h5 (hdf5), ModelNet*.zip or <class>/train/*.off (off), "
+            f"or <class>/train/<name>.<npy|txt|xyz|ply|pcd> (folder); see datasets/README.md"
+        )
+    return found
+
+
+def build_dataset(
+    dataset: str = "builtin",
+    format: Optional[str] = None,
+    root=None,
+    split: str = "train",
+    num_points: int = 1024,
+    use_normals: bool = False,
+    transform: Optional[Callable[[Dict[str, Tensor]], Dict[str, Tensor]]] = None,
+    **kwargs,
+) -> PointCloudDataset:
+    """Build a dataset by name.
+
+    Args:
+        dataset: ``"builtin"``, ``"modelnet10"`` or ``"modelnet40"``.
+        format: ``"off"``, ``"normal_resampled"``, ``"hdf5"``, ``"folder"``, or ``None`` to guess it
+            from the files (:func:`guess_format`). Ignored for ``"builtin"``.
+        root: dataset folder; ``None`` uses ``<data dir>/builtin_shapes`` for the built-in dataset, and
+            for ModelNet the first of ``modelnet40_normal_resampled``, ``modelnet40_ply_hdf5_2048``,
+            ``ModelNet40``/``ModelNet10`` found under :func:`default_data_dir` (``<repo>/datasets``).
+        split, num_points, use_normals, transform: passed to the dataset.
+        **kwargs: extra dataset options (``sampling``, ``cache_dir``, ``seed`` for builtin, ...).
+
+    Returns:
+        The dataset; samples ``{"pos": (P, 3), "label": (), ["normals": (P, 3)]}``.
+    """
+    dataset = dataset.lower()
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS} or None, got {format!r}")
+    common = dict(split=split, num_points=num_points, use_normals=use_normals, transform=transform)
+    if dataset == "builtin":
+        return BuiltinShapes(root, **common, **kwargs)
+
+    classes = 10 if dataset == "modelnet10" else 40
+    if root is None:
+        base = default_data_dir()
+        candidates = [base / name for name in _DEFAULT_FOLDERS[dataset]]
+        root = next((c for c in candidates if _detect(c) is not None and (format is None or _detect(c)[0] == format)),
+                    None)
+        if root is None:
+            raise FileNotFoundError(
+                f"no {dataset} data found under {base} (looked in {[c.name for c in candidates]}); "
+                f"pass root= or see datasets/README.md for where to put the files"
+            )
+    root = Path(root).expanduser()
+    if format is None:
+        format, root = guess_format(root)
+    if format == "off":
+        kwargs.setdefault("name", str(classes))
+    elif format == "normal_resampled" and "prefix" not in kwargs:
+        kwargs.setdefault("num_classes", classes)
+    result = _FORMAT_CLASSES[format](root, **common, **kwargs)
+    if format in ("hdf5", "folder") and len(result.classes) != classes:
+        import warnings
+
+        warnings.warn(f"{dataset} requested but {root} holds {len(result.classes)} classes")
+    return result
