@@ -92,12 +92,13 @@ def _normalize(logits: Tensor, valid: Optional[Tensor], how: str) -> Tensor:
         return torch.softmax(logits, dim=1)
     if how == "sigmoid":
         weights = torch.sigmoid(logits)
-    else:  # "l1relu": ReLU, then divide by the sum over the neighbours
-        weights = torch.relu(logits)
+    else:  # "l1relu": ReLU, then divide by the sum over the neighbours. The small floor makes a
+        # neighbourhood whose logits are all negative fall back to uniform weights, not zeros.
+        weights = torch.relu(logits) + 1e-6
     if valid is not None:
         weights = weights * valid[..., None].to(weights.dtype)
     if how == "l1relu":
-        weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-6)
+        weights = weights / weights.sum(dim=1, keepdim=True)
     return weights
 
 

@@ -188,6 +188,8 @@ def _knn_one_cloud(points: Tensor, k: int, query: Optional[Tensor]) -> Tensor:
 
 
 def _knn_torch(points: Tensor, queries: Tensor, k: int) -> Tensor:
+    if points.dtype in (torch.float16, torch.bfloat16):  # cdist has no half-precision kernel
+        points, queries = points.float(), queries.float()
     n = points.shape[0]
     chunk = max(1, _MAX_PAIRS // max(n, 1))
     out = []

@@ -1,0 +1,273 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pcattn import ScalarSelfAttention, VectorSelfAttention
+from pcattn.attention import AttentionMap
+from pcattn.geometry import knn
+
+
+def make_batch(sizes=(40, 25), channels=8, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = sum(sizes)
+    x = torch.randn(n, channels, generator=g, dtype=dtype)
+    pos = torch.randn(n, 3, generator=g, dtype=dtype)
+    batch = torch.cat([torch.full((s,), b) for b, s in enumerate(sizes)])
+    return x, pos, batch
+
+
+def reference_vector(layer, x, pos, neighbors):
+    """The Point Transformer formula written point by point, for the default configuration."""
+    q, k, v = layer.to_query(x), layer.to_key(x), layer.to_value(x)
+    out = []
+    for i in range(x.shape[0]):
+        js = neighbors[i][neighbors[i] >= 0]
+        delta = layer.pos_encoder(pos[i] - pos[js])                 # theta(p_i - p_j): (K, C)
+        logits = layer.mapping(q[i] - k[js] + delta)                # gamma(...): (K, G)
+        w = torch.softmax(logits, dim=0)                            # over the neighbours
+        vals = (v[js] + delta).view(len(js), layer.groups, -1)
+        out.append((w[:, :, None] * vals).sum(0).reshape(-1))
+    return torch.stack(out)
+
+
+def reference_scalar(layer, x, pos, neighbors):
+    H, d, dv = layer.heads, layer.qk_channels, layer.v_channels
+    q, k, v = layer.to_query(x), layer.to_key(x), layer.to_value(x)
+    out = []
+    for i in range(x.shape[0]):
+        js = neighbors[i][neighbors[i] >= 0]
+        delta = layer.pos_encoder(pos[i] - pos[js])
+        kj = (k[js] + delta[:, :H * d]).view(-1, H, d)
+        vj = (v[js] + delta[:, H * d:]).view(-1, H, dv)
+        w = torch.softmax((q[i].view(H, d) * kj).sum(-1) / math.sqrt(d), dim=0)   # (K, H)
+        out.append((w[:, :, None] * vj).sum(0).reshape(-1))
+    return layer.proj(torch.stack(out))
+
+
+@pytest.mark.parametrize("groups", [None, 4, 1])
+def test_vector_attention_matches_formula(groups):
+    x, pos, batch = make_batch(dtype=torch.float64)
+    layer = VectorSelfAttention(8, 16, k=10, groups=groups).double()
+    neighbors = knn(pos, 10, batch)
+    out = layer(x, pos, batch, neighbors=neighbors)
+    assert out.shape == (65, 16)
+    assert torch.allclose(out, reference_vector(layer, x, pos, neighbors), atol=1e-10)
+
+
+def test_scalar_attention_matches_formula():
+    x, pos, batch = make_batch(dtype=torch.float64)
+    layer = ScalarSelfAttention(8, 12, k=10, heads=3, qk_channels=5, v_channels=6).double()
+    neighbors = knn(pos, 10, batch)
+    out = layer(x, pos, batch, neighbors=neighbors)
+    assert out.shape == (65, 12)
+    assert torch.allclose(out, reference_scalar(layer, x, pos, neighbors), atol=1e-10)
+
+
+def test_softmax_runs_over_neighbours():
+    x, pos, batch = make_batch()
+    for layer in (VectorSelfAttention(8, k=12, groups=2), ScalarSelfAttention(8, k=12, heads=2)):
+        _, attn = layer(x, pos, batch, return_attention=True)
+        assert isinstance(attn, AttentionMap)
+        assert attn.weights.shape == (65, 12, 2) and attn.neighbors.shape == (65, 12)
+        assert torch.allclose(attn.weights.sum(dim=1), torch.ones(65, 2), atol=1e-5)
+        assert not torch.allclose(attn.weights.sum(dim=2), torch.ones(65, 12))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: VectorSelfAttention(8, 16, k=8, groups=4),
+    lambda: ScalarSelfAttention(8, 16, k=8, heads=4),
+    lambda: ScalarSelfAttention(8, 16, k=None, heads=4),
+])
+def test_permutation_equivariance_translation_invariance_and_ragged(make):
+    torch.manual_seed(0)
+    layer = make().eval()
+    x, pos, batch = make_batch()
+    out = layer(x, pos, batch)
+    # permuting the points within each cloud permutes the output
+    perm = torch.cat([torch.randperm(40), 40 + torch.randperm(25)])
+    assert torch.allclose(layer(x[perm], pos[perm], batch), out[perm], atol=1e-5)
+    # relative positional encoding: translating a cloud changes nothing
+    assert torch.allclose(layer(x, pos + torch.tensor([5.0, -3.0, 2.0]), batch), out, atol=1e-4)
+    # each cloud of a ragged batch gets what it gets alone
+    assert torch.allclose(layer(x[:40], pos[:40]), out[:40], atol=1e-5)
+    assert torch.allclose(layer(x[40:], pos[40:]), out[40:], atol=1e-5)
+
+
+def test_dense_equals_flat_and_attention_layout():
+    x, pos, _ = make_batch(sizes=(30, 30))
+    for layer in (VectorSelfAttention(8, k=6), ScalarSelfAttention(8, k=6, heads=2)):
+        dense, attn = layer(x.view(2, 30, 8), pos.view(2, 30, 3), return_attention=True)
+        flat = layer(x, pos, torch.arange(2).repeat_interleave(30))
+        assert dense.shape == (2, 30, 8)
+        assert torch.allclose(dense.reshape(60, 8), flat, atol=1e-6)
+        assert attn.neighbors.shape == (2, 30, 6) and int(attn.neighbors.max()) < 30
+        assert attn.weights.shape[:3] == (2, 30, 6)
+
+
+def test_precomputed_neighbours_are_used():
+    x, pos, batch = make_batch()
+    layer = VectorSelfAttention(8, k=8)
+    own = knn(pos, 8, batch)
+    assert torch.equal(layer(x, pos, batch), layer(x, pos, batch, neighbors=own))
+    fewer = own[:, :3]
+    assert not torch.allclose(layer(x, pos, batch), layer(x, pos, batch, neighbors=fewer))
+    dense_nbr = knn(pos[:40].view(1, 40, 3), 5)
+    y, attn = layer(x[:40].view(1, 40, 8), pos[:40].view(1, 40, 3), neighbors=dense_nbr, return_attention=True)
+    assert torch.equal(attn.neighbors, dense_nbr)
+
+
+def test_small_cloud_masks_missing_neighbours():
+    x, pos, batch = make_batch(sizes=(3, 40))
+    for layer in (VectorSelfAttention(8, k=16), ScalarSelfAttention(8, k=16, heads=2)):
+        out, attn = layer(x, pos, batch, return_attention=True)
+        assert torch.isfinite(out).all()
+        assert (attn.neighbors[:3, 3:] == -1).all() and (attn.weights[:3, 3:] == 0).all()
+        assert torch.allclose(out[:3], layer(x[:3], pos[:3]), atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [
+    dict(relation="addition"), dict(relation="hadamard"), dict(relation="concat"),
+    dict(relation="concat", positional_encoding="none"), dict(normalization="sigmoid"),
+    dict(normalization="l1relu"), dict(positional_encoding="none"), dict(positional_encoding="linear"),
+    dict(mapping="linear"), dict(mapping="none"),
+])
+def test_vector_design_space_runs_and_learns(options):
+    x, pos, batch = make_batch()
+    layer = VectorSelfAttention(8, k=8, **options)
+    out, attn = layer(x, pos, batch, return_attention=True)
+    assert out.shape == (65, 8) and torch.isfinite(out).all()
+    if options.get("normalization", "softmax") != "sigmoid":
+        assert torch.allclose(attn.weights.sum(1), torch.ones(65, attn.weights.shape[2]), atol=1e-4)
+    out.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+
+
+def test_positional_encoding_switch_changes_the_function():
+    x, pos, batch = make_batch()
+    torch.manual_seed(0)
+    with_pe = VectorSelfAttention(8, k=8)
+    torch.manual_seed(0)
+    without = VectorSelfAttention(8, k=8, positional_encoding="none")
+    assert without.pos_encoder is None
+    # without positional encoding the output ignores where the neighbours are (given the neighbourhoods)
+    nbr = knn(pos, 8, batch)
+    assert torch.allclose(without(x, pos, batch, nbr), without(x, pos * 3, batch, nbr))
+    assert not torch.allclose(with_pe(x, pos, batch, nbr), with_pe(x, pos * 3, batch, nbr))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: VectorSelfAttention(4, 6, k=4, groups=3),
+    lambda: VectorSelfAttention(4, 6, k=4, relation="concat", normalization="l1relu"),
+    lambda: ScalarSelfAttention(4, 6, k=4, heads=2),
+    lambda: ScalarSelfAttention(4, 6, k=None, heads=2),
+])
+def test_gradcheck_float64(make):
+    torch.manual_seed(0)
+    layer = make().double()
+    x = torch.randn(12, 4, dtype=torch.float64, requires_grad=True)
+    pos = torch.randn(12, 3, dtype=torch.float64, requires_grad=True)
+    batch = torch.tensor([0] * 7 + [1] * 5)
+    nbr = knn(pos.detach(), 4, batch)
+    assert torch.autograd.gradcheck(lambda a, p: layer(a, p, batch, nbr), (x, pos), fast_mode=True)
+    layer(x, pos, batch, nbr).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+
+
+def test_checkpointed_chunks_give_identical_gradients():
+    x, pos, batch = make_batch(sizes=(60, 40))
+    for layer in (VectorSelfAttention(8, 16, k=8, chunk_size=17), ScalarSelfAttention(8, 16, k=8, chunk_size=17)):
+        grads = []
+        for use_checkpoint in (True, False):
+            layer.zero_grad()
+            layer.checkpoint = use_checkpoint
+            xx = x.clone().requires_grad_(True)
+            layer(xx, pos, batch).square().sum().backward()
+            grads.append([xx.grad] + [p.grad.clone() for p in layer.parameters()])
+        for a, b in zip(*grads):
+            assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_from_pyg_equals_point_transformer_conv():
+    pyg = pytest.importorskip("torch_geometric.nn")
+    torch.manual_seed(0)
+    x, pos, batch = make_batch(sizes=(120, 80), channels=16)
+    nbr = knn(pos, 16, batch)
+    edge_index = torch.stack([nbr.flatten(), torch.arange(200).repeat_interleave(16)])
+    convs = [
+        pyg.PointTransformerConv(16, 32),
+        pyg.PointTransformerConv(16, 32, pos_nn=pyg.MLP([3, 64, 32], norm=None, plain_last=False),
+                                 attn_nn=pyg.MLP([32, 64, 32], norm=None, plain_last=False)),
+        pyg.PointTransformerConv(16, 32, attn_nn=nn.Sequential(nn.Linear(32, 1))),
+    ]
+    for conv in convs:
+        for p in conv.parameters():
+            nn.init.normal_(p, std=0.3)
+        expected = conv(x, pos, edge_index)
+        ours = VectorSelfAttention.from_pyg(conv, k=16)
+        assert (ours(x, pos, batch, neighbors=nbr) - expected).abs().max() <= 1e-5
+        assert (ours(x, pos, batch) - expected).abs().max() <= 1e-5  # its own kNN finds the same graph
+
+
+def test_record_attention_keeps_output():
+    x, pos, batch = make_batch()
+    layer = VectorSelfAttention(8, k=8, groups=2)
+    plain = layer(x, pos, batch)
+    layer.record_attention = True
+    recorded = layer(x, pos, batch)
+    assert torch.equal(plain, recorded)
+    rec = layer.last_attention
+    _, attn = layer(x, pos, batch, return_attention=True)
+    assert torch.equal(rec.weights, attn.weights) and torch.equal(rec.neighbors, attn.neighbors)
+    assert torch.equal(rec.pos, pos) and torch.equal(rec.batch, batch)
+
+
+def test_dtypes():
+    x, pos, batch = make_batch()
+    for dtype in (torch.float64, torch.bfloat16):
+        layer = VectorSelfAttention(8, k=8).to(dtype)
+        out = layer(x.to(dtype), pos.to(dtype), batch)
+        assert out.dtype == dtype and torch.isfinite(out.float()).all()
+
+
+def test_whole_cloud_scalar_attention_sees_every_point():
+    x, pos, batch = make_batch(sizes=(30, 20))
+    layer = ScalarSelfAttention(8, k=None, heads=2)
+    out, attn = layer(x, pos, batch, return_attention=True)
+    assert attn.weights.shape == (50, 30, 2)
+    assert (attn.neighbors[30:, 20:] == -1).all() and (attn.weights[30:, 20:] == 0).all()
+    assert torch.allclose(attn.weights.sum(1), torch.ones(50, 2), atol=1e-5)
+    fast = layer(x, pos, batch)  # scaled_dot_product_attention path
+    assert torch.allclose(out, fast, atol=1e-5)
+
+
+def test_input_errors_name_the_problem():
+    x, pos, batch = make_batch()
+    layer = VectorSelfAttention(8, k=4)
+    cases = [
+        (dict(x=x, pos=pos[:, :2]), ValueError, r"pos must be \(N, 3\) or \(B, P, 3\), got \(65, 2\)"),
+        (dict(x=x, pos=torch.where(torch.arange(65)[:, None] == 3, float("nan"), pos)), ValueError, "NaN"),
+        (dict(x=x[:60], pos=pos), ValueError, "same points"),
+        (dict(x=x[:, :5], pos=pos), ValueError, "8 channels"),
+        (dict(x=x.double(), pos=pos.double()), TypeError, "call layer.to"),
+        (dict(x=x, pos=pos.double()), TypeError, "share a dtype"),
+        (dict(x=x, pos=pos, batch=batch.flip(0)), ValueError, "sorted"),
+        (dict(x=x, pos=pos, batch=batch[:10]), ValueError, "batch must be"),
+        (dict(x=x, pos=pos, neighbors=torch.zeros(65, 4)), TypeError, "integer"),
+        (dict(x=x, pos=pos, neighbors=torch.full((65, 4), 99)), ValueError, "row indices"),
+        (dict(x=x, pos=pos, batch=batch, neighbors=torch.full((65, 4), 50)), ValueError, "different clouds"),
+        (dict(x=x[:0], pos=pos[:0]), ValueError, "empty"),
+        (dict(x=x.view(5, 13, 8), pos=pos), ValueError, r"\(B, P, C\)"),
+    ]
+    for kwargs, error, match in cases:
+        with pytest.raises(error, match=match):
+            layer(**kwargs)
+    with pytest.raises(ValueError, match="groups"):
+        VectorSelfAttention(8, groups=3)
+    with pytest.raises(ValueError, match="relation"):
+        VectorSelfAttention(8, relation="division")
+    with pytest.raises(ValueError, match="k must"):
+        VectorSelfAttention(8, k=0)
+    with pytest.raises(ValueError, match="k must"):
+        ScalarSelfAttention(8, k=0)
