@@ -1,0 +1,119 @@
+import pytest
+import torch
+
+from pcattn.blocks import PointTransformerBlock, TransitionDown, TransitionUp
+from pcattn.models import PointTransformerClassifier, create_model, list_models
+
+
+def ragged(sizes=(50, 20), channels=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = sum(sizes)
+    batch = torch.cat([torch.full((s,), b) for b, s in enumerate(sizes)])
+    return torch.randn(n, channels, generator=g), torch.randn(n, 3, generator=g), batch
+
+
+@pytest.mark.parametrize("attention", ["vector", "scalar"])
+def test_block_residual_shapes_and_ragged(attention):
+    x, pos, batch = ragged()
+    block = PointTransformerBlock(16, attention, k=8, groups=4, heads=2).eval()
+    out = block(x, pos, batch)
+    assert out.shape == x.shape and (out >= 0).all()
+    assert torch.allclose(block(x[:50], pos[:50]), out[:50], atol=1e-5)
+
+
+def test_transition_down_samples_and_pools_within_clouds():
+    x, pos, batch = ragged()
+    down = TransitionDown(16, 32, stride=4, k=8).eval()
+    result = down(x, pos, batch)
+    assert result.x.shape == (13 + 5, 32)
+    assert torch.equal(result.pos, pos[result.index]) and torch.equal(result.batch, batch[result.index])
+    assert torch.equal(result.batch.bincount(), torch.tensor([13, 5]))
+    alone = down(x[:50], pos[:50], batch[:50])
+    assert torch.allclose(alone.x, result.x[:13], atol=1e-5)
+    # the linear-before-grouping shortcut equals the textbook MLP on [p_j - p_i, x_j]
+    from pcattn.geometry import knn
+    nbr = knn(pos, 8, batch, query=result.pos, query_batch=result.batch)
+    nbr = torch.where(nbr >= 0, nbr, nbr[:, :1])
+    feats = torch.cat([pos[nbr] - result.pos[:, None], x[nbr]], dim=-1)
+    h = down.linear(feats)
+    h = torch.relu(down.norm(h.reshape(-1, 32))).reshape(h.shape)
+    assert torch.allclose(h.max(1).values, result.x, atol=1e-5)
+
+
+def test_transition_up_interpolates_exactly_at_coarse_points():
+    x, pos, batch = ragged()
+    down = TransitionDown(16, 32, stride=4, k=8).eval()
+    coarse = down(x, pos, batch)
+    up = TransitionUp(32, 16, 24).eval()
+    out = up(coarse.x, coarse.pos, coarse.batch, x, pos, batch)
+    assert out.shape == (70, 24)
+    at_coarse = out[coarse.index] - up.skip(x[coarse.index])
+    assert torch.allclose(at_coarse, up.coarse(coarse.x), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["pt-tiny-vector", "pt-tiny-scalar"])
+def test_classifier_dense_flat_and_rebuild(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5).eval()
+    pos = torch.randn(2, 128, 3)
+    logits = model(pos)
+    assert logits.shape == (2, 5)
+    flat = model(pos.reshape(-1, 3), batch=torch.arange(2).repeat_interleave(128))
+    assert torch.allclose(logits, flat, atol=1e-5)
+    # a ragged batch gives each cloud what it gets alone
+    mixed = model(torch.cat([pos[0], pos[1, :60]]), batch=torch.tensor([0] * 128 + [1] * 60))
+    assert torch.allclose(mixed[1], model(pos[1:, :60])[0], atol=1e-4)
+    rebuilt = create_model(**model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    assert torch.allclose(rebuilt.eval()(pos), logits)
+
+
+def test_classifier_normals_and_tiny_clouds():
+    model = create_model("pt-tiny-vector", num_classes=3, in_channels=6).eval()
+    pos = torch.randn(2, 5, 3)  # fewer points than k at every stage
+    normals = torch.nn.functional.normalize(torch.randn(2, 5, 3), dim=-1)
+    out = model(pos, torch.cat([pos, normals], -1))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="in_channels=3"):
+        model(pos)
+    with pytest.raises(ValueError, match="empty"):
+        model(torch.zeros(2, 0, 3), torch.zeros(2, 0, 6))
+    with pytest.raises(ValueError, match="NaN"):
+        model(torch.full((1, 8, 3), float("nan")), torch.zeros(1, 8, 6))
+
+
+def test_registry():
+    assert {"pt-vector", "pt-scalar", "pt-tiny-vector", "pt-tiny-scalar"} <= set(list_models())
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model("pt-huge")
+    model = create_model("pt-vector", num_classes=40, k=8)
+    assert model.config["k"] == 8 and model.config["name"] == "pt-vector"
+    groups = [m.attention.groups for m in model.modules() if isinstance(m, PointTransformerBlock)]
+    assert groups == [4, 8, 16, 32, 64]  # one weight per 8 channels
+    scalar = create_model("pt-vector", num_classes=40, attention="scalar")
+    assert all(type(m.attention).__name__ == "ScalarSelfAttention"
+               for m in scalar.modules() if isinstance(m, PointTransformerBlock))
+
+
+@pytest.mark.parametrize("attention", ["vector", "scalar"])
+def test_tiny_training_run_learns(attention):
+    """Two separable shape classes (sphere vs. flat square): a few steps of Adam must fit them."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    sphere = torch.nn.functional.normalize(torch.randn(8, 64, 3, generator=g), dim=-1)
+    square = torch.rand(8, 64, 3, generator=g) * 2 - 1
+    square[..., 2] = 0
+    pos = torch.cat([sphere, square])
+    labels = torch.tensor([0] * 8 + [1] * 8)
+    model = PointTransformerClassifier(2, attention=attention, widths=(16, 32), depths=(1, 1), k=8,
+                                       head_channels=(16,), dropout=0.0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        loss = torch.nn.functional.cross_entropy(model(pos), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    accuracy = (model(pos).argmax(1) == labels).float().mean()
+    assert accuracy >= 0.9
+    assert all(p.grad is not None for p in model.parameters())
