@@ -101,7 +101,12 @@ def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
 
 
 def _writable_dir(path: Path) -> bool:
+    """Can we create files in ``path`` (creating it)? A folder whose permission bits say read-only
+    counts as read-only even for root, who could write there anyway (shared sample data)."""
+    existing = path if path.exists() else path.parent
     try:
+        if not existing.stat().st_mode & 0o222:
+            return False
         path.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", delete=True)
         probe.close()

@@ -4,7 +4,7 @@ Twelve classes of simple objects, each a union of primitive surfaces (boxes, cyl
 frusta, cones, tori) sampled area-weighted with exact normals. Two pairs differ only in a small
 local part, so a model must look at local structure, not only the overall silhouette:
 
-* ``cup`` vs ``cup_handle`` (the handle is ~10% of the surface);
+* ``cup`` vs ``cup_handle`` (the handle is ~15% of the surface);
 * ``table_3legs`` vs ``table_4legs`` (same random round or square top, same leg style).
 
 Every shape gets random part proportions, a random rotation about the up axis (y, matching the
@@ -38,7 +38,7 @@ from .modelnet import ModelNetNormalResampled
 
 __all__ = ["BuiltinShapes", "BUILTIN_CLASSES", "generate_builtin_shapes", "default_data_dir", "generate_shape"]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 PREFIX = "builtin"
 INFO_FILE = "builtin_info.json"
 
@@ -225,10 +225,10 @@ def _cup(rng, handle=False):
     flare = _u(rng, 1.0, 1.2)
     parts = frustum([0, 0, 0], UP, radius, radius * flare, height, bottom=True, top=False)
     if handle:
-        major = height * _u(rng, 0.25, 0.32)
+        major = height * _u(rng, 0.3, 0.38)
         side = radius * (1 + flare) / 2
         # a C-shaped arc of a torus in the x-y plane, its ends touching the cup wall
-        parts += torus([side, height / 2, 0], [0, 0, 1], major, _u(rng, 0.04, 0.055),
+        parts += torus([side, height / 2, 0], [0, 0, 1], major, _u(rng, 0.06, 0.08),
                        start=-math.pi / 2 - 0.15, stop=math.pi / 2 + 0.15, phase_axis=[1, 0, 0])
     return parts
 
@@ -395,8 +395,9 @@ class BuiltinShapes(ModelNetNormalResampled):
     shapes per class (768 / 240), 2048 points with normals each, generated in a few seconds.
 
     Args:
-        root: dataset folder (``None`` = default). If it holds a dataset generated with other
-            settings, a ``ValueError`` says so (pass ``regenerate=True`` to overwrite it).
+        root: dataset folder (``None`` = default, regenerated automatically when the generator
+            changes). If a given folder holds a dataset generated with other settings, a
+            ``ValueError`` says so (pass ``regenerate=True`` to overwrite it).
         split: ``"train"`` or ``"test"``.
         num_points: points per sample ``P`` (<= ``points_per_shape``).
         use_normals: also return ``normals (P, 3)``.
@@ -415,6 +416,7 @@ class BuiltinShapes(ModelNetNormalResampled):
                  noise: float = 0.01, regenerate: bool = False, **kwargs):
         settings = _info(seed, train_per_class, test_per_class, points_per_shape, noise)
         if root is None:
+            regenerate = True  # the default folder is ours: refresh it when the generator changes
             root = default_data_dir() / "builtin_shapes"
             if settings != _info(0, 64, 20, 2048, 0.01):
                 digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]

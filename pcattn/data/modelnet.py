@@ -323,8 +323,9 @@ class ModelNetOFF(PointCloudDataset):
         if download:
             return self._download(self.name or "40")
         raise FileNotFoundError(
-            f"{self.root}: no ModelNet OFF meshes found (looked for <class>/{{train,test}}/*.off, "
-            f"ModelNet10/ or ModelNet40/ folders, raw/, and ModelNet10.zip / ModelNet40.zip). "
+            f"{self.root}: no ModelNet{self.name or ''} OFF meshes found (looked for <class>/{{train,test}}/*.off, "
+            f"{' or '.join(f'ModelNet{n}/' for n in names)} folders, raw/, and "
+            f"{' / '.join(f'ModelNet{n}.zip' for n in names)}). "
             f"Put the zip there or pass download=True; see datasets/README.md"
         )
 
