@@ -177,6 +177,20 @@ def test_hdf5_layout(tmp_path):
     assert torch.allclose(train[0]["normals"], torch.tensor([0.0, 0.0, 1.0]).expand(1024, 3))
 
 
+def test_hdf5_farthest_point_sampling_is_cached(tmp_path, monkeypatch):
+    root = tmp_path / "modelnet40_ply_hdf5_2048"
+    expected = write_hdf5(root)
+    fps = ModelNetHDF5(root, "train", num_points=64, sampling="fps")
+    np.testing.assert_array_equal(fps.labels, expected["train"])
+    check_samples(fps, 64)
+    assert fps.cache_path.is_file()
+    first = ModelNetHDF5(root, "train", num_points=64, sampling="first")
+    assert torch.equal(fps[3]["pos"][0], first[3]["pos"][0])  # FPS starts at the first point
+    monkeypatch.setattr(modelnet_module, "_batched_fps", lambda *a: pytest.fail("FPS recomputed"))
+    again = ModelNetHDF5(root, "train", num_points=64, sampling="fps")
+    assert torch.equal(again[5]["pos"], fps[5]["pos"])
+
+
 def test_hdf5_errors(tmp_path):
     h5py = pytest.importorskip("h5py")
     root = tmp_path / "h5"

@@ -44,26 +44,22 @@ class Item:
 def farthest_point_indices(points: np.ndarray, count: int) -> np.ndarray:
     """Farthest point sampling of one cloud, starting at its first point.
 
+    The same rule as :func:`pcattn.geometry.farthest_point_sampling` (deterministic start at
+    row 0), in NumPy so the data layer does not depend on the model code.
+
     Args:
-        points: ``(N, 3)`` float.
+        points: ``(N, >=3)`` float (only the first 3 columns are used).
         count: number of points to keep (``<= N``).
 
     Returns:
         int64 ``(count,)`` row indices, in the order they were chosen.
     """
-    try:
-        from pcattn.geometry import farthest_point_sampling
-    except ImportError:  # the geometry module is optional for the data layer
-        farthest_point_sampling = None
-    if farthest_point_sampling is not None:
-        index = farthest_point_sampling(torch.from_numpy(np.ascontiguousarray(points[:, :3], np.float32)),
-                                        count=count)
-        return index.numpy().astype(np.int64)
+    xyz = np.ascontiguousarray(points[:, :3], dtype=np.float32)
     chosen = np.zeros(count, dtype=np.int64)
-    distance = np.full(points.shape[0], np.inf)
+    distance = np.full(xyz.shape[0], np.inf, dtype=np.float32)
     for step in range(1, count):
-        delta = points[:, :3] - points[chosen[step - 1], :3]
-        distance = np.minimum(distance, np.einsum("ij,ij->i", delta, delta))
+        delta = xyz - xyz[chosen[step - 1]]
+        np.minimum(distance, np.einsum("ij,ij->i", delta, delta), out=distance)
         chosen[step] = int(np.argmax(distance))
     return chosen
 

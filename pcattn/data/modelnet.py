@@ -156,6 +156,27 @@ def _h5_sort_key(path: Path):
     return (int(number[-1]) if number else -1, path.name)
 
 
+def _batched_fps(clouds: np.ndarray, count: int, chunk: int = 256) -> np.ndarray:
+    """Farthest point sampling of equally sized clouds ``(S, N, C) -> (S, count, C)``.
+
+    Same rule as :func:`pcattn.geometry.farthest_point_sampling` (start at each cloud's first
+    point), vectorised over a chunk of clouds in NumPy: much faster than one call per cloud.
+    """
+    out = []
+    for start in range(0, len(clouds), chunk):
+        block = clouds[start:start + chunk]
+        xyz = block[:, :, :3].astype(np.float32)
+        rows = np.arange(len(block))
+        chosen = np.zeros((len(block), count), dtype=np.int64)
+        distance = np.full(xyz.shape[:2], np.inf, dtype=np.float32)
+        for step in range(1, count):
+            delta = xyz - xyz[rows, chosen[:, step - 1]][:, None, :]
+            np.minimum(distance, np.einsum("snc,snc->sn", delta, delta), out=distance)
+            chosen[:, step] = np.argmax(distance, axis=1)
+        out.append(np.take_along_axis(block, chosen[:, :, None], axis=1))
+    return np.concatenate(out)
+
+
 class ModelNetHDF5(PointCloudDataset):
     """PointNet's ``modelnet40_ply_hdf5_2048`` HDF5 files, read with h5py.
 
@@ -165,11 +186,13 @@ class ModelNetHDF5(PointCloudDataset):
         ply_data_train0.h5 ... 4     datasets ``data`` (S, 2048, 3) float32, ``label`` (S, 1) uint8,
         ply_data_test0.h5, 1         optional ``normal`` (S, 2048, 3), ``faceId`` (ignored)
 
-    The files are already binary, so they are read straight into memory (no extra cache).
+    The files are already binary, so they are read straight into memory; only farthest point
+    subsampling (``sampling="fps"``) is cached (see :mod:`pcattn.data.base`).
 
     Args:
         root, split, num_points, use_normals, transform: as for every dataset.
         sampling: ``"first"`` (default), ``"fps"`` or ``"random"`` to bring 2048 points to ``P``.
+        cache, cache_dir: where the FPS result is cached.
 
     Samples: ``pos (P, 3)``, ``label ()``, ``normals (P, 3)`` when ``use_normals`` (needs a
     ``normal`` dataset in the files). y-up (``up_axis = 1``), unit sphere.
@@ -179,8 +202,10 @@ class ModelNetHDF5(PointCloudDataset):
     up_axis = 1
 
     def __init__(self, root, split: str = "train", num_points: int = 1024, use_normals: bool = False,
-                 transform: Transform = None, sampling: str = "first", progress: Optional[bool] = None):
-        super().__init__(root, split, num_points, use_normals, transform, None, sampling, False, None, progress)
+                 transform: Transform = None, sampling: str = "first", cache: bool = True, cache_dir=None,
+                 progress: Optional[bool] = None):
+        super().__init__(root, split, num_points, use_normals, transform, None, sampling, cache, cache_dir,
+                         progress)
         if not self.root.is_dir():
             raise FileNotFoundError(f"{self.root}: dataset folder not found")
         names_file = self.root / "shape_names.txt"
@@ -223,7 +248,9 @@ class ModelNetHDF5(PointCloudDataset):
             names.extend(f"{path.stem}_{i}" for i in range(len(label)))
         width = min(c.shape[2] for c in clouds)
         stacked = np.concatenate([c[:, :, :width] for c in clouds], axis=0)
-        if self.sampling != "first" or stacked.shape[1] < self.num_points:
+        if self.sampling == "fps" and stacked.shape[1] > self.num_points:
+            stacked = self._cached_fps(stacked)
+        elif self.sampling != "first" or stacked.shape[1] < self.num_points:
             stacked = np.stack([self._fit(cloud, i) for i, cloud in enumerate(stacked)])
         self.points = np.ascontiguousarray(stacked)
         self.labels = np.concatenate(labels)
@@ -231,6 +258,17 @@ class ModelNetHDF5(PointCloudDataset):
         self.has_normals = width >= 6
         if self.use_normals and not self.has_normals:
             raise ValueError(f"{self.root}: use_normals=True but the {self.split} files have no 'normal' dataset")
+
+    def _cached_fps(self, clouds: np.ndarray) -> np.ndarray:
+        """FPS of every shape (slow: ~50 ms each), cached like the text formats' parsing."""
+        items = [Item(path, 0, path.name) for path in self.files]
+        fingerprint = self._fingerprint(items) if self.cache_enabled else ""
+        sampled = self._read_cache(fingerprint) if self.cache_enabled else None
+        if sampled is None or sampled.shape[0] != clouds.shape[0]:
+            sampled = _batched_fps(clouds, self.num_points)
+            if self.cache_enabled:
+                self._write_cache(fingerprint, sampled)
+        return sampled
 
 
 # ---------------------------------------------------------------------------------------------
