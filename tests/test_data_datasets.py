@@ -23,6 +23,7 @@ from pcattn.data import (
     guess_format,
     train_transforms,
 )
+from pcattn.data import builtin as builtin_module
 from pcattn.data import modelnet as modelnet_module
 from pcattn.data.builtin import BUILTIN_CLASSES, default_data_dir, generate_builtin_shapes, generate_shape
 
@@ -495,20 +496,22 @@ def test_builtin_shapes_are_valid_clouds(category):
     np.testing.assert_allclose(np.linalg.norm(cloud[:, 3:], axis=1), 1.0, atol=1e-5)
 
 
-def test_builtin_local_pairs_differ_only_locally():
-    """cup vs cup_handle from the same random draws: most points coincide; the handle is a small part."""
-    def unrotated(category, seed):
-        cloud = generate_shape(category, np.random.default_rng(seed), num_points=2048, noise=0.0)
-        return cloud[:, :3]
+@pytest.mark.parametrize("seed", range(3))
+def test_builtin_local_pairs_differ_only_locally(seed):
+    """cup vs cup_handle and table_3legs vs table_4legs: the same parts from the same draws, plus
+    (or minus) a small part: the handle, one leg."""
+    def areas(builder, *args):
+        return [area for area, _ in builder(np.random.default_rng(seed), *args)]
 
-    for seed in range(3):
-        cup, handle = unrotated("cup", seed), unrotated("cup_handle", seed)
-        # the handled cup sticks out to one side: its points extend further from the up axis
-        radial_cup = np.linalg.norm(cup[:, [0, 2]] - cup[:, [0, 2]].mean(0), axis=1)
-        radial_handle = np.linalg.norm(handle[:, [0, 2]] - handle[:, [0, 2]].mean(0), axis=1)
-        assert radial_handle.max() > radial_cup.max()
-        # and its up-axis extent stays the same kind (the handle sits on the side)
-        assert np.ptp(handle[:, 1]) <= np.ptp(handle[:, [0, 2]], axis=0).max() * 3
+    cup, handled = areas(builtin_module._cup, False), areas(builtin_module._cup, True)
+    assert handled[: len(cup)] == cup and len(handled) == len(cup) + 1
+    assert 0.05 < handled[-1] / sum(handled) < 0.25
+
+    three, four = areas(builtin_module._table, 3), areas(builtin_module._table, 4)
+    top = len(three) - 3
+    assert three[:top] == four[:top]  # same top
+    assert three[top:] == four[top:top + 3]  # same legs, one more on the 4-legged table
+    assert sum(four[top:]) / sum(four) < 0.35
 
 
 def test_builtin_refuses_foreign_folder_and_mismatched_settings(tmp_path, tiny_builtin_root):

@@ -38,7 +38,7 @@ from .modelnet import ModelNetNormalResampled
 
 __all__ = ["BuiltinShapes", "BUILTIN_CLASSES", "generate_builtin_shapes", "default_data_dir", "generate_shape"]
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 PREFIX = "builtin"
 INFO_FILE = "builtin_info.json"
 
@@ -225,10 +225,10 @@ def _cup(rng, handle=False):
     flare = _u(rng, 1.0, 1.2)
     parts = frustum([0, 0, 0], UP, radius, radius * flare, height, bottom=True, top=False)
     if handle:
-        major = height * _u(rng, 0.3, 0.38)
+        major = height * _u(rng, 0.32, 0.4)
         side = radius * (1 + flare) / 2
         # a C-shaped arc of a torus in the x-y plane, its ends touching the cup wall
-        parts += torus([side, height / 2, 0], [0, 0, 1], major, _u(rng, 0.06, 0.08),
+        parts += torus([side, height / 2, 0], [0, 0, 1], major, _u(rng, 0.07, 0.09),
                        start=-math.pi / 2 - 0.15, stop=math.pi / 2 + 0.15, phase_axis=[1, 0, 0])
     return parts
 
@@ -253,7 +253,7 @@ def _stool(rng):
 
 
 def _table(rng, legs):
-    height, leg = _u(rng, 0.6, 0.8), _u(rng, 0.035, 0.05)
+    height, leg = _u(rng, 0.6, 0.8), _u(rng, 0.045, 0.065)
     half = _u(rng, 0.5, 0.65)
     round_top = rng.random() < 0.5
     if round_top:
