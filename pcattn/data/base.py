@@ -214,6 +214,7 @@ class PointCloudDataset(Dataset):
     # -- building ------------------------------------------------------------------------
     @property
     def cache_path(self) -> Path:
+        """The ``.npz`` cache of this split and option set (see the module docstring)."""
         directory = self._cache_dir if self._cache_dir is not None else default_cache_dir(self.root)
         return directory / f"{self.tag}_{self.split}_{self.cache_points}pts_{self.sampling}.npz"
 
@@ -317,6 +318,7 @@ class PointCloudDataset(Dataset):
 
     @property
     def num_classes(self) -> int:
+        """Number of classes, ``len(self.classes)``."""
         return len(self.classes)
 
     def __repr__(self) -> str:
