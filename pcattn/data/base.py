@@ -81,7 +81,7 @@ def resample_rows(points: np.ndarray, count: int, method: str, rng: np.random.Ge
     if method == "first":
         return points[:count]
     if method == "random":
-        return points[np.sort(rng.choice(total, size=count, replace=False))]
+        return points[rng.choice(total, size=count, replace=False)]  # random order: any prefix is uniform too
     if method == "fps":
         return points[farthest_point_indices(points, count)]
     raise ValueError(f"sampling must be one of {SAMPLING_METHODS}, got {method!r}")
@@ -247,6 +247,8 @@ class PointCloudDataset(Dataset):
             raise FileNotFoundError(f"{self.root}: no {self.split} shapes found")
         fingerprint = self._fingerprint(items) if self.cache_enabled else ""
         arrays = self._read_cache(fingerprint) if self.cache_enabled else None
+        if arrays is not None and arrays.shape[:2] != (len(items), self.cache_points):
+            arrays = None
         if arrays is None:
             arrays = self._parse(items)
             if self.cache_enabled:
