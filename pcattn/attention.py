@@ -202,8 +202,43 @@ def _chunk_rows(k: int, channels: int, chunk_size: Optional[int]) -> int:
     return chunk_size or max(1, _CHUNK_ELEMENTS // max(1, k * channels))
 
 
+class _NeighborhoodAttention(nn.Module):
+    """What both layers share: the chunked loop over query rows, with checkpointing.
+
+    Subclasses define ``_chunk(query_rows, key, value, pos_rows, pos, neighbors_rows)`` returning
+    ``(M, C)`` outputs and ``(M, K, G)`` weights for one chunk of query rows.
+    """
+
+    record_attention: bool
+    last_attention: Optional[RecordedAttention]
+    chunk_size: Optional[int]
+    checkpoint: bool
+
+    def _over_chunks(self, query: Tensor, key: Tensor, value: Tensor, pos: Tensor, neighbors: Tensor,
+                     rows: int, want_weights: bool, allow_checkpoint: bool = True
+                     ) -> Tuple[Tensor, Optional[Tensor]]:
+        n = neighbors.shape[0]
+        use_checkpoint = (self.checkpoint and allow_checkpoint and not want_weights and torch.is_grad_enabled()
+                          and (query.requires_grad or pos.requires_grad))
+        outs, weights = [], []
+        for start in range(0, n, rows):
+            args = (query[start:start + rows], key, value, pos[start:start + rows], pos, neighbors[start:start + rows])
+            if use_checkpoint:
+                outs.append(checkpoint(_first_output, self._chunk, *args, use_reentrant=False))
+            else:
+                out, w = self._chunk(*args)
+                outs.append(out)
+                weights.append(w)
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        return out, (torch.cat(weights) if want_weights else None)
+
+
+def _first_output(function, *args: Tensor) -> Tensor:
+    return function(*args)[0]
+
+
 # ----------------------------------------------------------------------------- vector attention
-class VectorSelfAttention(nn.Module):
+class VectorSelfAttention(_NeighborhoodAttention):
     r"""Vector self-attention over k nearest neighbours (Point Transformer, Zhao et al. 2021).
 
     .. math::
@@ -377,23 +412,7 @@ class VectorSelfAttention(nn.Module):
         # BatchNorm inside theta or gamma needs all pairs at once in training to match its statistics.
         whole = self._batchnorm and self.training
         rows = n if whole else _chunk_rows(k, self.out_channels, self.chunk_size)
-        use_checkpoint = (self.checkpoint and not want_weights and torch.is_grad_enabled() and not whole
-                          and n > 0 and (query.requires_grad or pos.requires_grad))
-        outs, weights = [], []
-        for start in range(0, n, rows):
-            nbr = neighbors[start:start + rows]
-            if use_checkpoint:
-                out = checkpoint(self._chunk_output, query[start:start + rows], key, value,
-                                 pos[start:start + rows], pos, nbr, use_reentrant=False)
-            else:
-                out, w = self._chunk(query[start:start + rows], key, value, pos[start:start + rows], pos, nbr)
-                weights.append(w)
-            outs.append(out)
-        out = torch.cat(outs) if len(outs) > 1 else outs[0]
-        return out, (torch.cat(weights) if want_weights else None)
-
-    def _chunk_output(self, *args: Tensor) -> Tensor:
-        return self._chunk(*args)[0]
+        return self._over_chunks(query, key, value, pos, neighbors, rows, want_weights, allow_checkpoint=not whole)
 
     def _chunk(self, query: Tensor, key: Tensor, value: Tensor, pos_query: Tensor, pos: Tensor,
                neighbors: Tensor) -> Tuple[Tensor, Tensor]:
@@ -430,7 +449,7 @@ class VectorSelfAttention(nn.Module):
 
 
 # ----------------------------------------------------------------------------- scalar attention
-class ScalarSelfAttention(nn.Module):
+class ScalarSelfAttention(_NeighborhoodAttention):
     r"""Multi-head scalar (dot-product) self-attention over kNN groups or the whole cloud.
 
     .. math::
@@ -537,24 +556,8 @@ class ScalarSelfAttention(nn.Module):
 
     # kNN groups ------------------------------------------------------------
     def _attend_knn(self, query, key, value, pos, neighbors, want_weights):
-        n, k = neighbors.shape
-        rows = _chunk_rows(k, self.heads * (self.qk_channels + self.v_channels), self.chunk_size)
-        use_checkpoint = (self.checkpoint and not want_weights and torch.is_grad_enabled()
-                          and query.requires_grad)
-        outs, weights = [], []
-        for start in range(0, n, rows):
-            args = (query[start:start + rows], key, value, pos[start:start + rows], pos, neighbors[start:start + rows])
-            if use_checkpoint:
-                outs.append(checkpoint(self._chunk_output, *args, use_reentrant=False))
-            else:
-                out, w = self._chunk(*args)
-                outs.append(out)
-                weights.append(w)
-        out = torch.cat(outs) if len(outs) > 1 else outs[0]
-        return out, (torch.cat(weights) if want_weights else None)
-
-    def _chunk_output(self, *args: Tensor) -> Tensor:
-        return self._chunk(*args)[0]
+        rows = _chunk_rows(neighbors.shape[1], self.heads * (self.qk_channels + self.v_channels), self.chunk_size)
+        return self._over_chunks(query, key, value, pos, neighbors, rows, want_weights)
 
     def _chunk(self, query, key, value, pos_query, pos, neighbors):
         m, k = neighbors.shape
