@@ -18,7 +18,6 @@ from typing import NamedTuple, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from .geometry import check_batch, check_positions, knn
 
@@ -202,11 +201,30 @@ def _chunk_rows(k: int, channels: int, chunk_size: Optional[int]) -> int:
     return chunk_size or max(1, _CHUNK_ELEMENTS // max(1, k * channels))
 
 
-class _NeighborhoodAttention(nn.Module):
-    """What both layers share: the chunked loop over query rows, with checkpointing.
+class _Neighbourhood(NamedTuple):
+    """One chunk's neighbours gathered: ``(M, K, ...)`` rows, ``valid (M, K)`` or ``None`` if all are."""
 
-    Subclasses define ``_chunk(query_rows, key, value, pos_rows, pos, neighbors_rows)`` returning
-    ``(M, C)`` outputs and ``(M, K, G)`` weights for one chunk of query rows.
+    key: Tensor
+    value: Tensor
+    rel_pos: Tensor   # p_i - p_j
+    valid: Optional[Tensor]
+
+
+def _gather_chunk(key: Tensor, value: Tensor, pos_query: Tensor, pos: Tensor, neighbors: Tensor) -> _Neighbourhood:
+    valid = neighbors >= 0
+    if bool(valid.all()):
+        valid = None
+    else:
+        neighbors = neighbors.clamp(min=0)
+    rel_pos = pos_query[:, None, :] - gather(pos, neighbors)
+    return _Neighbourhood(gather(key, neighbors), gather(value, neighbors), rel_pos, valid)
+
+
+class _NeighborhoodAttention(nn.Module):
+    """What both layers share: the chunked loop over query rows, and recomputation in backward.
+
+    Subclasses define ``_pairs(query_rows (M, Cq), neighbourhood) -> (out (M, C), weights (M, K, G))``
+    and ``_pair_modules()`` (the modules used inside ``_pairs``).
     """
 
     record_attention: bool
@@ -214,27 +232,87 @@ class _NeighborhoodAttention(nn.Module):
     chunk_size: Optional[int]
     checkpoint: bool
 
+    def _pair_modules(self) -> Tuple[Optional[nn.Module], ...]:
+        raise NotImplementedError
+
     def _over_chunks(self, query: Tensor, key: Tensor, value: Tensor, pos: Tensor, neighbors: Tensor,
-                     rows: int, want_weights: bool, allow_checkpoint: bool = True
-                     ) -> Tuple[Tensor, Optional[Tensor]]:
-        n = neighbors.shape[0]
-        use_checkpoint = (self.checkpoint and allow_checkpoint and not want_weights and torch.is_grad_enabled()
-                          and (query.requires_grad or pos.requires_grad))
+                     rows: int, want_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        params = [p for module in self._pair_modules() if module is not None
+                  for p in module.parameters() if p.requires_grad]
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value, pos, *params))
+        # Batch statistics and dropout masks would differ when recomputed: those modules use plain autograd.
+        stochastic = self.training and any(
+            isinstance(sub, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))
+            for module in self._pair_modules() if module is not None for sub in module.modules())
+        if needs_grad and self.checkpoint and not want_weights and not stochastic:
+            return _RecomputedChunks.apply(self, rows, query, key, value, pos, neighbors, *params), None
         outs, weights = [], []
-        for start in range(0, n, rows):
-            args = (query[start:start + rows], key, value, pos[start:start + rows], pos, neighbors[start:start + rows])
-            if use_checkpoint:
-                outs.append(checkpoint(_first_output, self._chunk, *args, use_reentrant=False))
-            else:
-                out, w = self._chunk(*args)
-                outs.append(out)
-                weights.append(w)
+        for start in range(0, neighbors.shape[0], rows):
+            stop = start + rows
+            out, w = self._pairs(query[start:stop], _gather_chunk(key, value, pos[start:stop], pos, neighbors[start:stop]))
+            outs.append(out)
+            weights.append(w)
         out = torch.cat(outs) if len(outs) > 1 else outs[0]
         return out, (torch.cat(weights) if want_weights else None)
 
 
-def _first_output(function, *args: Tensor) -> Tensor:
-    return function(*args)[0]
+class _RecomputedChunks(torch.autograd.Function):
+    """The chunk loop, storing nothing per pair: backward gathers and recomputes one chunk at a time.
+
+    Unlike generic checkpointing, each chunk's gradients for the gathered rows are added into a
+    single ``(N, C)`` buffer (``index_add_``), so backward costs O(N) memory and time, not one
+    full-size gradient per chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, layer, rows, query, key, value, pos, neighbors, *params):
+        ctx.layer, ctx.rows = layer, rows
+        ctx.autocast = (pos.device.type, torch.is_autocast_enabled(pos.device.type))
+        ctx.save_for_backward(query, key, value, pos, neighbors, *params)
+        outs = []
+        for start in range(0, neighbors.shape[0], rows):
+            stop = start + rows
+            outs.append(layer._pairs(query[start:stop], _gather_chunk(key, value, pos[start:stop], pos, neighbors[start:stop]))[0])
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, value, pos, neighbors, *params = ctx.saved_tensors
+        layer, rows = ctx.layer, ctx.rows
+        need_q, need_k, need_v, need_pos = ctx.needs_input_grad[2:6]
+        grads = [torch.zeros_like(t) if need else None
+                 for t, need in zip((query, key, value, pos), (need_q, need_k, need_v, need_pos))]
+        grad_q, grad_k, grad_v, grad_pos = grads
+        grad_params = [torch.zeros_like(p) for p in params]
+        device_type, autocast = ctx.autocast
+        for start in range(0, neighbors.shape[0], rows):
+            stop = start + rows
+            nbr = neighbors[start:stop]
+            index = nbr.clamp(min=0).reshape(-1)
+            with torch.enable_grad(), torch.autocast(device_type, enabled=autocast):
+                q_rows = query[start:stop].detach().requires_grad_(need_q)
+                hood = _gather_chunk(key.detach(), value.detach(), pos[start:stop].detach(), pos.detach(), nbr)
+                hood = _Neighbourhood(hood.key.requires_grad_(need_k), hood.value.requires_grad_(need_v),
+                                      hood.rel_pos.requires_grad_(need_pos), hood.valid)
+                out = layer._pairs(q_rows, hood)[0]
+                inputs = [q_rows, hood.key, hood.value, hood.rel_pos, *params]
+                wanted = [t for t in inputs if t.requires_grad]
+                found = iter(torch.autograd.grad(out, wanted, grad_out[start:stop], allow_unused=True))
+                g_q, g_key, g_value, g_rel, *g_params = [next(found) if t.requires_grad else None for t in inputs]
+            m, k = nbr.shape
+            if g_q is not None:
+                grad_q[start:stop] += g_q
+            if g_key is not None:
+                grad_k.index_add_(0, index, g_key.reshape(m * k, -1).to(grad_k.dtype))
+            if g_value is not None:
+                grad_v.index_add_(0, index, g_value.reshape(m * k, -1).to(grad_v.dtype))
+            if g_rel is not None:  # rel_pos = p_i - p_j
+                grad_pos[start:stop] += g_rel.sum(dim=1).to(grad_pos.dtype)
+                grad_pos.index_add_(0, index, -g_rel.reshape(m * k, 3).to(grad_pos.dtype))
+            for total, g in zip(grad_params, g_params):
+                if g is not None:
+                    total += g
+        return (None, None, grad_q, grad_k, grad_v, grad_pos, None, *grad_params)
 
 
 # ----------------------------------------------------------------------------- vector attention
@@ -278,7 +356,9 @@ class VectorSelfAttention(_NeighborhoodAttention):
         bias: whether :math:`\varphi, \psi, \alpha` have biases.
         chunk_size: query points processed at once (default: about 256k pair-channels).
         checkpoint: recompute each chunk's pairwise tensors in the backward pass instead of
-            storing them (much less memory in training; same gradients).
+            storing them (much less memory in training; same gradients; no double backward).
+            Modules with BatchNorm or dropout inside :math:`\theta`/:math:`\gamma` are not
+            recomputed in training (their statistics and masks would differ).
 
     Shapes:
         - x: ``(N, C_in)`` with pos ``(N, 3)`` and batch ``(N,)``, or ``(B, P, C_in)`` with
@@ -406,28 +486,23 @@ class VectorSelfAttention(_NeighborhoodAttention):
         out, weights = self._attend(query, key, value, points.pos, neighbors, want_weights)
         return _finish(self, out, weights, neighbors, points, return_attention)
 
+    def _pair_modules(self) -> Tuple[Optional[nn.Module], ...]:
+        return (self.pos_encoder, self.mapping)
+
     def _attend(self, query: Tensor, key: Tensor, value: Tensor, pos: Tensor, neighbors: Tensor,
                 want_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
         n, k = neighbors.shape
         # BatchNorm inside theta or gamma needs all pairs at once in training to match its statistics.
         whole = self._batchnorm and self.training
         rows = n if whole else _chunk_rows(k, self.out_channels, self.chunk_size)
-        return self._over_chunks(query, key, value, pos, neighbors, rows, want_weights, allow_checkpoint=not whole)
+        return self._over_chunks(query, key, value, pos, neighbors, rows, want_weights)
 
-    def _chunk(self, query: Tensor, key: Tensor, value: Tensor, pos_query: Tensor, pos: Tensor,
-               neighbors: Tensor) -> Tuple[Tensor, Tensor]:
-        """One chunk of query rows: ``(M, C)`` outputs and ``(M, K, G)`` weights."""
-        m, k = neighbors.shape
-        valid = neighbors >= 0
-        if bool(valid.all()):
-            valid = None
-        else:
-            neighbors = neighbors.clamp(min=0)
-        key_j, value_j = gather(key, neighbors), gather(value, neighbors)   # (M, K, C)
-        delta = None
+    def _pairs(self, query: Tensor, hood: _Neighbourhood) -> Tuple[Tensor, Tensor]:
+        """One chunk of query rows ``(M, C)`` and their gathered neighbours: ``(M, C)`` outputs, ``(M, K, G)`` weights."""
+        m, k = hood.key.shape[:2]
+        key_j, value_j, delta = hood.key, hood.value, None
         if self.pos_encoder is not None:
-            rel_pos = pos_query[:, None, :] - gather(pos, neighbors)          # p_i - p_j: (M, K, 3)
-            delta = _pairwise(self.pos_encoder, rel_pos)                     # (M, K, C)
+            delta = _pairwise(self.pos_encoder, hood.rel_pos)                # theta(p_i - p_j): (M, K, C)
             value_j = value_j + delta
         query_i = query[:, None, :]
         if self.relation == "subtraction":
@@ -441,7 +516,7 @@ class VectorSelfAttention(_NeighborhoodAttention):
             rel = torch.cat(parts, dim=-1)
         if delta is not None and self.relation != "concat":
             rel = rel + delta
-        weights = _normalize(_pairwise(self.mapping, rel), valid, self.normalization)  # (M, K, G)
+        weights = _normalize(_pairwise(self.mapping, rel), hood.valid, self.normalization)  # (M, K, G)
         G = weights.shape[-1]
         grouped = value_j.view(m, k, G, self.out_channels // G)
         out = (weights[..., None] * grouped).sum(dim=1).reshape(m, self.out_channels)
@@ -555,26 +630,24 @@ class ScalarSelfAttention(_NeighborhoodAttention):
         return _finish(self, self.proj(out), weights, neighbors, points, return_attention)
 
     # kNN groups ------------------------------------------------------------
+    def _pair_modules(self) -> Tuple[Optional[nn.Module], ...]:
+        return (self.pos_encoder,)
+
     def _attend_knn(self, query, key, value, pos, neighbors, want_weights):
         rows = _chunk_rows(neighbors.shape[1], self.heads * (self.qk_channels + self.v_channels), self.chunk_size)
         return self._over_chunks(query, key, value, pos, neighbors, rows, want_weights)
 
-    def _chunk(self, query, key, value, pos_query, pos, neighbors):
-        m, k = neighbors.shape
+    def _pairs(self, query: Tensor, hood: _Neighbourhood) -> Tuple[Tensor, Tensor]:
+        m, k = hood.key.shape[:2]
         H, dq, dv = self.heads, self.qk_channels, self.v_channels
-        valid = neighbors >= 0
-        if bool(valid.all()):
-            valid = None
-        else:
-            neighbors = neighbors.clamp(min=0)
-        key_j = gather(key, neighbors).view(m, k, H, dq)
-        value_j = gather(value, neighbors).view(m, k, H, dv)
+        key_j = hood.key.view(m, k, H, dq)
+        value_j = hood.value.view(m, k, H, dv)
         if self.pos_encoder is not None:
-            delta = _pairwise(self.pos_encoder, pos_query[:, None, :] - gather(pos, neighbors))
+            delta = _pairwise(self.pos_encoder, hood.rel_pos)
             key_j = key_j + delta[..., :H * dq].view(m, k, H, dq)
             value_j = value_j + delta[..., H * dq:].view(m, k, H, dv)
         logits = (query.view(m, 1, H, dq) * key_j).sum(-1) / math.sqrt(dq)    # (M, K, H)
-        weights = _normalize(logits, valid, "softmax")
+        weights = _normalize(logits, hood.valid, "softmax")
         out = (weights[..., None] * value_j).sum(dim=1).reshape(m, H * dv)
         return out, weights
 
