@@ -235,6 +235,12 @@ class _NeighborhoodAttention(nn.Module):
     def _pair_modules(self) -> Tuple[Optional[nn.Module], ...]:
         raise NotImplementedError
 
+    def reset_parameters(self) -> None:
+        """Re-initialise every weight of the layer."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
     def _over_chunks(self, query: Tensor, key: Tensor, value: Tensor, pos: Tensor, neighbors: Tensor,
                      rows: int, want_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
         params = [p for module in self._pair_modules() if module is not None
@@ -436,11 +442,6 @@ class VectorSelfAttention(_NeighborhoodAttention):
             raise ValueError(f"mapping must be mlp, linear, none or a module, got {mapping!r}")
         self._batchnorm = _has_batchnorm(self.pos_encoder, self.mapping)
 
-    def reset_parameters(self) -> None:
-        for module in self.modules():
-            if module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-
     def extra_repr(self) -> str:
         pe = "none" if self.pos_encoder is None else type(self.pos_encoder).__name__
         return (f"{self.in_channels}, {self.out_channels}, k={self.k}, groups={self.groups}, "
@@ -605,11 +606,6 @@ class ScalarSelfAttention(_NeighborhoodAttention):
             self.pos_encoder = nn.Linear(3, pe_channels, bias=False)
         else:
             self.pos_encoder = _mlp(3, pos_hidden, pe_channels)
-
-    def reset_parameters(self) -> None:
-        for module in self.modules():
-            if module is not self and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, k={self.k}, heads={self.heads}, "
