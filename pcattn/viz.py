@@ -681,6 +681,10 @@ class FigureRow:
     cmap: str = "viridis"
 
 
+def _fit(text: str, characters: int) -> str:
+    return text if len(text) <= characters else text[: max(1, characters - 3)] + "..."
+
+
 def compose_figure(rows: Sequence[FigureRow], title: str = "", path=None, colorbar: bool = True,
                    view_titles: Optional[Sequence[str]] = None) -> np.ndarray:
     """Tile rendered views (rows x views) with row captions, a title and a colour bar per row.
@@ -709,10 +713,13 @@ def compose_figure(rows: Sequence[FigureRow], title: str = "", path=None, colorb
     figure = Figure(figsize=(total_w / dpi, total_h / dpi), dpi=dpi, facecolor="white")
     canvas = FigureCanvasAgg(figure)
     if title:
-        figure.text(0.5, 1 - 12 / total_h, title, ha="center", va="top", fontsize=13, weight="bold")
+        # about 8 px per character at 13 pt: shorten rather than overflow a narrow picture
+        figure.text(0.5, 1 - 12 / total_h, _fit(title, total_w // 8), ha="center", va="top", fontsize=13,
+                    weight="bold")
     for r, row in enumerate(rows):
         y0 = top + r * (header + h + gap) + header            # top edge of the images, in pixels from the top
-        figure.text(gap / total_w, 1 - (y0 - 7) / total_h, row.title, ha="left", va="bottom", fontsize=10)
+        figure.text(gap / total_w, 1 - (y0 - 7) / total_h, _fit(row.title, (total_w - gap) // 6), ha="left",
+                    va="bottom", fontsize=10)
         for c, image in enumerate(row.images):
             x0 = gap + c * (w + gap)
             ax = figure.add_axes([x0 / total_w, 1 - (y0 + h) / total_h, w / total_w, h / total_h])
@@ -792,9 +799,9 @@ def attention_picture(
             values = point_values(layer, pos, mode=mode, query=query, reduce=reduce)
             colors = values.colors()
             images = render_views(pos, colors, views, size, values.query_point, values.neighborhood, up_axis, backend)
-            caption = f"{name + ' - ' if name else ''}layer {layer.index} '{layer.name}' ({layer.kind}, " \
-                      f"{layer.pos.shape[0]} pts) - {mode}" + (f" of point {query}" if mode == "query" else "") + \
-                      (f", reduce {reduce}" if reduce != "mean" else "")
+            caption = f"{name + ': ' if name else ''}layer {layer.index} {layer.name} ({layer.kind}, " \
+                      f"{layer.pos.shape[0]} pts), " + (f"query point {query}" if mode == "query" else "received") + \
+                      (f", {reduce} over groups" if reduce != "mean" else "")
             results.append(RowResult(name, layer, values, colors, probabilities))
             figure_rows.append(FigureRow(images, caption, values.vmin, values.vmax, values.label))
     view_titles = [f"az {a:.0f}, el {e:.0f}" for a, e in view_angles(views)]
@@ -962,10 +969,13 @@ def plot_run(run_dir) -> List[Path]:
                 found = series(key)
                 if found:
                     ax.plot(*found, marker="o" if len(found[0]) < 30 else None, markersize=3, label=label)
+            from matplotlib.ticker import MaxNLocator
+
             loss_ax.set(title="loss", xlabel="epoch", ylabel="cross-entropy")
             acc_ax.set(title="accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
             for ax in (loss_ax, acc_ax):
                 ax.grid(alpha=0.3)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 if ax.lines:
                     ax.legend(fontsize=8)
             best = series("test_oa")
