@@ -1,0 +1,154 @@
+"""``pcattn visualize`` / ``pcattn plot`` on tiny checkpoints: pictures, .ply, printed prediction, errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pcattn import viz_cli
+from pcattn.data import BUILTIN_CLASSES
+from pcattn.models import create_model
+
+SMALL = dict(widths=(16, 32), depths=(1, 1), head_channels=(16,), k=8)
+MAGENTA = np.array([255, 0, 255])
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_checkpoint(path, attention, classes, seed=0, **train):
+    """A checkpoint in the engine's format (saved by the engine's own writer)."""
+    from pcattn.engine import save_checkpoint
+
+    torch.manual_seed(seed)
+    model = create_model(f"pt-tiny-{attention}", num_classes=len(classes), **SMALL).eval()
+    train_config = dict(dataset="builtin", format=None, data_root=None, num_points=256, use_normals=False, up_axis=1)
+    train_config.update(train)
+    save_checkpoint(path, {
+        "kind": "pcattn-classifier", "format_version": 1, "model_config": model.config,
+        "model_state": model.state_dict(), "classes": list(classes), "optimizer": None, "scheduler": None,
+        "epoch": 1, "rng_state": None, "best_acc": 0.0, "train_config": train_config,
+    })
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    classes = list(BUILTIN_CLASSES)
+    return (write_checkpoint(folder / "vector.pt", "vector", classes),
+            write_checkpoint(folder / "scalar.pt", "scalar", classes, seed=1))
+
+
+@pytest.fixture(scope="module")
+def cloud_file(tmp_path_factory):
+    """A raw, unnormalised 600-point .npy cloud (subsampled to 256 as in the checkpoint's training)."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("input") / "blob.npy"
+    np.save(path, (rng.normal(size=(600, 3)) * [3.0, 1.0, 0.5] + 10).astype(np.float32))
+    return path
+
+
+def visualize(*argv):
+    return viz_cli.main([str(a) for a in argv])
+
+
+def read_png(path):
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+
+def test_visualize_file_writes_picture_and_ply_and_prints_prediction(checkpoints, cloud_file, tmp_path, capsys):
+    import open3d as o3d
+
+    out, ply = tmp_path / "pic.png", tmp_path / "pic.ply"
+    code = visualize("--checkpoint", checkpoints[0], "--input", cloud_file, "--query", 10, "--views", 2,
+                     "--size", 140, "--out", out, "--ply", ply)
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "predicted" in printed and "p = " in printed and f"wrote {out}" in printed and f"wrote {ply}" in printed
+    image = read_png(out)
+    assert (np.abs(image - MAGENTA).max(-1) <= 2).sum() >= 20             # the query is highlighted
+    back = o3d.io.read_point_cloud(str(ply))
+    assert len(back.points) == 256 and back.has_colors()                  # num_points from the checkpoint
+    assert np.linalg.norm(np.asarray(back.points), axis=1).max() == pytest.approx(1.0, abs=1e-5)  # unit sphere
+
+
+def test_visualize_compare_two_checkpoints_and_layers(checkpoints, cloud_file, tmp_path, capsys):
+    out = tmp_path / "compare.png"
+    code = visualize("--checkpoint", checkpoints[0], "--compare", checkpoints[1], "--input", cloud_file,
+                     "--layer", 0, "stages.1.0.attention", "--mode", "received", "--reduce", "max",
+                     "--view", 0, 90, "--size", 120, "--renderer", "matplotlib", "--out", out)
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert printed.count("predicted") == 2 and "4 row(s) x 1 view(s)" in printed
+    assert read_png(out).shape[0] > 4 * 120
+
+
+def test_visualize_dataset_sample(checkpoints, tmp_path, capsys):
+    out = tmp_path / "sample.png"
+    code = visualize("--checkpoint", checkpoints[0], "--dataset", "builtin", "--split", "test", "--index", 3,
+                     "--views", 1, "--size", 120, "--out", out)
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "true class" in printed and "builtin test #3" in printed and out.is_file()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--query", "600"], "--query 600 out of range: the cloud has 256 points"),
+    (["--layer", "nosuch"], "no attention layer named 'nosuch'; available: 0: stages.0.0.attention"),
+    (["--layer", "7"], "layer 7 out of range"),
+    (["--reduce", "9"], "reduce=9: this layer has 2 groups/heads"),
+])
+def test_visualize_errors_are_clear(checkpoints, cloud_file, tmp_path, capsys, argv, message):
+    code = visualize("--checkpoint", checkpoints[0], "--input", cloud_file, "--out", tmp_path / "x.png", *argv)
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_visualize_bad_inputs(checkpoints, tmp_path, capsys):
+    bad = tmp_path / "broken.xyz"
+    bad.write_text("0 0 0\n1 1\n")
+    assert visualize("--checkpoint", checkpoints[0], "--input", bad, "--out", tmp_path / "x.png") == 2
+    assert "broken.xyz" in capsys.readouterr().err
+    assert visualize("--checkpoint", checkpoints[0], "--input", tmp_path / "none.ply") == 2
+    assert "none.ply" in capsys.readouterr().err
+    assert visualize("--checkpoint", tmp_path / "missing.pt", "--input", bad) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    assert visualize("--checkpoint", checkpoints[0], "--dataset", "builtin", "--index", 100000) == 2
+    assert "--index 100000 out of range" in capsys.readouterr().err
+
+
+def test_show_without_display_still_writes_the_picture(checkpoints, cloud_file, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    out = tmp_path / "pic.png"
+    code = visualize("--checkpoint", checkpoints[0], "--input", cloud_file, "--views", 1, "--size", 96,
+                     "--renderer", "matplotlib", "--out", out, "--show")
+    captured = capsys.readouterr()
+    assert code == 0 and out.is_file() and "no display" in captured.err
+
+
+def test_pcattn_cli_visualize_and_plot(checkpoints, cloud_file, tmp_path, capsys):
+    from pcattn.cli import main
+
+    out = tmp_path / "cli.png"
+    assert main(["visualize", "--checkpoint", str(checkpoints[0]), "--input", str(cloud_file), "--views", "1",
+                 "--size", "96", "--out", str(out)]) in (0, None)
+    assert out.is_file()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(dict(epoch=e, train_loss=1.0 / e, train_acc=0.5,
+                                                               test_loss=1.2 / e, test_oa=0.4, test_macc=0.4)) + "\n"
+                                               for e in (1, 2)))
+    assert main(["plot", str(run)]) in (0, None)
+    assert (run / "curves.png").is_file()
