@@ -188,6 +188,10 @@ def extract_attention(
         if pos.dim() == 2 and batch is None:  # one cloud: the models expect (B, P, 3)
             pos = pos[None]
             x = None if x is None else x[None]
+    if model.training and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        warnings.warn(f"{type(model).__name__} is in training mode: BatchNorm uses this batch's statistics "
+                      f"(and updates its running ones); call model.eval() to see the trained model's attention",
+                      RuntimeWarning, stacklevel=2)
     saved = [(module.record_attention, module.last_attention) for _, module in modules]
     try:
         for _, module in modules:
@@ -367,8 +371,13 @@ def point_values(
     neighbors = layer.neighbors[rows] - start                                 # local rows, empty slots < 0
     valid = layer.neighbors[rows] >= 0
     count = rows.numel()
-    input_to_layer = _nearest(layer_pos, pos)                                 # (P,) nearest layer point
-    layer_to_input = _nearest(pos, layer_pos)                                 # (M,) the same position in the input
+    if layer_pos.shape == pos.shape and torch.equal(layer_pos, pos):
+        # the layer runs on the input points themselves: identity (a nearest-neighbour search could
+        # swap duplicated points, which padded clouds have)
+        input_to_layer = layer_to_input = torch.arange(num_points)
+    else:
+        input_to_layer = _nearest(layer_pos, pos)                             # (P,) nearest layer point
+        layer_to_input = _nearest(pos, layer_pos)                             # (M,) the same position in the input
 
     if mode == "query":
         if isinstance(query, bool) or not isinstance(query, (int, np.integer)) or not 0 <= query < num_points:

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         picture = viz.attention_picture(models, pos, x, layers=layers, mode=args.mode, query=args.query,
                                         reduce=args.reduce, views=views, size=(args.size, args.size),
                                         up_axis=up_axis, backend=args.renderer, title=title, path=args.out)
-    except (FileNotFoundError, ValueError, TypeError, viz.RenderingUnavailable) as error:
+    except (FileNotFoundError, ValueError, viz.RenderingUnavailable) as error:
         print(f"pcattn visualize: error: {error}", file=sys.stderr)
         return 2
 

@@ -153,6 +153,16 @@ def test_query_values_are_the_query_rows_weights():
     assert np.allclose(colors[others], viz.INACTIVE_COLOR) and not np.allclose(colors[neighbours], viz.INACTIVE_COLOR)
 
 
+def test_duplicated_points_keep_their_own_query():
+    pos = cloud(100)
+    pos = torch.cat([pos, pos[:20]])                                      # padded clouds repeat points
+    layer = viz.extract_attention(small_model(), pos).layers[0]
+    values = viz.point_values(layer, pos, "query", 105)
+    assert values.query_point == 105
+    np.testing.assert_allclose(values.values[layer.neighbors[105].numpy()],
+                               layer.weights[105].mean(-1).double().numpy(), atol=1e-7)
+
+
 def test_received_values_are_a_scatter_add_of_the_weights():
     pos = cloud()
     layer = viz.extract_attention(small_model("scalar"), pos).layers[0]
