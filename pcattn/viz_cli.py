@@ -63,6 +63,12 @@ def _axis(value, default: int = 1) -> int:
     return int(value)
 
 
+def _short(path) -> str:
+    """``run/best.pt`` rather than a long absolute path, for captions."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
 def _prediction(probabilities, classes) -> str:
     p, c = probabilities.max(0)
     name = classes[int(c)] if classes and int(c) < len(classes) else str(int(c))
@@ -78,13 +84,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         model, classes, checkpoint = load_model(args.checkpoint)
-        models = [(args.checkpoint, model)]
+        models = [(_short(args.checkpoint), model)]
         if args.compare:
             other, other_classes, _ = load_model(args.compare)
             if other.in_channels != model.in_channels:
                 raise ValueError(f"{args.compare} takes {other.in_channels} input channels but {args.checkpoint} "
                                  f"takes {model.in_channels}: they cannot see the same input")
-            models.append((args.compare, other))
+            models.append((_short(args.compare), other))
         train = checkpoint.get("train_config") or {}
         use_normals = model.in_channels == 6
         num_points = args.num_points or train.get("num_points") or 1024
