@@ -695,11 +695,12 @@ def _fit(text: str, characters: int) -> str:
 
 
 def compose_figure(rows: Sequence[FigureRow], title: str = "", path=None, colorbar: bool = True,
-                   view_titles: Optional[Sequence[str]] = None) -> np.ndarray:
+                   view_titles: Optional[Sequence[str]] = None, footer: str = "") -> np.ndarray:
     """Tile rendered views (rows x views) with row captions, a title and a colour bar per row.
 
     Images are placed pixel for pixel (no resampling), so the rendered colours reach the file
-    unchanged. Writes a PNG to ``path`` if given.
+    unchanged. ``view_titles`` label the columns (under the last row), ``footer`` is a line of
+    small text at the bottom (a legend). Writes a PNG to ``path`` if given.
 
     Returns:
         The composed ``(H, W, 3)`` uint8 image.
@@ -717,7 +718,8 @@ def compose_figure(rows: Sequence[FigureRow], title: str = "", path=None, colorb
     gap, header, top = 8, 30, (44 if title else 8)
     bar = 110 if colorbar else 0
     total_w = gap + columns * (w + gap) + bar
-    total_h = top + len(rows) * (header + h + gap)
+    bottom = 22 if footer else 0
+    total_h = top + len(rows) * (header + h + gap) + bottom
     dpi = 100
     figure = Figure(figsize=(total_w / dpi, total_h / dpi), dpi=dpi, facecolor="white")
     canvas = FigureCanvasAgg(figure)
@@ -744,6 +746,9 @@ def compose_figure(rows: Sequence[FigureRow], title: str = "", path=None, colorb
             bar_ = figure.colorbar(mappable, cax=cax)
             bar_.set_label(row.label, fontsize=8)
             bar_.ax.tick_params(labelsize=7)
+    if footer:
+        figure.text(gap / total_w, 6 / total_h, _fit(footer, (total_w - gap) // 5), ha="left", va="bottom",
+                    fontsize=8, color="0.3")
     canvas.draw()
     image = np.array(canvas.buffer_rgba())[..., :3]
     if path is not None:
@@ -813,8 +818,14 @@ def attention_picture(
                       (f", {reduce} over groups" if reduce != "mean" else "")
             results.append(RowResult(name, layer, values, colors, probabilities))
             figure_rows.append(FigureRow(images, caption, values.vmin, values.vmax, values.label))
-    view_titles = [f"az {a:.0f}, el {e:.0f}" for a, e in view_angles(views)]
-    image = compose_figure(figure_rows, title, path, colorbar, view_titles)
+    view_titles = [f"azimuth {a:.0f}, elevation {e:.0f}" for a, e in view_angles(views)]
+    if mode == "query":
+        footer = ("magenta point and ring: the query (in deeper layers the kept point nearest to it); large points: "
+                  "its neighbours in that layer, coloured by the weight it gives them; grey: outside its "
+                  "neighbourhood (weight 0)")
+    else:
+        footer = "colour: total attention weight each point receives from the other points whose neighbourhood holds it"
+    image = compose_figure(figure_rows, title, path, colorbar, view_titles, footer)
     return AttentionPicture(image, results)
 
 
