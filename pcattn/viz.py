@@ -5,7 +5,7 @@ The pipeline, one function per step::
     record = extract_attention(model, pos)                 # one forward pass, every attention layer recorded
     layer = select_layer(record.layers, 0)                 # by index or by module name
     values = point_values(layer, pos, mode="query", query=17)   # (P,) values on the INPUT points
-    colors = colorize(values.values)                       # (P, 3) viridis
+    colors = values.colors()                               # (P, 3) viridis (grey outside the neighbourhood)
     images = render_views(pos, colors, views=3, highlight=values.query_point, neighborhood=values.neighborhood)
     compose_figure([FigureRow(images, "layer 0", values.vmin, values.vmax, values.label)], path="attention.png")
     write_ply("attention.ply", pos, colors)
