@@ -1,0 +1,122 @@
+"""The benchmark harness: its references compute what they claim, and ``--quick`` runs end to end."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pcattn import ScalarSelfAttention, VectorSelfAttention
+from pcattn.bench import ALLOCATORS, _peak_bytes, _reset_peak, brute_fps, brute_knn, lucidrains_bytes
+from pcattn.geometry import farthest_point_sampling, knn
+from pcattn.reference import (DenseVectorAttention, PyGPointTransformerNet, global_attention_reference,
+                              neighbors_to_edge_index, pyg_mlp, scalar_attention_reference,
+                              vector_attention_reference)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("paper", [False, True])
+def test_dense_reference_equals_pyg_conv(paper):
+    from torch_geometric.nn import PointTransformerConv
+
+    torch.manual_seed(0)
+    n, c, k = 300, 16, 8
+    x, pos = torch.randn(n, c), torch.randn(n, 3)
+    conv = PointTransformerConv(c, c, pos_nn=pyg_mlp([3, 32, c]) if paper else None,
+                                attn_nn=pyg_mlp([c, 32, c]) if paper else None)
+    neighbors = knn(pos, k)
+    expected = conv(x, pos, neighbors_to_edge_index(neighbors))
+    dense = DenseVectorAttention.from_pyg(conv)(x, pos, neighbors)
+    assert (dense - expected).abs().max() < 1e-5
+    assert (VectorSelfAttention.from_pyg(conv, k=k)(x, pos, neighbors=neighbors) - expected).abs().max() < 1e-5
+
+
+def test_vector_reference_formula_by_hand():
+    # One point, two neighbours, identity maps: y = sum_j softmax_j(x_i - x_j + d_ij) * (x_j + d_ij).
+    x = torch.tensor([[0.0], [1.0], [3.0]])
+    pos = torch.zeros(3, 3)
+    ident = torch.nn.Identity()
+    y = vector_attention_reference(x, pos, torch.tensor([[0, 1, -1]]), ident, ident, ident, None, None)
+    w = torch.softmax(torch.tensor([0.0, -1.0]), 0)
+    assert torch.allclose(y[0], (w * torch.tensor([0.0, 1.0])).sum(0, keepdim=True))
+
+
+def test_scalar_references_equal_layer():
+    torch.manual_seed(0)
+    layer = ScalarSelfAttention(16, 16, k=8, heads=4)
+    x, pos = torch.randn(200, 16), torch.randn(200, 3)
+    nb = knn(pos, 8)
+    assert (layer(x, pos, neighbors=nb) - scalar_attention_reference(layer, x, pos, nb)).abs().max() < 1e-5
+    whole = ScalarSelfAttention(16, 16, k=None, heads=4)
+    xb, pb = torch.randn(2, 100, 16), torch.randn(2, 100, 3)
+    assert (whole(xb, pb) - global_attention_reference(whole, xb, pb)).abs().max() < 1e-5
+
+
+def test_brute_force_baselines_agree_with_pcattn():
+    torch.manual_seed(0)
+    pos = torch.rand(500, 3)
+    assert torch.equal(brute_knn(pos, 8), knn(pos, 8)) or torch.allclose(
+        (pos[brute_knn(pos, 8)] - pos[:, None]).norm(dim=-1), (pos[knn(pos, 8)] - pos[:, None]).norm(dim=-1))
+    assert torch.equal(brute_fps(pos, 50), farthest_point_sampling(pos, count=50))
+
+
+def test_pyg_example_network_trains_a_step():
+    torch.manual_seed(0)
+    net = PyGPointTransformerNet(3, 5, dim_model=(32, 64, 128), k=16)
+    B, P = 2, 256
+    pos = torch.rand(B * P, 3)
+    batch = torch.arange(B).repeat_interleave(P)
+    out = net(pos, pos, batch)
+    assert out.shape == (B, 5)
+    assert torch.allclose(out.exp().sum(1), torch.ones(B), atol=1e-5)    # log-probabilities
+    torch.nn.functional.nll_loss(out, torch.tensor([0, 1])).backward()
+    assert all(p.grad is not None for p in net.transformer_input.parameters())
+
+
+def test_lucidrains_estimate_grows_with_pairs():
+    assert lucidrains_bytes(1, 2048, 64) == 4 * lucidrains_bytes(1, 1024, 64)
+    assert lucidrains_bytes(8, 1024, 64) > 8 * 1024 ** 3          # the main case cannot fit a small budget
+
+
+def test_peak_memory_probe_resets():
+    if not _reset_peak():
+        pytest.skip("this kernel does not allow resetting VmHWM (/proc/self/clear_refs)")
+    big = torch.ones(64 * 1024 * 1024 // 4)      # 64 MiB resident
+    high = _peak_bytes()
+    del big
+    assert _reset_peak()
+    assert _peak_bytes() < high - 32 * 1024 * 1024
+
+
+def test_quick_benchmark_smoke(tmp_path):
+    out = tmp_path / "tmp.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=170, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| case |" in proc.stdout and "speedup" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["config"]["threads"] == 2
+    cases = data["cases"]
+    kinds = {c["kind"] for c in cases}
+    assert {"vector", "scalar", "knn", "fps", "ceiling"} <= kinds
+    vector = [c for c in cases if c["kind"] == "vector"]
+    assert {c["allocator"] for c in vector} == {"default", "tuned"}
+    for case in vector:   # the allocator setting really reached the worker process
+        assert case["malloc_env"] == ALLOCATORS[case["allocator"]]
+        assert case["threads"] == 2
+    n_ratios = 0
+    for case in cases:
+        assert not case["errors"], case["errors"]
+        for ratio in case["ratios"].values():
+            for value in ratio.values():
+                assert isinstance(value, float) and math.isfinite(value) and value > 0
+                n_ratios += 1
+    assert n_ratios >= 6
+    checks = {k: v for c in vector for k, v in c["checks"].items()}
+    assert checks and all(v < 1e-4 for v in checks.values())    # ours == PyG == dense reference
+    assert any(c["sides"]["pyg"].get("peak_mib") for c in vector)
+    ceiling = next(c for c in cases if c["kind"] == "ceiling")
+    assert ceiling["extra"]["matmul_gflops"] > 0 and ceiling["extra"]["copy_gbs"] > 0
