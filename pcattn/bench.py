@@ -661,13 +661,53 @@ def run_case(case: Case, allocator: str, args: argparse.Namespace, log: Callable
 
 
 # ============================================================================ report
+def _seconds(value: float) -> str:
+    if value < 1:
+        return f"{value * 1e3:.1f} ms"
+    if value < 600:
+        return f"{value:.2f} s"
+    return f"{value / 60:.0f} min"
+
+
 def _fmt_time(entry: Dict[str, Any]) -> str:
     if "median_s" not in entry:
         return entry.get("status", "n/a")
-    text = f"{entry['median_s'] * 1e3:.1f} ({entry['min_s'] * 1e3:.0f}-{entry['max_s'] * 1e3:.0f})"
-    if entry.get("note"):
-        text += " est."
-    return text
+    if entry.get("note"):          # extrapolated: one number is all it is worth
+        return f"~{_seconds(entry['median_s'])} est."
+    if entry["n"] == 1:
+        return _seconds(entry["median_s"])
+    return f"{_seconds(entry['median_s'])} ({_seconds(entry['min_s'])}-{_seconds(entry['max_s'])})"
+
+
+def targets(results: List[Dict[str, Any]]) -> List[str]:
+    """Issue 5's targets, read off this run's numbers: one line each, met or not."""
+    lines = []
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    for rec in results:
+        ratio = rec["ratios"].get("pyg", {})
+        if rec["kind"] == "vector" and rec["params"]["mode"] == "fwdbwd" and "speedup" in ratio:
+            need = 3.0 if rec["allocator"] == "default" else 2.0
+            text = (f"- {rec['name']} [{rec['allocator']}]: {ratio['speedup']:.2f}x faster than PyG "
+                    f"(target {need:.0f}x: {verdict(ratio['speedup'] >= need)})")
+            if rec["allocator"] == "default" and "memory_ratio" in ratio:
+                text += f"; memory {ratio['memory_ratio']:.2f} of PyG's (target <= 0.33: " \
+                        f"{verdict(ratio['memory_ratio'] <= 1 / 3)})"
+            lines.append(text)
+        if rec["kind"] == "classifier" and "speedup" in rec["ratios"].get("pyg-example", {}):
+            value = rec["ratios"]["pyg-example"]["speedup"]
+            lines.append(f"- classifier training [{rec['allocator']}]: {value:.2f}x the samples/s of the PyG example "
+                         f"(target 2x: {verdict(value >= 2)})")
+        if rec["kind"] == "scale" and rec["sides"]["ours"].get("peak_mib"):
+            gib = rec["sides"]["ours"]["peak_mib"] / 1024
+            lines.append(f"- {rec['name']}: peak {gib:.2f} GiB (target <= 8 GiB: {verdict(gib <= 8)}), "
+                         f"{_fmt_time(rec['sides']['ours'])}")
+        if rec["kind"] == "knn" and rec["params"]["N"] >= 1_000_000 and "median_s" in rec["sides"]["ours"]:
+            lines.append(f"- kNN of 1M points [{rec['allocator']}]: {_seconds(rec['sides']['ours']['median_s'])} "
+                         f"(target: seconds, not minutes: {verdict(rec['sides']['ours']['median_s'] < 60)})")
+    return lines
 
 
 def _fmt_mem(entry: Dict[str, Any]) -> str:
@@ -679,8 +719,9 @@ def markdown(results: List[Dict[str, Any]], config: Dict[str, Any]) -> str:
              "Configuration: " + ", ".join(f"{k}={v}" for k, v in config.items()), "",
              "Times in ms: median (min-max) over all timed calls of all processes. Speedup = theirs / ours "
              "(> 1: ours faster); memory = our peak / their peak (< 1: ours smaller). Peaks in MiB above the "
-             "process's resident size after setup. `est.` = extrapolated from a slice of the work.", "",
-             "| case | allocator | ours ms | ours MiB | other | other ms | other MiB | speedup | memory | check |",
+             "process's resident size after setup (first call in a fresh process). `est.` = extrapolated from a "
+             "slice of the work. check = max abs difference of outputs (and input gradients) against ours.", "",
+             "| case | allocator | ours time | ours MiB | other | other time | other MiB | speedup | memory | check |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     extras = []
     for rec in results:
@@ -712,6 +753,9 @@ def markdown(results: List[Dict[str, Any]], config: Dict[str, Any]) -> str:
                           "(rough FLOP count).")
         for error in rec.get("errors", []):
             extras.append(f"- {rec['name']} ({rec['allocator']}): {error}")
+    goal = targets(results)
+    if goal:
+        extras += ["", "Targets of issue 5 in this run:"] + goal
     return "\n".join(lines + [""] + extras) + "\n"
 
 
