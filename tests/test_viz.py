@@ -18,12 +18,7 @@ SMALL = dict(widths=(16, 32, 32), depths=(1, 1, 1), head_channels=(16,), k=8)
 MAGENTA = np.array([255, 0, 255])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: threads only add overhead
 
 
 def small_model(attention="vector", num_classes=5, seed=0):

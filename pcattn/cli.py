@@ -1,0 +1,198 @@
+"""The ``pcattn`` command: ``train``, ``eval``, ``plot``, ``visualize``, ``bench``.
+
+    pcattn train --dataset builtin --attention vector --out runs/builtin-vector
+    pcattn train --out runs/builtin-vector --resume          # continue a killed run
+    pcattn eval --checkpoint runs/builtin-vector/best.pt --votes 3
+    pcattn plot runs/builtin-vector
+    pcattn visualize --checkpoint runs/builtin-vector/best.pt --dataset builtin --index 7 --out attention.png
+    pcattn bench --quick
+
+Each subcommand imports its module only when it runs, so ``pcattn train`` does not load Open3D's
+renderer and ``pcattn --help`` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+__all__ = ["main", "add_train_arguments", "add_eval_arguments"]
+
+
+# ============================================================================ train
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of ``pcattn train`` / ``scripts/train_cls.py``. Every default is ``None`` here and
+    filled from :class:`pcattn.engine.TrainConfig`, so ``--resume`` can tell what was given."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=("builtin", "modelnet10", "modelnet40"),
+                      help="built-in generated shapes (default, no download) or ModelNet")
+    data.add_argument("--format", choices=("off", "normal_resampled", "hdf5", "folder"),
+                      help="ModelNet file format (default: guessed from the files)")
+    data.add_argument("--data-root", help="dataset folder (default: looked up under datasets/, see its README)")
+    data.add_argument("--num-points", type=int, help="points per cloud (default 512 builtin, 1024 ModelNet)")
+    data.add_argument("--use-normals", action="store_true", default=None, help="normals as extra input features")
+    data.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                      help="switch the training augmentation off")
+    data.add_argument("--num-workers", type=int, help="data-loading processes (default 0)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", help="named configuration (default pt-tiny-<attention> for builtin, "
+                                       "pt-<attention> for ModelNet); see pcattn.models.list_models()")
+    model.add_argument("--attention", choices=("vector", "scalar"), help="attention type (default vector)")
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, help="default 15")
+    optim.add_argument("--batch-size", type=int, help="default 32")
+    optim.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
+    optim.add_argument("--weight-decay", type=float, help="default 1e-4")
+    optim.add_argument("--optimizer", choices=("adamw", "sgd"), help="default adamw")
+    optim.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    optim.add_argument("--warmup", type=float, help="fraction of iterations warming up, then cosine (default 0.1)")
+    optim.add_argument("--label-smoothing", type=float, help="default 0.1")
+    run = parser.add_argument_group("run")
+    run.add_argument("--seed", type=int, help="default 0; the same seed gives the same metrics on a CPU")
+    run.add_argument("--device", help="auto (default: CUDA when present), cpu or cuda")
+    run.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    run.add_argument("--out", help="run folder (default runs/<dataset>-<model>)")
+    run.add_argument("--resume", action="store_true", default=None,
+                     help="continue the run in --out from its last checkpoint (with its own settings)")
+    run.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                     help="no progress bars (one line per epoch)")
+    run.add_argument("--no-plots", dest="plots", action="store_false", default=None,
+                     help="do not draw curves.png / confusion.png at the end")
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .engine import CheckpointError, TrainConfig, merge_resume_config, train
+
+    fields = {name: value for name, value in vars(args).items()
+              if value is not None and name in TrainConfig.__dataclass_fields__}
+    explicit = [name for name in fields if name not in ("out", "resume")]
+    config = TrainConfig(**fields)
+    if config.out is None or "out" not in fields:
+        probe = config.resolved()
+        config.out = f"runs/{probe.dataset}-{probe.model}"
+    try:
+        config = merge_resume_config(config, explicit)
+        summary = train(config)
+    except (FileExistsError, FileNotFoundError, ValueError, CheckpointError) as error:
+        print(f"pcattn train: error: {error}", file=sys.stderr)
+        return 2
+    evaluation = summary.get("eval")
+    if evaluation:
+        print(f"best checkpoint {summary['run_dir']}/best.pt (epoch {summary['best_epoch']}): "
+              f"test OA {evaluation['oa']:.4f}, mAcc {evaluation['macc']:.4f}; trained in {summary['seconds']:.0f} s")
+    return 0
+
+
+# ============================================================================ eval
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by pcattn train")
+    parser.add_argument("--votes", type=int, default=1,
+                        help="test-time voting: passes averaged, extra ones rotated about the up axis and scaled "
+                             "(default 1: no voting)")
+    parser.add_argument("--data-root", default=None, help="where the test data is (default: as in training)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: as in training")
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the voting augmentation")
+    parser.add_argument("--json", default=None, help="also write the full result (confusion matrix...) as JSON")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=True)
+    return parser
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .engine import CheckpointError, evaluate_checkpoint
+
+    try:
+        result = evaluate_checkpoint(args.checkpoint, votes=args.votes, device=args.device,
+                                     batch_size=args.batch_size, num_workers=args.num_workers, seed=args.seed,
+                                     data_root=args.data_root, progress=args.progress)
+    except (FileNotFoundError, ValueError, CheckpointError) as error:
+        print(f"pcattn eval: error: {error}", file=sys.stderr)
+        return 2
+    print(format_evaluation(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def format_evaluation(result) -> str:
+    """A readable report: OA, mAcc, per-class accuracy and the confusion matrix."""
+    classes = result["classes"]
+    width = max(len(name) for name in classes)
+    lines = [f"{result['checkpoint']} (epoch {result.get('epoch')}), {result['samples']} test shapes, "
+             f"{result['votes']} vote(s)",
+             f"overall accuracy (OA)   {result['oa']:.4f}",
+             f"mean class accuracy     {result['macc']:.4f}",
+             "per class:"]
+    support = [sum(row) for row in result["confusion"]]
+    for name, n in zip(classes, support):
+        accuracy = result["per_class"][name]
+        lines.append(f"  {name:<{width}}  {'-' if accuracy is None else f'{accuracy:.3f}'}  ({n} shapes)")
+    if len(classes) <= 20:
+        lines.append("confusion matrix (rows: true class, columns: predicted):")
+        cell = max(3, max(len(str(v)) for row in result["confusion"] for v in row))
+        lines.append(" " * (width + 2) + " ".join(f"{i:>{cell}}" for i in range(len(classes))))
+        for i, (name, row) in enumerate(zip(classes, result["confusion"])):
+            lines.append(f"  {name:<{width}}" + " ".join(f"{v:>{cell}}" for v in row) + f"   [{i}]")
+    return "\n".join(lines)
+
+
+# ============================================================================ plot
+def run_plot(args: argparse.Namespace) -> int:
+    from .viz import plot_run
+
+    try:
+        written = plot_run(args.run_dir)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"pcattn plot: error: {error}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+# ============================================================================ main
+def _lazy(module: str, function: str):
+    def call(args):
+        import importlib
+
+        return getattr(importlib.import_module(f"pcattn.{module}"), function)(args)
+
+    return call
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import bench, viz_cli  # both import only argparse/stdlib at module level
+
+    parser = argparse.ArgumentParser(prog="pcattn", description="Self-attention on 3D point clouds: train, "
+                                     "evaluate, visualise, benchmark.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = commands.add_parser("train", help="train a classifier", description="Train a Point Transformer "
+                                "classifier; writes checkpoints, metrics.jsonl and plots into --out.")
+    add_train_arguments(train).set_defaults(handler=run_train)
+    evaluation = commands.add_parser("eval", help="evaluate a checkpoint", description="OA, mAcc, per-class "
+                                     "accuracy and confusion matrix of a checkpoint on its test split.")
+    add_eval_arguments(evaluation).set_defaults(handler=run_eval)
+    plot = commands.add_parser("plot", help="draw a run's curves.png and confusion.png")
+    plot.add_argument("run_dir", help="a run folder (holds metrics.jsonl / eval.json)")
+    plot.set_defaults(handler=run_plot)
+    visualize = commands.add_parser("visualize", help="render attention weights on a cloud",
+                                    description="Render a trained classifier's attention on a point cloud.")
+    viz_cli.add_arguments(visualize).set_defaults(handler=_lazy("viz_cli", "run"))
+    benchmark = commands.add_parser("bench", help="speed and memory against PyG and other implementations")
+    bench.add_arguments(benchmark).set_defaults(handler=_lazy("bench", "run"))
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Training, evaluation and checkpoints (pcattn.engine) on a tiny dataset in the real folder layout."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pcattn import engine
+from pcattn.engine import CheckpointError, TrainConfig, evaluate, load_checkpoint, load_model, save_checkpoint, train
+from pcattn.models import create_model
+
+from conftest import TINY_MODELNET10_CLASSES as CLASSES
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: threads only add overhead
+
+
+@pytest.fixture
+def data_root(tiny_modelnet10_root):
+    return tiny_modelnet10_root
+
+
+def tiny_config(data_root, out, **overrides):
+    options = dict(dataset="modelnet10", format="folder", data_root=str(data_root), num_points=64, batch_size=8,
+                   epochs=3, lr=3e-3, out=str(out), progress=False, plots=False, seed=0)
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+def metric_rows(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:  # wall-clock fields differ between runs
+        row.pop("epoch_time"), row.pop("samples_per_s")
+    return rows
+
+
+def test_train_writes_a_complete_run_folder(data_root, tmp_path):
+    out = tmp_path / "run"
+    summary = train(tiny_config(data_root, out, plots=True))
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "config.json", "eval.json", "curves.png", "confusion.png"):
+        assert (out / name).is_file(), name
+    rows = metric_rows(out)
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_oa", "test_macc", "lr"}
+    assert rows[-1]["lr"] < rows[0]["lr"]                                     # cosine decay
+    assert all(math.isfinite(row["train_loss"]) for row in rows)
+    best = max(row["test_oa"] for row in rows)
+    assert summary["best_oa"] == pytest.approx(best)
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["oa"] == pytest.approx(best) and evaluation["classes"] == CLASSES
+    assert sum(map(sum, evaluation["confusion"])) == 20
+
+    checkpoint = torch.load(out / "last.pt", weights_only=True)             # the contract of the issue
+    assert checkpoint["kind"] == "pcattn-classifier" and checkpoint["epoch"] == 3
+    for key in ("model_config", "model_state", "classes", "optimizer", "scheduler", "rng_state", "train_config"):
+        assert checkpoint[key] is not None, key
+    model, classes, _ = load_model(out / "best.pt")
+    assert classes == CLASSES and not model.training
+    assert model(torch.randn(2, 64, 3)).shape == (2, 10)
+
+
+def test_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(data_root, tmp_path, monkeypatch):
+    whole = tmp_path / "whole"
+    train(tiny_config(data_root, whole))
+
+    # Kill the second run in the middle of epoch 2: its training pass is done, its checkpoint not yet written.
+    killed = tmp_path / "killed"
+    real_evaluate, calls = engine.evaluate, []
+
+    def dying_evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", dying_evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(data_root, killed))
+    monkeypatch.setattr(engine, "evaluate", real_evaluate)
+    assert load_checkpoint(killed / "last.pt")["epoch"] == 1
+    assert not list(killed.glob(".*tmp*"))                                   # no temporary files left behind
+
+    # Disturb every random stream before resuming: the checkpoint must restore them.
+    torch.manual_seed(1234), np.random.seed(99)
+    train(tiny_config(data_root, killed, resume=True))
+    assert metric_rows(killed) == metric_rows(whole)
+    a, b = (torch.load(run / "last.pt", weights_only=True) for run in (whole, killed))
+    assert a["model_state"].keys() == b["model_state"].keys()
+    for key in a["model_state"]:
+        assert torch.equal(a["model_state"][key], b["model_state"][key]), key
+    assert a["best_epoch"] == b["best_epoch"]
+
+
+def test_same_seed_same_metrics_other_seed_other_metrics(data_root, tmp_path):
+    rows = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        train(tiny_config(data_root, tmp_path / name, epochs=2, seed=seed))
+        rows[name] = metric_rows(tmp_path / name)
+    assert rows["a"] == rows["b"]
+    assert rows["a"] != rows["c"]
+
+
+def test_run_folder_is_protected_and_resume_checks_settings(data_root, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(data_root, out, epochs=1))
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_config(data_root, out, epochs=1))
+    with pytest.raises(ValueError, match="lr: run has 0.003, now 0.1"):
+        train(tiny_config(data_root, out, epochs=2, lr=0.1, resume=True))
+    # Extending a finished run is allowed and continues from epoch 2.
+    train(tiny_config(data_root, out, epochs=2, resume=True))
+    assert [row["epoch"] for row in metric_rows(out)] == [1, 2]
+    # --resume in an empty folder starts a new run (a run killed before its first checkpoint).
+    fresh = tmp_path / "fresh"
+    train(tiny_config(data_root, fresh, epochs=1, resume=True))
+    assert load_checkpoint(fresh / "last.pt")["epoch"] == 1
+
+
+def test_bad_settings_are_named(data_root, tmp_path):
+    for overrides, match in ((dict(epochs=0), "epochs"), (dict(optimizer="adam"), "optimizer"),
+                             (dict(model="pt-huge"), "unknown model"), (dict(warmup=1.5), "warmup"),
+                             (dict(dataset="shapenet"), "dataset"), (dict(batch_size=64), "fewer than batch_size"),
+                             (dict(device="cuda:0" if not torch.cuda.is_available() else "tpu"), "device")):
+        with pytest.raises(ValueError, match=match):
+            train(tiny_config(data_root, tmp_path / "bad", **overrides))
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+def small_checkpoint(**changes):
+    model = create_model("pt-tiny-scalar", num_classes=3, widths=(16, 32), depths=(1, 1), head_channels=(16,), k=4)
+    checkpoint = {"kind": "pcattn-classifier", "format_version": 1, "model_config": model.config,
+                  "model_state": model.state_dict(), "classes": ["a", "b", "c"], "epoch": 1}
+    checkpoint.update(changes)
+    return model, checkpoint
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model, checkpoint = small_checkpoint()
+    path = save_checkpoint(tmp_path / "sub" / "model.pt", checkpoint)
+    loaded, classes, stored = load_model(path)
+    assert classes == ["a", "b", "c"] and stored["epoch"] == 1
+    pos = torch.randn(2, 32, 3)
+    model.eval()
+    assert torch.equal(loaded(pos), model(pos))
+
+
+@pytest.mark.parametrize("case, match", [
+    ("missing", "not found"),
+    ("empty", "empty"),
+    ("garbage", "truncated or corrupt"),
+    ("truncated", "truncated or corrupt"),
+    ("state_dict", "bare state_dict"),
+    ("other_kind", "expected kind 'pcattn-classifier'"),
+    ("newer", "format version 99"),
+    ("incomplete", "missing \\['model_state'\\]"),
+    ("wrong_weights", "weights do not fit"),
+    ("unknown_model", "cannot be built"),
+    ("pickled_object", "other than tensors"),
+])
+def test_unusable_checkpoints_get_clear_errors(tmp_path, case, match):
+    model, good = small_checkpoint()
+    path = tmp_path / f"{case}.pt"
+    if case == "empty":
+        path.write_bytes(b"")
+    elif case == "garbage":
+        path.write_text("this is not a checkpoint\n")
+    elif case == "truncated":
+        save_checkpoint(path, good)
+        path.write_bytes(path.read_bytes()[:4000])
+    elif case == "state_dict":
+        torch.save(model.state_dict(), path)
+    elif case == "other_kind":
+        torch.save({"kind": "detector", "state": {}}, path)
+    elif case == "newer":
+        torch.save({**good, "format_version": 99}, path)
+    elif case == "incomplete":
+        torch.save({k: v for k, v in good.items() if k != "model_state"}, path)
+    elif case == "wrong_weights":
+        other = create_model("pt-tiny-vector", num_classes=3, widths=(16, 32), depths=(1, 1), head_channels=(16,))
+        torch.save({**good, "model_state": other.state_dict()}, path)
+    elif case == "unknown_model":
+        torch.save({**good, "model_config": {**good["model_config"], "name": "pt-gone"}}, path)
+    elif case == "pickled_object":
+        torch.save({**good, "extra": torch.nn.ReLU()}, path)
+    error = FileNotFoundError if case == "missing" else CheckpointError
+    with pytest.raises(error, match=match) as caught:
+        load_model(path)
+    assert str(path) in str(caught.value)
+
+
+def test_save_checkpoint_is_atomic(tmp_path, monkeypatch):
+    _, checkpoint = small_checkpoint()
+    path = save_checkpoint(tmp_path / "last.pt", checkpoint)
+    before = path.read_bytes()
+
+    def broken_save(obj, stream):
+        stream.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {**checkpoint, "epoch": 2})
+    assert path.read_bytes() == before                                        # the old checkpoint is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]          # and no temporary file is left
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+class FixedPredictions(torch.nn.Module):
+    """Predicts class ``round(pos[0, 0])`` of each cloud (its first coordinate encodes the answer)."""
+
+    num_classes, in_channels = 3, 3
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, pos, x=None):
+        return torch.nn.functional.one_hot(pos[:, 0, 0].round().long().clamp(0, 2), 3).float() * 10 + self.weight
+
+
+def test_evaluate_metrics_and_confusion():
+    # true labels 0,0,0,0,1,1,2; predictions 0,0,0,1,1,1,0
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2])
+    predicted = torch.tensor([0, 0, 0, 1, 1, 1, 0])
+    pos = torch.zeros(7, 5, 3)
+    pos[:, 0, 0] = predicted.float()
+    loader = [{"pos": pos[:4], "label": labels[:4]}, {"pos": pos[4:], "label": labels[4:]}]
+    result = evaluate(FixedPredictions(), loader, "cpu", classes=["a", "b", "c"])
+    assert result["oa"] == pytest.approx(5 / 7)
+    assert result["per_class"] == {"a": 0.75, "b": 1.0, "c": 0.0}
+    assert result["macc"] == pytest.approx((0.75 + 1.0 + 0.0) / 3)
+    assert result["confusion"] == [[3, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert result["samples"] == 7 and result["votes"] == 1
+
+
+def test_evaluate_with_votes_uses_augmented_passes(data_root):
+    model, classes, _ = load_model_from_fresh(data_root)
+    from pcattn.data import build_dataset, test_transforms
+
+    dataset = build_dataset("modelnet10", format="folder", root=data_root, split="test", num_points=64,
+                            transform=test_transforms())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8)
+    one = evaluate(model, loader, classes=classes, votes=1)
+    three = evaluate(model, loader, classes=classes, votes=3, seed=0)
+    again = evaluate(model, loader, classes=classes, votes=3, seed=0)
+    assert three == again                                                     # seeded voting
+    assert one["samples"] == three["samples"] == 20
+    with pytest.raises(ValueError, match="votes"):
+        evaluate(model, loader, votes=0)
+
+
+def load_model_from_fresh(data_root):
+    torch.manual_seed(0)
+    model = create_model("pt-tiny-vector", num_classes=10).eval()
+    return model, CLASSES, {}
+
+
+def test_vote_augmentation_rotates_about_the_up_axis_and_keeps_normals_unit():
+    generator = torch.Generator().manual_seed(0)
+    pos = torch.randn(4, 50, 3)
+    normals = torch.nn.functional.normalize(torch.randn(4, 50, 3), dim=-1)
+    new_pos, new_x = engine._vote_augment(pos, torch.cat([pos, normals], -1), 1, generator)
+    ratio = new_pos[..., 1] / pos[..., 1]                                     # the up coordinate is only scaled
+    assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), atol=1e-4)
+    assert ((ratio[:, 0] >= 0.9 - 1e-6) & (ratio[:, 0] <= 1.1 + 1e-6)).all()
+    assert torch.allclose(new_x[..., 3:].norm(dim=-1), torch.ones(4, 50), atol=1e-5)
+    assert torch.equal(new_x[..., :3], new_pos)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    factor = engine._schedule(100, 0.1)
+    values = [factor(step) for step in range(100)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(values[:10], values[1:10]))
+    assert all(a >= b for a, b in zip(values[10:], values[11:]))
+    assert values[-1] < 0.01
