@@ -234,7 +234,7 @@ def _build_lucidrains(p: Dict[str, Any]) -> Built:
             sides["lucidrains"] = Side(None, skip=f"OOM-guard (needs ~{need / GIB:.1f} GiB)")
     ours = VectorSelfAttention(C, C, k=k, groups=C,
                                positional_encoding=copy.deepcopy(theirs.pos_mlp) if theirs else "mlp",
-                               mapping=copy.deepcopy(theirs.attn_mlp) if theirs else None, bias=False)
+                               mapping=copy.deepcopy(theirs.attn_mlp) if theirs else "mlp", bias=False)
     if theirs is not None:
         with torch.no_grad():
             wq, wk, wv = theirs.to_qkv.weight.chunk(3, dim=0)
