@@ -33,6 +33,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     data.add_argument("--data-root", help="dataset folder (default: looked up under datasets/, see its README)")
     data.add_argument("--num-points", type=int, help="points per cloud (default 512 builtin, 1024 ModelNet)")
     data.add_argument("--use-normals", action="store_true", default=None, help="normals as extra input features")
+    data.add_argument("--up-axis", type=_axis, help="vertical axis x, y or z (default: the dataset's)")
     data.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                       help="switch the training augmentation off")
     data.add_argument("--num-workers", type=int, help="data-loading processes (default 0)")
@@ -61,6 +62,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     run.add_argument("--no-plots", dest="plots", action="store_false", default=None,
                      help="do not draw curves.png / confusion.png at the end")
     return parser
+
+
+def _axis(value: str) -> int:
+    value = value.strip().lower()
+    if value in ("x", "y", "z"):
+        return "xyz".index(value)
+    if value in ("0", "1", "2"):
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected x, y, z, 0, 1 or 2, got {value!r}")
 
 
 def run_train(args: argparse.Namespace) -> int:

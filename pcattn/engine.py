@@ -60,7 +60,8 @@ _REQUIRED_KEYS = ("kind", "format_version", "model_config", "model_state", "clas
 
 # TrainConfig fields that change what a run computes: a resumed run must not change them.
 _RESULT_FIELDS = ("dataset", "format", "data_root", "model", "attention", "batch_size", "num_points", "use_normals",
-                  "lr", "weight_decay", "optimizer", "momentum", "warmup", "label_smoothing", "seed", "augment")
+                  "lr", "weight_decay", "optimizer", "momentum", "warmup", "label_smoothing", "seed", "augment",
+                  "up_axis")
 
 
 class CheckpointError(ValueError):
@@ -87,6 +88,9 @@ class TrainConfig:
             cosine decay to zero (stepped every iteration).
         label_smoothing: cross-entropy label smoothing.
         use_normals: feed normals as features (``in_channels = 6``).
+        up_axis: the vertical axis of the data (0, 1, 2), for the rotation augmentation and test-time
+            voting; ``None`` takes the dataset's (y for the built-in shapes and PointNet++ files, z for
+            Princeton OFF meshes and point folders).
         augment: the training augmentation of :func:`pcattn.data.train_transforms` (scale,
             rotation about the up axis, shift, jitter, point dropout).
         seed: seeds weights, augmentation, dropout and shuffling: the same seed gives the same
@@ -115,6 +119,7 @@ class TrainConfig:
     warmup: float = 0.1
     label_smoothing: float = 0.1
     use_normals: bool = False
+    up_axis: Optional[int] = None
     augment: bool = True
     seed: int = 0
     device: str = "auto"
@@ -157,6 +162,8 @@ class TrainConfig:
             raise ValueError(f"warmup is a fraction of the iterations in [0, 1), got {config.warmup}")
         if not 0 <= config.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
+        if config.up_axis is not None and config.up_axis not in (0, 1, 2):
+            raise ValueError(f"up_axis must be 0, 1 or 2 (x, y, z), got {config.up_axis!r}")
         if config.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {config.num_workers}")
         if config.data_root is not None:
@@ -299,12 +306,16 @@ def build_loaders(config: TrainConfig, generator: torch.Generator, with_train: b
     common = dict(format=config.format, root=config.data_root, num_points=config.num_points,
                   use_normals=config.use_normals)
     test_set = build_dataset(config.dataset, split="test", transform=test_transforms(), **common)
+    if config.up_axis is not None:
+        test_set.up_axis = config.up_axis
     loader_options = dict(batch_size=config.batch_size, num_workers=config.num_workers,
                           pin_memory=torch.cuda.is_available(), persistent_workers=False)
     test_loader = DataLoader(test_set, shuffle=False, drop_last=False, **loader_options)
     if not with_train:
         return None, test_loader
     train_set = build_dataset(config.dataset, split="train", **common)
+    if config.up_axis is not None:
+        train_set.up_axis = config.up_axis
     train_set.transform = (train_transforms(up_axis=train_set.up_axis) if config.augment
                            else test_transforms())
     if train_set.classes != test_set.classes:
@@ -524,7 +535,7 @@ def _prepare_run(config: TrainConfig, out: Path) -> Optional[Dict[str, Any]]:
     checkpoint = load_checkpoint(last)
     saved = checkpoint.get("train_config") or {}
     different = {key: (saved.get(key), getattr(config, key)) for key in _RESULT_FIELDS
-                 if key in saved and saved.get(key) != getattr(config, key)}
+                 if key in saved and getattr(config, key) is not None and saved.get(key) != getattr(config, key)}
     if different:
         details = ", ".join(f"{key}: run has {old!r}, now {new!r}" for key, (old, new) in different.items())
         raise ValueError(f"cannot resume {last} with different settings ({details}); resume with the run's own "
@@ -565,6 +576,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     generator = torch.Generator().manual_seed(config.seed)
     train_loader, test_loader = build_loaders(config, generator)
     dataset = train_loader.dataset
+    config.up_axis = int(dataset.up_axis)
     classes = list(dataset.classes)
     in_channels = 6 if config.use_normals else 3
     model = create_model(config.model, num_classes=len(classes), in_channels=in_channels).to(device)
@@ -681,7 +693,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     best_path = out / "best.pt"
     if best_path.exists():
         best_model, _, _ = load_model(best_path, device)
-        evaluation = evaluate(best_model, test_loader, device, classes=classes)
+        evaluation = evaluate(best_model, test_loader, device, classes=classes, up_axis=config.up_axis)
         evaluation.update(checkpoint=str(best_path), epoch=best_epoch)
         _write_json(out / "eval.json", evaluation)
         summary["eval"] = evaluation

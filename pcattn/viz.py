@@ -24,6 +24,7 @@ import math
 import os
 import subprocess
 import sys
+import textwrap
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -718,7 +719,9 @@ def compose_figure(rows: Sequence[FigureRow], title: str = "", path=None, colorb
     gap, header, top = 8, 30, (44 if title else 8)
     bar = 110 if colorbar else 0
     total_w = gap + columns * (w + gap) + bar
-    bottom = 22 if footer else 0
+    # the legend wraps to the picture's width (about 6 px per character at 8 pt)
+    footer_lines = textwrap.wrap(footer, max(20, (total_w - gap) // 6)) if footer else []
+    bottom = 10 + 12 * len(footer_lines) if footer_lines else 0
     total_h = top + len(rows) * (header + h + gap) + bottom
     dpi = 100
     figure = Figure(figsize=(total_w / dpi, total_h / dpi), dpi=dpi, facecolor="white")
@@ -746,9 +749,9 @@ def compose_figure(rows: Sequence[FigureRow], title: str = "", path=None, colorb
             bar_ = figure.colorbar(mappable, cax=cax)
             bar_.set_label(row.label, fontsize=8)
             bar_.ax.tick_params(labelsize=7)
-    if footer:
-        figure.text(gap / total_w, 6 / total_h, _fit(footer, (total_w - gap) // 5), ha="left", va="bottom",
-                    fontsize=8, color="0.3")
+    if footer_lines:
+        figure.text(gap / total_w, 6 / total_h, "\n".join(footer_lines), ha="left", va="bottom",
+                    fontsize=8, color="0.3", linespacing=1.25)
     canvas.draw()
     image = np.array(canvas.buffer_rgba())[..., :3]
     if path is not None:

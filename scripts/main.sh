@@ -23,8 +23,12 @@ pcattn train --dataset builtin --attention "$attention" --out "$run" "${resume[@
 echo "[main] evaluating $run/best.pt (3 votes)"
 pcattn eval --checkpoint "$run/best.pt" --votes 3 --json "$run/eval_votes.json"
 
-echo "[main] attention picture of test cloud 7 -> $run/attention.png"
+echo "[main] attention pictures of test cloud 7 -> $run/attention.png, $run/attention_received.png"
+# query mode: the weights point 100 gives its neighbours, in the first layer and two stages deeper
 pcattn visualize --checkpoint "$run/best.pt" --dataset builtin --split test --index 7 \
-    --mode query --out "$run/attention.png" --ply "$run/attention.ply"
+    --mode query --query 100 --layer 0 2 --views 2 --size 320 --out "$run/attention.png" --ply "$run/attention.ply"
+# received mode: the total weight each point receives, in every stage
+pcattn visualize --checkpoint "$run/best.pt" --dataset builtin --split test --index 7 \
+    --mode received --layer 0 1 2 --views 2 --size 320 --out "$run/attention_received.png"
 
-echo "[main] done: $run/{best.pt,metrics.jsonl,eval.json,curves.png,confusion.png,attention.png,attention.ply}"
+echo "[main] done: $run/{best.pt,metrics.jsonl,eval.json,eval_votes.json,curves.png,confusion.png,attention.png,attention_received.png,attention.ply}"

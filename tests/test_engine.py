@@ -44,6 +44,7 @@ def test_train_writes_a_complete_run_folder(data_root, tmp_path):
         assert (out / name).is_file(), name
     rows = metric_rows(out)
     assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert json.loads((out / "config.json").read_text())["up_axis"] == 2     # point folders are z-up
     assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_oa", "test_macc", "lr"}
     assert rows[-1]["lr"] < rows[0]["lr"]                                     # cosine decay
     assert all(math.isfinite(row["train_loss"]) for row in rows)
@@ -122,7 +123,7 @@ def test_run_folder_is_protected_and_resume_checks_settings(data_root, tmp_path)
 def test_bad_settings_are_named(data_root, tmp_path):
     for overrides, match in ((dict(epochs=0), "epochs"), (dict(optimizer="adam"), "optimizer"),
                              (dict(model="pt-huge"), "unknown model"), (dict(warmup=1.5), "warmup"),
-                             (dict(dataset="shapenet"), "dataset"), (dict(batch_size=64), "fewer than batch_size"),
+                             (dict(dataset="shapenet"), "dataset"), (dict(up_axis=5), "up_axis"), (dict(batch_size=64), "fewer than batch_size"),
                              (dict(device="cuda:0" if not torch.cuda.is_available() else "tpu"), "device")):
         with pytest.raises(ValueError, match=match):
             train(tiny_config(data_root, tmp_path / "bad", **overrides))
