@@ -206,17 +206,20 @@ class _Neighbourhood(NamedTuple):
 
     key: Tensor
     value: Tensor
-    rel_pos: Tensor   # p_i - p_j
+    rel_pos: Optional[Tensor]   # p_i - p_j; None when the layer needs no pairwise positions
     valid: Optional[Tensor]
 
 
-def _gather_chunk(key: Tensor, value: Tensor, pos_query: Tensor, pos: Tensor, neighbors: Tensor) -> _Neighbourhood:
+def _gather_chunk(key: Tensor, value: Tensor, pos: Optional[Tensor], neighbors: Tensor, start: int,
+                  stop: int) -> _Neighbourhood:
+    """Gather the neighbours of query rows ``start:stop`` (``pos=None``: no relative positions)."""
+    neighbors = neighbors[start:stop]
     valid = neighbors >= 0
     if bool(valid.all()):
         valid = None
     else:
         neighbors = neighbors.clamp(min=0)
-    rel_pos = pos_query[:, None, :] - gather(pos, neighbors)
+    rel_pos = None if pos is None else pos[start:stop, None, :] - gather(pos, neighbors)
     return _Neighbourhood(gather(key, neighbors), gather(value, neighbors), rel_pos, valid)
 
 
@@ -255,7 +258,7 @@ class _NeighborhoodAttention(nn.Module):
         outs, weights = [], []
         for start in range(0, neighbors.shape[0], rows):
             stop = start + rows
-            out, w = self._pairs(query[start:stop], _gather_chunk(key, value, pos[start:stop], pos, neighbors[start:stop]))
+            out, w = self._pairs(query[start:stop], _gather_chunk(key, value, pos, neighbors, start, stop))
             outs.append(out)
             weights.append(w)
         out = torch.cat(outs) if len(outs) > 1 else outs[0]
@@ -273,12 +276,12 @@ class _RecomputedChunks(torch.autograd.Function):
     @staticmethod
     def forward(ctx, layer, rows, query, key, value, pos, neighbors, *params):
         ctx.layer, ctx.rows = layer, rows
-        ctx.autocast = (pos.device.type, torch.is_autocast_enabled(pos.device.type))
+        ctx.autocast = (query.device.type, torch.is_autocast_enabled(query.device.type))
         ctx.save_for_backward(query, key, value, pos, neighbors, *params)
         outs = []
         for start in range(0, neighbors.shape[0], rows):
             stop = start + rows
-            outs.append(layer._pairs(query[start:stop], _gather_chunk(key, value, pos[start:stop], pos, neighbors[start:stop]))[0])
+            outs.append(layer._pairs(query[start:stop], _gather_chunk(key, value, pos, neighbors, start, stop))[0])
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
     @staticmethod
@@ -297,14 +300,17 @@ class _RecomputedChunks(torch.autograd.Function):
             index = nbr.clamp(min=0).reshape(-1)
             with torch.enable_grad(), torch.autocast(device_type, enabled=autocast):
                 q_rows = query[start:stop].detach().requires_grad_(need_q)
-                hood = _gather_chunk(key.detach(), value.detach(), pos[start:stop].detach(), pos.detach(), nbr)
+                hood = _gather_chunk(key.detach(), value.detach(), None if pos is None else pos.detach(), neighbors,
+                                     start, stop)
+                rel_pos = None if hood.rel_pos is None else hood.rel_pos.requires_grad_(need_pos)
                 hood = _Neighbourhood(hood.key.requires_grad_(need_k), hood.value.requires_grad_(need_v),
-                                      hood.rel_pos.requires_grad_(need_pos), hood.valid)
+                                      rel_pos, hood.valid)
                 out = layer._pairs(q_rows, hood)[0]
-                inputs = [q_rows, hood.key, hood.value, hood.rel_pos, *params]
-                wanted = [t for t in inputs if t.requires_grad]
+                inputs = [q_rows, hood.key, hood.value, rel_pos, *params]
+                wanted = [t for t in inputs if t is not None and t.requires_grad]
                 found = iter(torch.autograd.grad(out, wanted, grad_out[start:stop], allow_unused=True))
-                g_q, g_key, g_value, g_rel, *g_params = [next(found) if t.requires_grad else None for t in inputs]
+                g_q, g_key, g_value, g_rel, *g_params = [next(found) if t is not None and t.requires_grad else None
+                                                         for t in inputs]
             m, k = nbr.shape
             if g_q is not None:
                 grad_q[start:stop] += g_q
@@ -339,6 +345,12 @@ class VectorSelfAttention(_NeighborhoodAttention):
     group**; each weight is shared by the ``out_channels / groups`` channels of its group
     (``groups = out_channels`` is the paper's pure vector attention, ``groups = 1`` a
     single weight per neighbour).
+
+    A ``Linear(3, C)`` positional encoding (PyG's default) splits as
+    :math:`\delta_{ij} = (W p_i + b) - W p_j`; with the subtraction or addition relation and
+    weights that sum to one (softmax, l1relu) its parts are folded into the per-point query, key
+    and value, so no per-pair position tensor is built (the same function up to float rounding;
+    set ``layer.fold_linear_encoding = False`` to compute :math:`\delta_{ij}` per pair).
 
     Args:
         in_channels: input feature size ``C_in``.
@@ -408,6 +420,7 @@ class VectorSelfAttention(_NeighborhoodAttention):
         self.in_channels, self.out_channels, self.k, self.groups = in_channels, out_channels, k, groups
         self.relation, self.normalization = relation, normalization
         self.chunk_size, self.checkpoint = chunk_size, checkpoint
+        self.fold_linear_encoding = True
         self.record_attention = False
         self.last_attention: Optional[RecordedAttention] = None
 
@@ -484,11 +497,30 @@ class VectorSelfAttention(_NeighborhoodAttention):
         neighbors = _neighbors(points, self.k, neighbors)
         query, key, value = self.to_query(points.x), self.to_key(points.x), self.to_value(points.x)
         want_weights = return_attention or self.record_attention
-        out, weights = self._attend(query, key, value, points.pos, neighbors, want_weights)
+        if self._folds_encoding:
+            # A linear encoding splits: delta_ij = (W p_i + b) - W p_j. Its parts join the per-point
+            # query, key and value, and since the weights of a group sum to one over the neighbours,
+            # sum_j w_ij (v_j - W p_j + W p_i + b) = sum_j w_ij (v_j - W p_j) + (W p_i + b).
+            # No pairwise positions remain: the same function with fewer per-pair operations.
+            projected = F.linear(points.pos, self.pos_encoder.weight)                        # W p, (N, C)
+            own = projected if self.pos_encoder.bias is None else projected + self.pos_encoder.bias
+            query = query + own
+            key = key + projected if self.relation == "subtraction" else key - projected
+            out, weights = self._attend(query, key, value - projected, None, neighbors, want_weights)
+            out = out + own
+        else:
+            out, weights = self._attend(query, key, value, points.pos, neighbors, want_weights)
         return _finish(self, out, weights, neighbors, points, return_attention)
 
+    @property
+    def _folds_encoding(self) -> bool:
+        """Whether the positional encoding is one ``Linear(3, C)`` folded into the per-point projections
+        (subtraction/addition relation, weights that sum to one over the neighbours)."""
+        return (type(self.pos_encoder) is nn.Linear and self.relation in ("subtraction", "addition")
+                and self.normalization in ("softmax", "l1relu") and self.fold_linear_encoding)
+
     def _pair_modules(self) -> Tuple[Optional[nn.Module], ...]:
-        return (self.pos_encoder, self.mapping)
+        return (None if self._folds_encoding else self.pos_encoder, self.mapping)
 
     def _attend(self, query: Tensor, key: Tensor, value: Tensor, pos: Tensor, neighbors: Tensor,
                 want_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
@@ -502,7 +534,7 @@ class VectorSelfAttention(_NeighborhoodAttention):
         """One chunk of query rows ``(M, C)`` and their gathered neighbours: ``(M, C)`` outputs, ``(M, K, G)`` weights."""
         m, k = hood.key.shape[:2]
         key_j, value_j, delta = hood.key, hood.value, None
-        if self.pos_encoder is not None:
+        if self.pos_encoder is not None and hood.rel_pos is not None:   # (None: folded, see forward)
             delta = _pairwise(self.pos_encoder, hood.rel_pos)                # theta(p_i - p_j): (M, K, C)
             value_j = value_j + delta
         query_i = query[:, None, :]

@@ -189,6 +189,42 @@ def test_checkpointed_chunks_give_identical_gradients():
             assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("options", [
+    dict(),
+    dict(relation="addition", groups=4),
+    dict(normalization="l1relu", groups=1, mapping="linear"),
+    dict(groups=16, mapping="none"),
+])
+def test_folded_linear_encoding_equals_pairwise_encoding(options):
+    """A Linear(3, C) encoding is folded into the per-point projections: same values and gradients
+    as computing delta for every pair, and as the formula (with masked slots of a small cloud)."""
+    x, pos, batch = make_batch(sizes=(40, 6), dtype=torch.float64)
+    torch.manual_seed(0)
+    layer = VectorSelfAttention(8, 16, k=10, positional_encoding="linear", chunk_size=7, **options).double()
+    assert layer._folds_encoding
+    neighbors = knn(pos, 10, batch)                      # the 6-point cloud has 4 empty slots per row
+    results = []
+    for fold in (True, False):
+        layer.fold_linear_encoding = fold
+        layer.zero_grad()
+        xx, pp = x.clone().requires_grad_(True), pos.clone().requires_grad_(True)
+        out, attn = layer(xx, pp, batch, neighbors=neighbors, return_attention=True)
+        (out * torch.linspace(-1, 1, 16, dtype=torch.float64)).sum().backward()
+        results.append([out, attn.weights, xx.grad, pp.grad] + [p.grad.clone() for p in layer.parameters()])
+    for folded, pairwise in zip(*results):
+        assert torch.allclose(folded, pairwise, atol=1e-10)
+    if options.get("relation", "subtraction") == "subtraction" and options.get("normalization") is None:
+        with torch.no_grad():
+            assert torch.allclose(results[0][0], reference_vector(layer, x, pos, neighbors), atol=1e-10)
+
+
+def test_encodings_that_cannot_fold_are_computed_per_pair():
+    for options in (dict(normalization="sigmoid"), dict(relation="hadamard"), dict(relation="concat"),
+                    dict(positional_encoding="mlp"), dict(positional_encoding=nn.Sequential(nn.Linear(3, 16)))):
+        options.setdefault("positional_encoding", "linear")
+        assert not VectorSelfAttention(8, 16, **options)._folds_encoding, options
+
+
 def test_from_pyg_equals_point_transformer_conv():
     pyg = pytest.importorskip("torch_geometric.nn")
     torch.manual_seed(0)
