@@ -260,7 +260,8 @@ class _NeighborhoodAttention(nn.Module):
             stop = start + rows
             out, w = self._pairs(query[start:stop], _gather_chunk(key, value, pos, neighbors, start, stop))
             outs.append(out)
-            weights.append(w)
+            if want_weights:  # (M, K, G) per chunk: keep only when asked, it is K*G/C times the output
+                weights.append(w)
         out = torch.cat(outs) if len(outs) > 1 else outs[0]
         return out, (torch.cat(weights) if want_weights else None)
 
