@@ -200,6 +200,7 @@ def save_checkpoint(path, checkpoint: Dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint is an ordinary file
         with os.fdopen(handle, "wb") as stream:
             torch.save(checkpoint, stream)
             stream.flush()
@@ -220,6 +221,12 @@ def save_checkpoint(path, checkpoint: Dict[str, Any]) -> Path:
     except OSError:
         pass
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:

@@ -141,6 +141,7 @@ def small_checkpoint(**changes):
 def test_checkpoint_round_trip(tmp_path):
     model, checkpoint = small_checkpoint()
     path = save_checkpoint(tmp_path / "sub" / "model.pt", checkpoint)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~engine._umask()            # not mkstemp's private 0600
     loaded, classes, stored = load_model(path)
     assert classes == ["a", "b", "c"] and stored["epoch"] == 1
     pos = torch.randn(2, 32, 3)
