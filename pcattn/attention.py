@@ -483,8 +483,17 @@ class VectorSelfAttention(_NeighborhoodAttention):
             mapping.train(was_training)
         if groups not in (1, C):
             raise ValueError(f"attn_nn must output 1 or {C} channels, got {groups}")
-        layer = cls(in_channels, C, k=k, groups=groups, positional_encoding=copy.deepcopy(conv.pos_nn),
-                    mapping=mapping, bias=False)
+        pos_nn = copy.deepcopy(conv.pos_nn)
+        if type(pos_nn).__name__ == "Linear" and type(pos_nn) is not nn.Linear and pos_nn.weight.dim() == 2:
+            # PyG's own Linear (its default pos_nn) computes what torch's does; as a torch Linear the
+            # layer can fold it into the per-point projections (see the class docstring).
+            plain = nn.Linear(pos_nn.weight.shape[1], pos_nn.weight.shape[0], bias=pos_nn.bias is not None)
+            with torch.no_grad():
+                plain.weight.copy_(pos_nn.weight)
+                if pos_nn.bias is not None:
+                    plain.bias.copy_(pos_nn.bias)
+            pos_nn = plain
+        layer = cls(in_channels, C, k=k, groups=groups, positional_encoding=pos_nn, mapping=mapping, bias=False)
         with torch.no_grad():
             layer.to_query.weight.copy_(conv.lin_dst.weight)
             layer.to_key.weight.copy_(conv.lin_src.weight)
