@@ -727,8 +727,8 @@ def compose_figure(rows: Sequence[FigureRow], title: str = "", path=None, colorb
     figure = Figure(figsize=(total_w / dpi, total_h / dpi), dpi=dpi, facecolor="white")
     canvas = FigureCanvasAgg(figure)
     if title:
-        # about 8 px per character at 13 pt: shorten rather than overflow a narrow picture
-        figure.text(0.5, 1 - 12 / total_h, _fit(title, total_w // 8), ha="center", va="top", fontsize=13,
+        # about 10 px per character at 13 pt bold: shorten rather than overflow a narrow picture
+        figure.text(0.5, 1 - 12 / total_h, _fit(title, total_w // 10), ha="center", va="top", fontsize=13,
                     weight="bold")
     for r, row in enumerate(rows):
         y0 = top + r * (header + h + gap) + header            # top edge of the images, in pixels from the top

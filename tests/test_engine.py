@@ -63,6 +63,14 @@ def test_train_writes_a_complete_run_folder(data_root, tmp_path):
     assert model(torch.randn(2, 64, 3)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("attention", ["vector", "scalar"])
+def test_training_learns(data_root, tmp_path, attention):
+    """Ten short epochs on 40 shapes of 10 classes: well above chance (10%) on the held-out shapes."""
+    summary = train(tiny_config(data_root, tmp_path / "run", model=f"pt-tiny-{attention}", epochs=10, up_axis=1))
+    assert summary["best_oa"] >= 0.3
+    assert summary["final"]["train_loss"] < metric_rows(tmp_path / "run")[0]["train_loss"]
+
+
 def test_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(data_root, tmp_path, monkeypatch):
     whole = tmp_path / "whole"
     train(tiny_config(data_root, whole))
