@@ -31,6 +31,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     data.add_argument("--format", choices=("off", "normal_resampled", "hdf5", "folder"),
                       help="ModelNet file format (default: guessed from the files)")
     data.add_argument("--data-root", help="dataset folder (default: looked up under datasets/, see its README)")
+    data.add_argument("--download", action="store_true", default=None,
+                      help="download the Princeton ModelNet zip (format off) into --data-root (default datasets/)")
     data.add_argument("--num-points", type=int, help="points per cloud (default 512 builtin, 1024 ModelNet)")
     data.add_argument("--use-normals", action="store_true", default=None, help="normals as extra input features")
     data.add_argument("--up-axis", type=_axis, help="vertical axis x, y or z (default: the dataset's)")
@@ -86,7 +88,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         config = merge_resume_config(config, explicit)
         summary = train(config)
-    except (FileExistsError, FileNotFoundError, ValueError, CheckpointError) as error:
+    except (OSError, ValueError, CheckpointError) as error:  # OSError: missing files, a failed download
         print(f"pcattn train: error: {error}", file=sys.stderr)
         return 2
     evaluation = summary.get("eval")

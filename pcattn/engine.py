@@ -88,6 +88,8 @@ class TrainConfig:
             cosine decay to zero (stepped every iteration).
         label_smoothing: cross-entropy label smoothing.
         use_normals: feed normals as features (``in_channels = 6``).
+        download: fetch the Princeton ModelNet zip (format ``off``) into ``data_root`` (default
+            ``datasets/``) when it is not there yet; needs the internet.
         up_axis: the vertical axis of the data (0, 1, 2), for the rotation augmentation and test-time
             voting; ``None`` takes the dataset's (y for the built-in shapes and PointNet++ files, z for
             Princeton OFF meshes and point folders).
@@ -119,6 +121,7 @@ class TrainConfig:
     warmup: float = 0.1
     label_smoothing: float = 0.1
     use_normals: bool = False
+    download: bool = False
     up_axis: Optional[int] = None
     augment: bool = True
     seed: int = 0
@@ -166,6 +169,13 @@ class TrainConfig:
             raise ValueError(f"up_axis must be 0, 1 or 2 (x, y, z), got {config.up_axis!r}")
         if config.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {config.num_workers}")
+        if config.download:
+            if config.dataset == "builtin":
+                raise ValueError("download is for ModelNet; the built-in dataset is generated locally")
+            if config.format not in (None, "off"):
+                raise ValueError(f"download fetches the Princeton OFF meshes (format 'off'), not format "
+                                 f"{config.format!r}; see datasets/README.md for the other archives")
+            config.format = "off"
         if config.data_root is not None:
             config.data_root = str(Path(config.data_root).expanduser())
         config.out = str(config.out)
@@ -312,6 +322,10 @@ def build_loaders(config: TrainConfig, generator: torch.Generator, with_train: b
 
     common = dict(format=config.format, root=config.data_root, num_points=config.num_points,
                   use_normals=config.use_normals)
+    if config.download:
+        from .data import default_data_dir
+
+        common.update(root=config.data_root or str(default_data_dir()), download=True)
     test_set = build_dataset(config.dataset, split="test", transform=test_transforms(), **common)
     if config.up_axis is not None:
         test_set.up_axis = config.up_axis

@@ -287,3 +287,22 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert all(a <= b for a, b in zip(values[:10], values[1:10]))
     assert all(a >= b for a, b in zip(values[10:], values[11:]))
     assert values[-1] < 0.01
+
+
+def test_download_reaches_the_modelnet_downloader(tmp_path, monkeypatch):
+    """--download asks ModelNetOFF to fetch the zip when nothing is on disk (offline here: the fetch is faked)."""
+    from pcattn.data.modelnet import ModelNetOFF
+
+    calls = []
+
+    def fake_download(self, name):
+        calls.append((self.root, name))
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(ModelNetOFF, "_download", fake_download)
+    with pytest.raises(ConnectionError):
+        train(TrainConfig(dataset="modelnet10", data_root=str(tmp_path / "data"), download=True,
+                          out=str(tmp_path / "run"), progress=False))
+    assert calls == [(tmp_path / "data", "10")]
+    with pytest.raises(ValueError, match="format 'off'"):
+        train(TrainConfig(dataset="modelnet40", format="hdf5", download=True, out=str(tmp_path / "run")))
