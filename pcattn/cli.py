@@ -163,6 +163,9 @@ def run_plot(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"pcattn plot: error: {error}", file=sys.stderr)
         return 2
+    if not written:
+        print(f"pcattn plot: nothing to plot in {args.run_dir} (metrics.jsonl holds no epoch yet)", file=sys.stderr)
+        return 1
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -89,8 +89,10 @@ class LayerAttention:
 
     Attributes:
         name: the module's name in ``model.named_modules()`` (``""`` when the model is the layer).
-        index: position among the model's attention layers, in ``named_modules`` order.
+        index: position among the attention layers that ran in the pass, in ``named_modules``
+            order (the index :func:`select_layer` takes).
         kind: ``"vector"`` or ``"scalar"`` (else the class name).
+        (All tensors are on the CPU, whatever the model's device.)
         weights: ``(N, K, G)`` attention weights (G = groups or heads), 0 for empty slots.
         neighbors: ``(N, K)`` rows of ``pos`` (``-1`` = empty slot).
         pos: ``(N, 3)`` positions of the layer's points (a subset of the input's in deeper layers).
@@ -201,12 +203,13 @@ def extract_attention(
         with torch.no_grad():
             output = forward(model) if forward is not None else _call_model(model, pos, x, batch)
         layers = []
-        for index, (name, module) in enumerate(modules):
+        for name, module in modules:
             recorded: Optional[RecordedAttention] = module.last_attention
             if recorded is None:  # the layer exists but the forward pass did not use it
                 continue
-            layers.append(LayerAttention(name, index, _kind(module), recorded.weights.float(), recorded.neighbors,
-                                         recorded.pos.float(), recorded.batch))
+            # indices count the layers that ran (as select_layer does); values are computed on the CPU
+            layers.append(LayerAttention(name, len(layers), _kind(module), recorded.weights.float().cpu(),
+                                         recorded.neighbors.cpu(), recorded.pos.float().cpu(), recorded.batch.cpu()))
     finally:
         for (_, module), (record, last) in zip(modules, saved):
             module.record_attention = record
@@ -355,7 +358,7 @@ def point_values(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    pos = torch.as_tensor(pos, dtype=torch.float32)
+    pos = torch.as_tensor(pos, dtype=torch.float32).cpu()
     if pos.dim() == 3:
         if not 0 <= cloud < pos.shape[0]:
             raise ValueError(f"cloud {cloud} out of range for a batch of {pos.shape[0]}")
@@ -941,12 +944,15 @@ def _read_metrics(path: Path) -> List[dict]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as error:
             if number == len(path.read_text().splitlines()):  # a run killed mid-write: ignore its last line
                 warnings.warn(f"{path}:{number}: incomplete last line ignored")
                 continue
             raise ValueError(f"{path}:{number}: not a JSON object ({error})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: expected one JSON object per epoch, found a {type(row).__name__}")
+        rows.append(row)
     return rows
 
 
@@ -1022,6 +1028,8 @@ def plot_run(run_dir) -> List[Path]:
             raise ValueError(f"{eval_path}: 'confusion' must be a square matrix, got shape {confusion.shape}")
         n = confusion.shape[0]
         classes = list(result.get("classes") or [str(i) for i in range(n)])
+        if len(classes) != n:
+            raise ValueError(f"{eval_path}: {len(classes)} class names for a {n}x{n} confusion matrix")
         rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
         side = min(16.0, 3.0 + 0.38 * n)
         figure = Figure(figsize=(side + 1.5, side), dpi=100)

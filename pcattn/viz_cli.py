@@ -84,13 +84,14 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         model, classes, checkpoint = load_model(args.checkpoint)
-        models = [(_short(args.checkpoint), model)]
+        models, model_classes = [(_short(args.checkpoint), model)], [classes]
         if args.compare:
             other, other_classes, _ = load_model(args.compare)
             if other.in_channels != model.in_channels:
                 raise ValueError(f"{args.compare} takes {other.in_channels} input channels but {args.checkpoint} "
                                  f"takes {model.in_channels}: they cannot see the same input")
             models.append((_short(args.compare), other))
+            model_classes.append(other_classes)
         train = checkpoint.get("train_config") or {}
         use_normals = model.in_channels == 6
         num_points = args.num_points or train.get("num_points") or 1024
@@ -115,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
             x = torch.cat([pos, sample["normals"]], -1) if use_normals else None
             source = f"{args.dataset} {args.split} #{args.index}"
             truth = dataset.classes[int(sample["label"])]
-            up_axis = _axis(args.up_axis, _axis(getattr(dataset, "up_axis", None), _axis(train.get("up_axis"), 1)))
+            # the axis the run trained with (it may have been set by hand), else the dataset's own
+            trained_axis = train.get("up_axis") if same else None
+            up_axis = _axis(args.up_axis, _axis(trained_axis, _axis(getattr(dataset, "up_axis", None), 1)))
 
         if args.mode == "query" and not 0 <= args.query < pos.shape[0]:
             raise ValueError(f"--query {args.query} out of range: the cloud has {pos.shape[0]} points "
@@ -124,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
         layers = args.layer or [None]
         # Probabilities first (cheap), so the title can say what the model predicts.
         with torch.no_grad():
-            predictions = [_prediction(torch.softmax(m(pos[None], None if x is None else x[None])[0], -1), classes)
-                           for _, m in models]
+            predictions = [_prediction(torch.softmax(m(pos[None], None if x is None else x[None])[0], -1), names)
+                           for (_, m), names in zip(models, model_classes)]
         title = args.title
         if title is None:
             title = f"{source}" + (f" (true: {truth})" if truth else "") + " - predicted: " + \

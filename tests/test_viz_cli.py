@@ -147,3 +147,31 @@ def test_pcattn_cli_visualize_and_plot(checkpoints, cloud_file, tmp_path, capsys
                                                for e in (1, 2)))
     assert main(["plot", str(run)]) in (0, None)
     assert (run / "curves.png").is_file()
+
+
+def test_compare_names_each_prediction_with_its_own_classes(cloud_file, tmp_path, capsys):
+    first = write_checkpoint(tmp_path / "a.pt", "vector", ["a0", "a1", "a2"])
+    second = write_checkpoint(tmp_path / "b.pt", "scalar", ["B0", "B1", "B2", "B3", "B4"], seed=1)
+    code = visualize("--checkpoint", first, "--compare", second, "--input", cloud_file, "--views", 1,
+                     "--size", 96, "--renderer", "matplotlib", "--out", tmp_path / "pic.png")
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    lines = {line.split(":")[0]: line for line in printed.splitlines() if "predicted" in line}
+    assert any(f"a{i}" in lines[f"{tmp_path.name}/a.pt"] for i in range(3))
+    assert any(f"B{i}" in lines[f"{tmp_path.name}/b.pt"] for i in range(5))
+
+
+def test_plot_errors_are_one_line(tmp_path, capsys):
+    from pcattn.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("[1, 2]\n")
+    assert main(["plot", str(run)]) == 2
+    assert "expected one JSON object per epoch" in capsys.readouterr().err
+    (run / "metrics.jsonl").write_text("")
+    assert main(["plot", str(run)]) == 1
+    assert "nothing to plot" in capsys.readouterr().err
+    (run / "eval.json").write_text(json.dumps({"confusion": [[1, 0], [0, 1]], "classes": ["a", "b", "c"]}))
+    assert main(["plot", str(run)]) == 2
+    assert "3 class names for a 2x2 confusion matrix" in capsys.readouterr().err
