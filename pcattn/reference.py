@@ -13,10 +13,12 @@ reader can check it against the paper in one screen.
   example needs ``torch_cluster`` for ``fps``/``knn_graph`` and ``torch_scatter``; those are not
   installed here, so the sampling and the neighbour search come from :mod:`pcattn.geometry`
   (same results: exact kNN, farthest point sampling) and the max-pooling from
-  ``torch_geometric.utils.scatter``. Layer for layer it is the example's network.
+  ``torch_geometric.utils.scatter``. Layer for layer it is the example's network; with
+  ``layer="pcattn"`` its attention layers are pcattn's (the benchmark's classifier comparison).
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Optional, Sequence
 
@@ -34,6 +36,7 @@ __all__ = [
     "pyg_mlp",
     "PyGTransformerBlock",
     "PyGPointTransformerNet",
+    "pcattn_version",
     "neighbors_to_edge_index",
 ]
 
@@ -164,54 +167,65 @@ def neighbors_to_edge_index(neighbors: Tensor) -> Tensor:
     return torch.stack([source[keep], target[keep]])
 
 
-def _knn_graph(pos: Tensor, k: int, batch: Tensor) -> Tensor:
-    """``torch_cluster.knn_graph(pos, k, batch)`` (``loop=False``): k neighbours other than i."""
-    neighbors = knn(pos, k + 1, batch)[:, 1:]                   # our knn puts each point first
-    return neighbors_to_edge_index(neighbors)
-
-
 class PyGTransformerBlock(nn.Module):
     """The example's ``TransformerBlock``: Linear+ReLU, ``PointTransformerConv``, Linear+ReLU
-    (no residual), with ``pos_nn = MLP[3, 64, C]`` and ``attn_nn = MLP[C, 64, C]``."""
+    (no residual), with ``pos_nn = MLP[3, 64, C]`` and ``attn_nn = MLP[C, 64, C]``.
 
-    def __init__(self, in_channels: int, out_channels: int):
+    ``layer="pcattn"`` replaces the conv by :meth:`pcattn.VectorSelfAttention.from_pyg` of it:
+    the same function and weights, computed by pcattn (the benchmark's "ours" side).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, layer: str = "pyg", k: int = 16):
         super().__init__()
         from torch_geometric.nn import PointTransformerConv
 
+        from .attention import VectorSelfAttention
+
+        if layer not in ("pyg", "pcattn"):
+            raise ValueError(f"layer must be 'pyg' or 'pcattn', got {layer!r}")
+        self.layer = layer
         self.lin_in = nn.Linear(in_channels, in_channels)
         self.lin_out = nn.Linear(out_channels, out_channels)
-        self.pos_nn = pyg_mlp([3, 64, out_channels])
-        self.attn_nn = pyg_mlp([out_channels, 64, out_channels])
-        self.transformer = PointTransformerConv(in_channels, out_channels, pos_nn=self.pos_nn, attn_nn=self.attn_nn)
+        conv = PointTransformerConv(in_channels, out_channels, pos_nn=pyg_mlp([3, 64, out_channels]),
+                                    attn_nn=pyg_mlp([out_channels, 64, out_channels]))
+        self.transformer = conv if layer == "pyg" else VectorSelfAttention.from_pyg(conv, k=k + 1)
 
-    def forward(self, x: Tensor, pos: Tensor, edge_index: Tensor) -> Tensor:
+    def forward(self, x: Tensor, pos: Tensor, neighbors: Tensor) -> Tensor:
+        """``neighbors (N, k + 1)``: each point first, then its k nearest others (kNN with self)."""
         x = self.lin_in(x).relu()
-        x = self.transformer(x, pos, edge_index)
+        if self.layer == "pyg":  # knn_graph(loop=False) edges; the conv adds the self loop itself
+            x = self.transformer(x, pos, neighbors_to_edge_index(neighbors[:, 1:]))
+        else:
+            x = self.transformer(x, pos, neighbors=neighbors)
         return self.lin_out(x).relu()
 
 
 class PyGPointTransformerNet(nn.Module):
     """PyG's example classifier: stem MLP, a transformer block, then per stage a transition down
     (FPS to 1/4, kNN max-pool of an MLP of the features) and a transformer block; global mean
-    pool; MLP head ``[C_last, 64, 64, num_classes]``; returns log-probabilities ``(B, num_classes)``.
+    pool; MLP head ``[C_last, 64, num_classes]``; returns log-probabilities ``(B, num_classes)``.
+
+    ``layer="pyg"`` builds it from ``PointTransformerConv`` as the example does; ``layer="pcattn"``
+    is the same network with each conv replaced by ``VectorSelfAttention.from_pyg(conv)``, so the
+    two differ only in the attention implementation.
 
     ``forward(x, pos, batch)`` with flat ``x (N, C_in)``, ``pos (N, 3)``, sorted ``batch (N,)``.
     """
 
     def __init__(self, in_channels: int, num_classes: int, dim_model: Sequence[int] = (32, 64, 128, 256, 512),
-                 k: int = 16):
+                 k: int = 16, layer: str = "pyg"):
         super().__init__()
         from torch_geometric.nn import MLP
 
         self.k = k
         in_channels = max(in_channels, 1)
         self.mlp_input = MLP([in_channels, dim_model[0]], plain_last=False)       # Linear, BatchNorm, ReLU
-        self.transformer_input = PyGTransformerBlock(dim_model[0], dim_model[0])
+        self.transformer_input = PyGTransformerBlock(dim_model[0], dim_model[0], layer, k)
         self.transformers_down = nn.ModuleList()
         self.mlp_down = nn.ModuleList()
         for width_in, width_out in zip(dim_model[:-1], dim_model[1:]):
             self.mlp_down.append(MLP([width_in, width_out], plain_last=False))
-            self.transformers_down.append(PyGTransformerBlock(width_out, width_out))
+            self.transformers_down.append(PyGTransformerBlock(width_out, width_out, layer, k))
         self.mlp_output = MLP([dim_model[-1], 64, num_classes], norm=None)
 
     def transition_down(self, x: Tensor, pos: Tensor, batch: Tensor, mlp: nn.Module):
@@ -229,9 +243,22 @@ class PyGPointTransformerNet(nn.Module):
         from torch_geometric.nn import global_mean_pool
 
         x = self.mlp_input(x)
-        x = self.transformer_input(x, pos, _knn_graph(pos, self.k, batch))
+        x = self.transformer_input(x, pos, knn(pos, self.k + 1, batch))
         for mlp, block in zip(self.mlp_down, self.transformers_down):
             x, pos, batch = self.transition_down(x, pos, batch, mlp)
-            x = block(x, pos, _knn_graph(pos, self.k, batch))
+            x = block(x, pos, knn(pos, self.k + 1, batch))
         x = global_mean_pool(x, batch)
         return F.log_softmax(self.mlp_output(x), dim=-1)
+
+
+def pcattn_version(net: PyGPointTransformerNet) -> PyGPointTransformerNet:
+    """A copy of ``net`` (built with ``layer="pyg"``) whose convs are replaced by
+    ``VectorSelfAttention.from_pyg`` of them: the same network, weights and outputs, pcattn's layer."""
+    from .attention import VectorSelfAttention
+
+    copied = copy.deepcopy(net)
+    for block in copied.modules():
+        if isinstance(block, PyGTransformerBlock) and block.layer == "pyg":
+            block.transformer = VectorSelfAttention.from_pyg(block.transformer, k=copied.k + 1)
+            block.layer = "pcattn"
+    return copied

@@ -120,3 +120,22 @@ def test_quick_benchmark_smoke(tmp_path):
     assert any(c["sides"]["pyg"].get("peak_mib") for c in vector)
     ceiling = next(c for c in cases if c["kind"] == "ceiling")
     assert ceiling["extra"]["matmul_gflops"] > 0 and ceiling["extra"]["copy_gbs"] > 0
+
+
+def test_pcattn_version_of_the_example_network_computes_the_same():
+    """The classifier comparison times one network with two attention implementations."""
+    from pcattn import VectorSelfAttention
+    from pcattn.reference import pcattn_version
+
+    torch.manual_seed(0)
+    theirs = PyGPointTransformerNet(3, 5, dim_model=(32, 64, 128), k=16).eval()
+    ours = pcattn_version(theirs).eval()
+    assert sum(isinstance(m, VectorSelfAttention) for m in ours.modules()) == 3
+    assert not any(isinstance(m, VectorSelfAttention) for m in theirs.modules())
+    B, P = 2, 256
+    pos = torch.rand(B * P, 3)
+    batch = torch.arange(B).repeat_interleave(P)
+    with torch.no_grad():
+        assert (ours(pos, pos, batch) - theirs(pos, pos, batch)).abs().max() < 1e-4
+    fresh = PyGPointTransformerNet(3, 5, dim_model=(32, 64), k=8, layer="pcattn")
+    assert fresh(pos, pos, batch).shape == (B, 5)
