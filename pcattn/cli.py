@@ -1,10 +1,11 @@
-"""The ``pcattn`` command: ``train``, ``eval``, ``plot``, ``visualize``, ``bench``.
+"""The ``pcattn`` command: ``train``, ``eval``, ``plot``, ``visualize``, ``ablate``, ``bench``.
 
     pcattn train --dataset builtin --attention vector --out runs/builtin-vector
     pcattn train --out runs/builtin-vector --resume          # continue a killed run
     pcattn eval --checkpoint runs/builtin-vector/best.pt --votes 3
     pcattn plot runs/builtin-vector
     pcattn visualize --checkpoint runs/builtin-vector/best.pt --dataset builtin --index 7 --out attention.png
+    pcattn ablate --variants vector vector-no-pe scalar --epochs 15
     pcattn bench --quick
 
 Each subcommand imports its module only when it runs, so ``pcattn train`` does not load Open3D's
@@ -43,6 +44,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     model.add_argument("--model", help="named configuration (default pt-tiny-<attention> for builtin, "
                                        "pt-<attention> for ModelNet); see pcattn.models.list_models()")
     model.add_argument("--attention", choices=("vector", "scalar"), help="attention type (default vector)")
+    model.add_argument("--attention-option", dest="attention_options", action="append", type=_option,
+                       metavar="KEY=VALUE", help="an option of every attention layer, repeatable: "
+                       "positional_encoding=none, relation=addition, normalization=sigmoid, mapping=linear, ...")
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, help="default 15")
     optim.add_argument("--batch-size", type=int, help="default 32")
@@ -75,11 +79,34 @@ def _axis(value: str) -> int:
     raise argparse.ArgumentTypeError(f"expected x, y, z, 0, 1 or 2, got {value!r}")
 
 
+def _option(text: str):
+    """``KEY=VALUE`` -> ``(key, value)``, the value read as int, float, true/false/none, else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+        parsed = lowered == "true"
+    elif lowered == "none" and key.strip() not in ("positional_encoding", "mapping"):
+        parsed = None  # (for these two, "none" is itself the value the layer takes)
+    else:
+        try:
+            parsed = int(value)
+        except ValueError:
+            try:
+                parsed = float(value)
+            except ValueError:
+                parsed = value.strip()
+    return key.strip(), parsed
+
+
 def run_train(args: argparse.Namespace) -> int:
     from .engine import CheckpointError, TrainConfig, merge_resume_config, train
 
     fields = {name: value for name, value in vars(args).items()
               if value is not None and name in TrainConfig.__dataclass_fields__}
+    if "attention_options" in fields:
+        fields["attention_options"] = dict(fields["attention_options"])
     explicit = [name for name in fields if name not in ("out", "resume")]
     config = TrainConfig(**fields)
     if config.out is None or "out" not in fields:
@@ -182,7 +209,7 @@ def _lazy(module: str, function: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, viz_cli  # both import only argparse/stdlib at module level
+    from . import ablation, bench, viz_cli  # they import only argparse/stdlib at module level
 
     parser = argparse.ArgumentParser(prog="pcattn", description="Self-attention on 3D point clouds: train, "
                                      "evaluate, visualise, benchmark.")
@@ -199,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     visualize = commands.add_parser("visualize", help="render attention weights on a cloud",
                                     description="Render a trained classifier's attention on a point cloud.")
     viz_cli.add_arguments(visualize).set_defaults(handler=_lazy("viz_cli", "run"))
+    ablate = commands.add_parser("ablate", help="train attention variants, one table (vector vs scalar, "
+                                 "positional encoding on/off, ...)")
+    ablation.add_arguments(ablate).set_defaults(handler=_lazy("ablation", "run"))
     benchmark = commands.add_parser("bench", help="speed and memory against PyG and other implementations")
     bench.add_arguments(benchmark).set_defaults(handler=_lazy("bench", "run"))
     return parser

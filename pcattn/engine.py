@@ -61,7 +61,7 @@ _REQUIRED_KEYS = ("kind", "format_version", "model_config", "model_state", "clas
 # TrainConfig fields that change what a run computes: a resumed run must not change them.
 _RESULT_FIELDS = ("dataset", "format", "data_root", "model", "attention", "batch_size", "num_points", "use_normals",
                   "lr", "weight_decay", "optimizer", "momentum", "warmup", "label_smoothing", "seed", "augment",
-                  "up_axis")
+                  "up_axis", "attention_options")
 
 
 class CheckpointError(ValueError):
@@ -81,6 +81,9 @@ class TrainConfig:
         model: a name of :func:`pcattn.models.create_model`; ``None`` picks ``pt-tiny-<attention>``
             for the built-in dataset and ``pt-<attention>`` for ModelNet.
         attention: ``"vector"`` (default) or ``"scalar"``; with ``model`` given it must agree with it.
+        attention_options: options of every attention layer of the model, e.g.
+            ``{"positional_encoding": "none"}`` or ``{"relation": "addition"}`` (see
+            :class:`pcattn.VectorSelfAttention` / :class:`pcattn.ScalarSelfAttention`).
         epochs, batch_size, num_points: the usual; ``num_points=None`` is 512 for the built-in
             dataset and 1024 for ModelNet.
         lr, weight_decay, optimizer (``"adamw"`` or ``"sgd"``), momentum (SGD only).
@@ -111,6 +114,7 @@ class TrainConfig:
     data_root: Optional[str] = None
     model: Optional[str] = None
     attention: Optional[str] = None
+    attention_options: Optional[Dict[str, Any]] = None
     epochs: int = 15
     batch_size: int = 32
     num_points: Optional[int] = None
@@ -165,6 +169,8 @@ class TrainConfig:
             raise ValueError(f"warmup is a fraction of the iterations in [0, 1), got {config.warmup}")
         if not 0 <= config.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
+        if config.attention_options:
+            _check_attention_options(config.attention, dict(config.attention_options))
         if config.up_axis is not None and config.up_axis not in (0, 1, 2):
             raise ValueError(f"up_axis must be 0, 1 or 2 (x, y, z), got {config.up_axis!r}")
         if config.num_workers < 0:
@@ -183,6 +189,17 @@ class TrainConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _check_attention_options(attention: str, options: Dict[str, Any]) -> None:
+    """Build one layer with ``options`` so a bad name or value fails before any data is loaded."""
+    from .attention import ScalarSelfAttention, VectorSelfAttention
+
+    layer = VectorSelfAttention if attention == "vector" else ScalarSelfAttention
+    try:
+        layer(8, 8, k=4, **({"groups": 2} if attention == "vector" else {"heads": 2}), **options)
+    except TypeError as error:
+        raise ValueError(f"attention option not accepted by {layer.__name__}: {error}") from None
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -600,7 +617,9 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     config.up_axis = int(dataset.up_axis)
     classes = list(dataset.classes)
     in_channels = 6 if config.use_normals else 3
-    model = create_model(config.model, num_classes=len(classes), in_channels=in_channels).to(device)
+    model = create_model(config.model, num_classes=len(classes), in_channels=in_channels,
+                         **({"attention_kwargs": dict(config.attention_options)} if config.attention_options else {}))
+    model = model.to(device)
 
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():

@@ -107,3 +107,42 @@ def test_help_of_every_command():
         with pytest.raises(SystemExit) as exit_:
             main([command, "--help"])
         assert exit_.value.code == 0
+
+
+def test_attention_options_reach_the_model(tiny_modelnet10_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_modelnet10_root, out, "--epochs", "1", "--no-plots",
+                           "--attention-option", "positional_encoding=none",
+                           "--attention-option", "relation=addition")) == 0
+    from pcattn import VectorSelfAttention
+    from pcattn.engine import load_model
+
+    model, _, checkpoint = load_model(out / "best.pt")
+    layers = [m for m in model.modules() if isinstance(m, VectorSelfAttention)]
+    assert layers and all(m.pos_encoder is None and m.relation == "addition" for m in layers)
+    assert checkpoint["train_config"]["attention_options"] == {"positional_encoding": "none", "relation": "addition"}
+    capsys.readouterr()
+    assert main(train_args(tiny_modelnet10_root, tmp_path / "bad", "--attention", "scalar",
+                           "--attention-option", "relation=addition")) == 2
+    assert "not accepted by ScalarSelfAttention" in capsys.readouterr().err
+    assert main(train_args(tiny_modelnet10_root, tmp_path / "bad2", "--attention-option", "relation=divide")) == 2
+    assert "relation must be" in capsys.readouterr().err
+
+
+def test_ablation_table_and_rerun_reads_finished_runs(tiny_modelnet10_root, tmp_path, capsys):
+    from pcattn.ablation import run_ablation
+
+    argv = ["ablate", "--variants", "vector", "scalar-no-pe", "--epochs", "1", "--seeds", "0", "1",
+            "--dataset", "modelnet10", "--data-root", str(tiny_modelnet10_root), "--num-points", "64",
+            "--out", str(tmp_path / "ablation"), "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| vector | vector | defaults |" in printed and "| scalar-no-pe | scalar | positional_encoding=none |" in printed
+    assert "±" in printed and (tmp_path / "ablation" / "ablation.md").is_file()
+    runs = sorted(p.name for p in (tmp_path / "ablation").iterdir() if p.is_dir())
+    assert runs == ["scalar-no-pe-seed0", "scalar-no-pe-seed1", "vector-seed0", "vector-seed1"]
+    before = (tmp_path / "ablation" / "vector-seed0" / "metrics.jsonl").read_text()
+    rows = run_ablation(["vector"], tmp_path / "ablation", epochs=1, seeds=[0], dataset="modelnet10",
+                        data_root=str(tiny_modelnet10_root), num_points=64, progress=False)
+    assert (tmp_path / "ablation" / "vector-seed0" / "metrics.jsonl").read_text() == before   # not retrained
+    assert rows[0]["runs"][0]["best_oa"] == pytest.approx(json.loads(before.splitlines()[-1])["test_oa"])
