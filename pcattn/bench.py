@@ -315,6 +315,18 @@ def _build_knn(p: Dict[str, Any]) -> Built:
 
     N, k = p["N"], p["k"]
     torch.manual_seed(0)
+    if p.get("B"):  # a batch of B clouds of N points (the layer cases' neighbourhoods): brute force per cloud
+        clouds = torch.rand(p["B"], N, 3)
+        sides = {"ours": Side(lambda: knn(clouds, k)),
+                 "brute": Side(lambda: [brute_knn(cloud, k) for cloud in clouds])}
+
+        def batch_check() -> Dict[str, float]:
+            ours, cloud = knn(clouds, k)[-1], clouds[-1]
+            theirs = brute_knn(cloud, k)
+            d_ours, d_theirs = ((cloud[i] - cloud[:, None]).norm(dim=-1) for i in (ours, theirs))
+            return {"max|dist ours-brute| (last cloud)": float((d_ours.sort(1).values
+                                                                 - d_theirs.sort(1).values).abs().max())}
+        return Built(sides, check=batch_check)
     pos = torch.rand(N, 3)
     sides = {"ours": Side(lambda: knn(pos, k))}
     if N > p["brute_max"]:
@@ -564,6 +576,9 @@ def build_cases(args: argparse.Namespace) -> List[Case]:
         rows = 4096 if N <= 100000 else 512            # brute force at 1M: ~3 s per 512 query rows
         cases.append(Case(f"knn k=16 N={N}", "knn", dict(N=N, k=16, brute_max=20000, brute_rows=rows),
                           ["ours", "brute"], geo_alloc, 1, 1, 3 if N <= 100000 else 1, "geometry"))
+    if not quick:
+        cases.append(Case(f"knn k=16 B={B} P={P} (the layer cases' neighbourhoods)", "knn",
+                          dict(N=P, B=B, k=16), ["ours", "brute"], geo_alloc, 1, 1, 5, "geometry"))
     for N in sizes:
         M = min(N // 4, 4096)
         cases.append(Case(f"fps N={N} M={M}", "fps", dict(N=N, M=M, brute_fps_iters=256),
