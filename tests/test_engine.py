@@ -71,9 +71,11 @@ def test_training_learns(data_root, tmp_path, attention):
     assert summary["final"]["train_loss"] < metric_rows(tmp_path / "run")[0]["train_loss"]
 
 
-def test_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(data_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(data_root, tmp_path, monkeypatch, workers):
+    """Also with loader processes: their seeds come from the loader's generator, which the checkpoint holds."""
     whole = tmp_path / "whole"
-    train(tiny_config(data_root, whole))
+    train(tiny_config(data_root, whole, num_workers=workers))
 
     # Kill the second run in the middle of epoch 2: its training pass is done, its checkpoint not yet written.
     killed = tmp_path / "killed"
@@ -87,14 +89,14 @@ def test_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(data_root
 
     monkeypatch.setattr(engine, "evaluate", dying_evaluate)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(data_root, killed))
+        train(tiny_config(data_root, killed, num_workers=workers))
     monkeypatch.setattr(engine, "evaluate", real_evaluate)
     assert load_checkpoint(killed / "last.pt")["epoch"] == 1
     assert not list(killed.glob(".*tmp*"))                                   # no temporary files left behind
 
     # Disturb every random stream before resuming: the checkpoint must restore them.
     torch.manual_seed(1234), np.random.seed(99)
-    train(tiny_config(data_root, killed, resume=True))
+    train(tiny_config(data_root, killed, resume=True, num_workers=workers))
     assert metric_rows(killed) == metric_rows(whole)
     a, b = (torch.load(run / "last.pt", weights_only=True) for run in (whole, killed))
     assert a["model_state"].keys() == b["model_state"].keys()
