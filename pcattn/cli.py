@@ -109,10 +109,10 @@ def run_train(args: argparse.Namespace) -> int:
         fields["attention_options"] = dict(fields["attention_options"])
     explicit = [name for name in fields if name not in ("out", "resume")]
     config = TrainConfig(**fields)
-    if config.out is None or "out" not in fields:
-        probe = config.resolved()
-        config.out = f"runs/{probe.dataset}-{probe.model}"
     try:
+        if "out" not in fields:
+            probe = config.resolved()
+            config.out = f"runs/{probe.dataset}-{probe.model}"
         config = merge_resume_config(config, explicit)
         summary = train(config)
     except (OSError, ValueError, CheckpointError) as error:  # OSError: missing files, a failed download

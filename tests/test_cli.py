@@ -47,6 +47,8 @@ def test_train_then_eval_from_the_command_line(tiny_modelnet10_root, tmp_path, c
     assert "already holds a training run" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["train", "--epochs", "0"]) == 2                             # without --out too
+    assert "epochs must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_resume_takes_the_run_settings_and_rejects_changes(tiny_modelnet10_root, tmp_path, capsys):
