@@ -3,8 +3,7 @@
 >>> from pcattn import VectorSelfAttention, ScalarSelfAttention
 """
 
-from .attention import AttentionMap, ScalarSelfAttention, VectorSelfAttention
-from .geometry import farthest_point_sampling, knn
+from .nn import AttentionMap, ScalarSelfAttention, VectorSelfAttention, farthest_point_sampling, knn
 
 __version__ = "0.1.0"
 

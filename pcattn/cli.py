@@ -209,7 +209,8 @@ def _lazy(module: str, function: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import ablation, bench, viz_cli  # they import only argparse/stdlib at module level
+    from . import viz_cli
+    from .bench import ablation, harness  # they import only argparse/stdlib at module level
 
     parser = argparse.ArgumentParser(prog="pcattn", description="Self-attention on 3D point clouds: train, "
                                      "evaluate, visualise, benchmark.")
@@ -228,9 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     viz_cli.add_arguments(visualize).set_defaults(handler=_lazy("viz_cli", "run"))
     ablate = commands.add_parser("ablate", help="train attention variants, one table (vector vs scalar, "
                                  "positional encoding on/off, ...)")
-    ablation.add_arguments(ablate).set_defaults(handler=_lazy("ablation", "run"))
+    ablation.add_arguments(ablate).set_defaults(handler=_lazy("bench.ablation", "run"))
     benchmark = commands.add_parser("bench", help="speed and memory against PyG and other implementations")
-    bench.add_arguments(benchmark).set_defaults(handler=_lazy("bench", "run"))
+    harness.add_arguments(benchmark).set_defaults(handler=_lazy("bench.harness", "run"))
     return parser
 
 

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         layers = args.layer or [None]
         # Probabilities first (cheap), so the title can say what the model predicts.
         with torch.no_grad():
-            predictions = [_prediction(torch.softmax(m(pos[None], None if x is None else x[None])[0], -1), names)
+            predictions = [_prediction(torch.softmax(m(None if x is None else x[None], pos[None])[0], -1), names)
                            for (_, m), names in zip(models, model_classes)]
         title = args.title
         if title is None:

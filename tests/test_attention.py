@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from pcattn import ScalarSelfAttention, VectorSelfAttention
-from pcattn.attention import AttentionMap
-from pcattn.geometry import knn
+from pcattn.nn import AttentionMap
+from pcattn.nn.geometry import knn
 
 
 def make_batch(sizes=(40, 25), channels=8, dtype=torch.float32, seed=0):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from pcattn import ScalarSelfAttention, VectorSelfAttention
-from pcattn.bench import ALLOCATORS, _peak_bytes, _reset_peak, brute_fps, brute_knn, lucidrains_bytes
-from pcattn.geometry import farthest_point_sampling, knn
-from pcattn.reference import (DenseVectorAttention, PyGPointTransformerNet, global_attention_reference,
+from pcattn.bench.harness import ALLOCATORS, _peak_bytes, _reset_peak, brute_fps, brute_knn, lucidrains_bytes
+from pcattn.nn.geometry import farthest_point_sampling, knn
+from pcattn.bench.reference import (DenseVectorAttention, PyGPointTransformerNet, global_attention_reference,
                               neighbors_to_edge_index, pyg_mlp, scalar_attention_reference,
                               vector_attention_reference)
 
@@ -125,7 +125,7 @@ def test_quick_benchmark_smoke(tmp_path):
 def test_pcattn_version_of_the_example_network_computes_the_same():
     """The classifier comparison times one network with two attention implementations."""
     from pcattn import VectorSelfAttention
-    from pcattn.reference import pcattn_version
+    from pcattn.bench.reference import pcattn_version
 
     torch.manual_seed(0)
     theirs = PyGPointTransformerNet(3, 5, dim_model=(32, 64, 128), k=16).eval()

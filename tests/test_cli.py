@@ -132,7 +132,7 @@ def test_attention_options_reach_the_model(tiny_modelnet10_root, tmp_path, capsy
 
 
 def test_ablation_table_and_rerun_reads_finished_runs(tiny_modelnet10_root, tmp_path, capsys):
-    from pcattn.ablation import run_ablation
+    from pcattn.bench.ablation import run_ablation
 
     argv = ["ablate", "--variants", "vector", "scalar-no-pe", "--epochs", "1", "--seeds", "0", "1",
             "--dataset", "modelnet10", "--data-root", str(tiny_modelnet10_root), "--num-points", "64",

@@ -60,7 +60,7 @@ def test_train_writes_a_complete_run_folder(data_root, tmp_path):
         assert checkpoint[key] is not None, key
     model, classes, _ = load_model(out / "best.pt")
     assert classes == CLASSES and not model.training
-    assert model(torch.randn(2, 64, 3)).shape == (2, 10)
+    assert model(None, torch.randn(2, 64, 3)).shape == (2, 10)
 
 
 @pytest.mark.parametrize("attention", ["vector", "scalar"])
@@ -156,7 +156,7 @@ def test_checkpoint_round_trip(tmp_path):
     assert classes == ["a", "b", "c"] and stored["epoch"] == 1
     pos = torch.randn(2, 32, 3)
     model.eval()
-    assert torch.equal(loaded(pos), model(pos))
+    assert torch.equal(loaded(None, pos), model(None, pos))
 
 
 @pytest.mark.parametrize("case, match", [
@@ -229,7 +229,7 @@ class FixedPredictions(torch.nn.Module):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(()))
 
-    def forward(self, pos, x=None):
+    def forward(self, x, pos):
         return torch.nn.functional.one_hot(pos[:, 0, 0].round().long().clamp(0, 2), 3).float() * 10 + self.weight
 
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-import pcattn.geometry as geometry
-from pcattn.geometry import farthest_point_sampling, knn
+import pcattn.nn.geometry as geometry
+from pcattn.nn.geometry import farthest_point_sampling, knn
 
 
 def brute_force_knn(pos, k):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pcattn.blocks import PointTransformerBlock, TransitionDown, TransitionUp
+from pcattn.nn.blocks import PointTransformerBlock, TransitionDown, TransitionUp
 from pcattn.models import PointTransformerClassifier, create_model, list_models
 
 
@@ -31,7 +31,7 @@ def test_transition_down_samples_and_pools_within_clouds():
     alone = down(x[:50], pos[:50], batch[:50])
     assert torch.allclose(alone.x, result.x[:13], atol=1e-5)
     # the linear-before-grouping shortcut equals the textbook MLP on [p_j - p_i, x_j]
-    from pcattn.geometry import knn
+    from pcattn.nn.geometry import knn
     nbr = knn(pos, 8, batch, query=result.pos, query_batch=result.batch)
     nbr = torch.where(nbr >= 0, nbr, nbr[:, :1])
     feats = torch.cat([pos[nbr] - result.pos[:, None], x[nbr]], dim=-1)
@@ -56,30 +56,50 @@ def test_classifier_dense_flat_and_rebuild(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=5).eval()
     pos = torch.randn(2, 128, 3)
-    logits = model(pos)
+    logits = model(None, pos)
     assert logits.shape == (2, 5)
-    flat = model(pos.reshape(-1, 3), batch=torch.arange(2).repeat_interleave(128))
+    assert torch.equal(model(pos, pos), logits)  # x=None means "the positions are the features"
+    flat = model(None, pos.reshape(-1, 3), torch.arange(2).repeat_interleave(128))
     assert torch.allclose(logits, flat, atol=1e-5)
     # a ragged batch gives each cloud what it gets alone
-    mixed = model(torch.cat([pos[0], pos[1, :60]]), batch=torch.tensor([0] * 128 + [1] * 60))
-    assert torch.allclose(mixed[1], model(pos[1:, :60])[0], atol=1e-4)
+    mixed = model(None, torch.cat([pos[0], pos[1, :60]]), torch.tensor([0] * 128 + [1] * 60))
+    assert torch.allclose(mixed[1], model(None, pos[1:, :60])[0], atol=1e-4)
     rebuilt = create_model(**model.config)
     rebuilt.load_state_dict(model.state_dict())
-    assert torch.allclose(rebuilt.eval()(pos), logits)
+    assert torch.allclose(rebuilt.eval()(None, pos), logits)
 
 
-def test_classifier_normals_and_tiny_clouds():
+def test_classifier_normals_change_the_output_and_tiny_clouds():
+    torch.manual_seed(0)
     model = create_model("pt-tiny-vector", num_classes=3, in_channels=6).eval()
     pos = torch.randn(2, 5, 3)  # fewer points than k at every stage
     normals = torch.nn.functional.normalize(torch.randn(2, 5, 3), dim=-1)
-    out = model(pos, torch.cat([pos, normals], -1))
+    out = model(torch.cat([pos, normals], -1), pos)
     assert out.shape == (2, 3) and torch.isfinite(out).all()
+    # the normals are read: flipping them changes the logits, the positions held fixed
+    flipped = model(torch.cat([pos, -normals], -1), pos)
+    assert (out - flipped).abs().max() > 1e-3
     with pytest.raises(ValueError, match="in_channels=3"):
-        model(pos)
+        model(None, pos)
     with pytest.raises(ValueError, match="empty"):
-        model(torch.zeros(2, 0, 3), torch.zeros(2, 0, 6))
+        model(torch.zeros(2, 0, 6), torch.zeros(2, 0, 3))
     with pytest.raises(ValueError, match="NaN"):
-        model(torch.full((1, 8, 3), float("nan")), torch.zeros(1, 8, 6))
+        model(torch.zeros(1, 8, 6), torch.full((1, 8, 3), float("nan")))
+
+
+def test_classifier_old_call_order_warns_and_still_works():
+    torch.manual_seed(0)
+    model = create_model("pt-tiny-vector", num_classes=3, in_channels=6).eval()
+    pos = torch.randn(2, 32, 3)
+    features = torch.cat([pos, torch.nn.functional.normalize(torch.randn(2, 32, 3), dim=-1)], -1)
+    expected = model(features, pos)
+    with pytest.warns(FutureWarning, match="model\\(x, pos, batch\\)"):
+        assert torch.equal(model(pos, features), expected)
+    xyz = create_model("pt-tiny-vector", num_classes=3).eval()
+    with pytest.warns(FutureWarning, match="call order of pcattn 0.1"):
+        assert torch.equal(xyz(pos), xyz(None, pos))
+    with pytest.raises(TypeError, match="needs pos"):
+        xyz(None)
 
 
 def test_registry():
@@ -109,11 +129,11 @@ def test_tiny_training_run_learns(attention):
                                        head_channels=(16,), dropout=0.0)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(40):
-        loss = torch.nn.functional.cross_entropy(model(pos), labels)
+        loss = torch.nn.functional.cross_entropy(model(None, pos), labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
     model.eval()
-    accuracy = (model(pos).argmax(1) == labels).float().mean()
+    accuracy = (model(None, pos).argmax(1) == labels).float().mean()
     assert accuracy >= 0.9
     assert all(p.grad is not None for p in model.parameters())

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pcattn import viz
-from pcattn.attention import ATTENTION_LAYERS, VectorSelfAttention
+from pcattn.nn import ATTENTION_LAYERS, VectorSelfAttention
 from pcattn.models import create_model
 
 SMALL = dict(widths=(16, 32, 32), depths=(1, 1, 1), head_channels=(16,), k=8)
@@ -75,7 +75,7 @@ def test_extraction_equals_return_attention_and_keeps_output(attention):
     model = small_model(attention)
     pos = cloud()
     with torch.no_grad():
-        expected = model(pos[None])
+        expected = model(None, pos[None])
     inputs = {}
     hooks = [module.register_forward_hook(lambda m, args, out, name=name: inputs.__setitem__(name, args))
              for name, module in model.named_modules() if isinstance(module, ATTENTION_LAYERS)]

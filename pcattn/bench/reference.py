@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .geometry import farthest_point_sampling, knn
+from ..nn.geometry import farthest_point_sampling, knn
 
 __all__ = [
     "vector_attention_reference",
@@ -179,7 +179,7 @@ class PyGTransformerBlock(nn.Module):
         super().__init__()
         from torch_geometric.nn import PointTransformerConv
 
-        from .attention import VectorSelfAttention
+        from ..nn import VectorSelfAttention
 
         if layer not in ("pyg", "pcattn"):
             raise ValueError(f"layer must be 'pyg' or 'pcattn', got {layer!r}")
@@ -254,7 +254,7 @@ class PyGPointTransformerNet(nn.Module):
 def pcattn_version(net: PyGPointTransformerNet) -> PyGPointTransformerNet:
     """A copy of ``net`` (built with ``layer="pyg"``) whose convs are replaced by
     ``VectorSelfAttention.from_pyg`` of them: the same network, weights and outputs, pcattn's layer."""
-    from .attention import VectorSelfAttention
+    from ..nn import VectorSelfAttention
 
     copied = copy.deepcopy(net)
     for block in copied.modules():

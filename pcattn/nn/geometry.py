@@ -24,6 +24,9 @@ __all__ = [
     "to_flat",
     "to_dense",
     "batch_ptr",
+    "local_to_global",
+    "global_to_local",
+    "ragged_index",
     "check_positions",
     "check_batch",
     "OPEN3D_MIN_POINTS",
@@ -83,7 +86,7 @@ def batch_ptr(batch: Optional[Tensor], num_points: int) -> Tensor:
 def to_flat(pos: Tensor, *features: Tensor) -> Tuple[Tensor, ...]:
     """Dense ``(B, P, C)`` tensors to flat ``(B*P, C)`` rows plus the ``batch`` vector.
 
-    Returns ``(pos_flat, *features_flat, batch)``.
+    Returns ``(pos_flat, *features_flat, batch)``; ``batch`` is ``arange(B).repeat_interleave(P)``.
     """
     B, P = pos.shape[:2]
     batch = torch.arange(B, device=pos.device).repeat_interleave(P)
@@ -94,6 +97,39 @@ def to_flat(pos: Tensor, *features: Tensor) -> Tuple[Tensor, ...]:
 def to_dense(x: Tensor, batch_size: int) -> Tensor:
     """Flat rows ``(B*P, ...)`` of equal-sized clouds back to ``(B, P, ...)``."""
     return x.reshape(batch_size, -1, *x.shape[1:])
+
+
+def local_to_global(neighbors: Tensor) -> Tensor:
+    """Dense neighbour indices ``(B, P, K)``, local to each cloud, to flat rows ``(B*P, K)``.
+
+    Cloud ``b``'s index ``j`` becomes row ``b * P + j``; ``-1`` (an empty slot) stays ``-1``.
+    """
+    B, P = neighbors.shape[:2]
+    offset = (torch.arange(B, device=neighbors.device) * P)[:, None, None]
+    return torch.where(neighbors >= 0, neighbors + offset, neighbors).reshape(B * P, -1)
+
+
+def global_to_local(neighbors: Tensor, batch_size: int) -> Tensor:
+    """The inverse of :func:`local_to_global`: flat rows ``(B*P, K)`` to local indices ``(B, P, K)``."""
+    local = neighbors.reshape(batch_size, -1, neighbors.shape[-1])
+    P = local.shape[1]
+    offset = (torch.arange(batch_size, device=neighbors.device) * P)[:, None, None]
+    return torch.where(local >= 0, local - offset, local)
+
+
+def ragged_index(sizes: Tensor, starts: Optional[Tensor] = None) -> Tensor:
+    """Rows of ragged clouds padded to a ``(B, P_max)`` grid, ``-1`` in the padding.
+
+    ``sizes (B,)`` are the clouds' point counts and ``starts (B,)`` their first rows (default:
+    the clouds follow each other). Padding ``(N, C)`` rows to ``(B, P_max, C)`` is
+    ``rows[index.clamp(min=0)]`` with ``index >= 0`` marking the real points. Same device as ``sizes``.
+    """
+    sizes = sizes.long()
+    if starts is None:
+        starts = torch.cumsum(sizes, 0) - sizes
+    width = int(sizes.max()) if sizes.numel() else 0
+    local = torch.arange(width, device=sizes.device)[None, :]
+    return torch.where(local < sizes[:, None], starts[:, None] + local, torch.full_like(local, -1))
 
 
 # ----------------------------------------------------------------------------- kNN
@@ -294,13 +330,11 @@ def farthest_point_sampling(
     keep = sizes_ne.clamp(max=count) if count is not None else torch.ceil(sizes_ne * ratio).long()
     if sizes_ne.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=pos.device)
-    B, P = sizes_ne.numel(), int(sizes_ne.max())
     starts = ptr[:-1][nonempty]
     # Pad ragged clouds to (B, P, 3); padded rows are never chosen.
-    local = torch.arange(P)[None, :].expand(B, P)
-    valid = local < sizes_ne[:, None]
-    rows = (starts[:, None] + local).clamp(max=max(n - 1, 0))
-    dense = pos[rows.to(pos.device)]
+    index = ragged_index(sizes_ne, starts)
+    valid = index >= 0
+    dense = pos[index.clamp(min=0).to(pos.device)]
     chosen = _fps_padded(dense, sizes_ne.to(pos.device), int(keep.max()), random_start, generator, valid.to(pos.device))
     take = torch.arange(chosen.shape[1])[None, :] < keep[:, None]
     return (chosen.cpu() + starts[:, None])[take].to(pos.device)

@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .attention import ATTENTION_LAYERS, RecordedAttention, ScalarSelfAttention, VectorSelfAttention
-from .geometry import knn
+from ..nn import ATTENTION_LAYERS, RecordedAttention, ScalarSelfAttention, VectorSelfAttention
+from ..nn.geometry import knn
 
 __all__ = [
     "LayerAttention",
@@ -141,11 +141,9 @@ def _kind(module: nn.Module) -> str:
 
 
 def _call_model(model: nn.Module, pos: Tensor, x: Optional[Tensor], batch: Optional[Tensor]):
-    if isinstance(model, ATTENTION_LAYERS):  # a bare layer: (x, pos, batch)
+    if isinstance(model, ATTENTION_LAYERS):  # a bare layer needs features: the positions stand in
         return model(pos if x is None else x, pos, batch)
-    if batch is not None:
-        return model(pos, x, batch)
-    return model(pos, x) if x is not None else model(pos)
+    return model(x, pos, batch)
 
 
 def extract_attention(
@@ -901,7 +899,7 @@ def prepare_cloud(pos: np.ndarray, normals: Optional[np.ndarray] = None, num_poi
     Returns:
         ``pos (P', 3)`` float32 tensor and ``normals (P', 3)`` or ``None``.
     """
-    from .data.base import farthest_point_indices, normalize_unit_sphere
+    from ..data.base import farthest_point_indices, normalize_unit_sphere
 
     pos = np.asarray(pos, dtype=np.float32)
     if num_points is not None and len(pos) > num_points:
@@ -928,7 +926,7 @@ def load_cloud(path, num_points: Optional[int] = 1024, use_normals: bool = False
         FileNotFoundError / ValueError: missing or unreadable file (named), or no normals in the
         file when ``use_normals``.
     """
-    from .data.io import read_point_cloud
+    from ..data.io import read_point_cloud
 
     raw, normals = read_point_cloud(path)
     if use_normals and normals is None:

@@ -35,7 +35,7 @@ def run_ablation(variants: Sequence[str], out, epochs: int = 15, seeds: Sequence
                  device: str = "auto", progress: bool = True, **train_options: Any) -> List[Dict[str, Any]]:
     """Train every ``variant`` with every seed (on ``pt-tiny-*`` models for the built-in data,
     ``pt-*`` for ModelNet); returns one row per variant with the runs' figures."""
-    from .engine import TrainConfig, train
+    from ..engine import TrainConfig, train
 
     unknown = [name for name in variants if name not in VARIANTS]
     if unknown:

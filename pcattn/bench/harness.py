@@ -153,8 +153,8 @@ def _build_vector(p: Dict[str, Any]) -> Built:
     from torch_geometric.nn import PointTransformerConv
 
     from pcattn import VectorSelfAttention
-    from pcattn.geometry import knn
-    from pcattn.reference import DenseVectorAttention, neighbors_to_edge_index, pyg_mlp
+    from pcattn.nn.geometry import knn
+    from pcattn.bench.reference import DenseVectorAttention, neighbors_to_edge_index, pyg_mlp
 
     B, P, C, k, maths, mode = p["B"], p["P"], p["C"], p["k"], p["maths"], p["mode"]
     torch.manual_seed(0)
@@ -258,8 +258,8 @@ def _build_scalar(p: Dict[str, Any]) -> Built:
     """ScalarSelfAttention (kNN groups or whole cloud) vs the straightforward formula."""
     torch = _torch()
     from pcattn import ScalarSelfAttention
-    from pcattn.geometry import knn
-    from pcattn.reference import global_attention_reference, scalar_attention_reference
+    from pcattn.nn.geometry import knn
+    from pcattn.bench.reference import global_attention_reference, scalar_attention_reference
 
     B, P, C, k, mode = p["B"], p["P"], p["C"], p["k"], p["mode"]
     torch.manual_seed(0)
@@ -311,7 +311,7 @@ def brute_fps(pos, count: int, iterations: Optional[int] = None):
 
 def _build_knn(p: Dict[str, Any]) -> Built:
     torch = _torch()
-    from pcattn.geometry import knn
+    from pcattn.nn.geometry import knn
 
     N, k = p["N"], p["k"]
     torch.manual_seed(0)
@@ -349,7 +349,7 @@ def _build_knn(p: Dict[str, Any]) -> Built:
 
 def _build_fps(p: Dict[str, Any]) -> Built:
     torch = _torch()
-    from pcattn.geometry import farthest_point_sampling
+    from pcattn.nn.geometry import farthest_point_sampling
 
     N, M = p["N"], p["M"]
     torch.manual_seed(0)
@@ -376,7 +376,7 @@ def _build_classifier(p: Dict[str, Any]) -> Built:
     torch = _torch()
     import torch.nn.functional as F
 
-    from pcattn.reference import PyGPointTransformerNet, pcattn_version
+    from pcattn.bench.reference import PyGPointTransformerNet, pcattn_version
 
     B, P, classes = p["B"], p["P"], p["classes"]
     torch.manual_seed(0)

@@ -1,7 +1,8 @@
-"""Point Transformer building blocks on flat point batches.
+"""Point Transformer building blocks on flat point batches: the residual attention block,
+transition down (FPS + kNN pooling) and transition up (3-NN interpolation + skip).
 
 All blocks take flat rows, ``x (N, C)``, ``pos (N, 3)`` and a sorted ``batch (N,)``
-(see :mod:`pcattn.geometry` to convert dense ``(B, P, C)`` input).
+(see :func:`pcattn.nn.geometry.to_flat` to convert dense ``(B, P, C)`` input).
 """
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import ScalarSelfAttention, VectorSelfAttention, gather
+from .chunked import gather
+from .scalar import ScalarSelfAttention
+from .vector import VectorSelfAttention
 from .geometry import farthest_point_sampling, knn
 
 __all__ = ["make_attention", "PointTransformerBlock", "TransitionDown", "TransitionUp", "Downsampled"]

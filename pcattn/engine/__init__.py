@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .models import MODEL_CONFIGS, PointTransformerClassifier, create_model
+from ..models import MODEL_CONFIGS, PointTransformerClassifier, create_model
 
 __all__ = [
     "CHECKPOINT_KIND",
@@ -193,7 +193,7 @@ class TrainConfig:
 
 def _check_attention_options(attention: str, options: Dict[str, Any]) -> None:
     """Build one layer with ``options`` so a bad name or value fails before any data is loaded."""
-    from .attention import ScalarSelfAttention, VectorSelfAttention
+    from ..nn import ScalarSelfAttention, VectorSelfAttention
 
     layer = VectorSelfAttention if attention == "vector" else ScalarSelfAttention
     try:
@@ -335,12 +335,12 @@ def build_loaders(config: TrainConfig, generator: torch.Generator, with_train: b
     """Train and test datasets and loaders for a resolved config: ``(train_loader, test_loader)``."""
     from torch.utils.data import DataLoader
 
-    from .data import build_dataset, seed_worker, test_transforms, train_transforms
+    from ..data import build_dataset, seed_worker, test_transforms, train_transforms
 
     common = dict(format=config.format, root=config.data_root, num_points=config.num_points,
                   use_normals=config.use_normals)
     if config.download:
-        from .data import default_data_dir
+        from ..data import default_data_dir
 
         common.update(root=config.data_root or str(default_data_dir()), download=True)
     test_set = build_dataset(config.dataset, split="test", transform=test_transforms(), **common)
@@ -425,7 +425,7 @@ def evaluate(model: nn.Module, loader, device: Union[str, torch.device, None] = 
         probabilities = torch.zeros(pos.shape[0], num_classes, device=device)
         for vote in range(votes):
             p, f = (pos, x) if vote == 0 else _vote_augment(pos, x, up_axis, generator)
-            logits = model(p, f).float()
+            logits = model(f, p).float()
             if vote == 0:
                 loss_sum += float(F.cross_entropy(logits, labels, label_smoothing=label_smoothing,
                                                   reduction="sum"))
@@ -679,7 +679,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
             pos, x = _inputs(batch, device, config.use_normals)
             labels = batch["label"].to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp):
-                logits = model(pos, x)
+                logits = model(x, pos)
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
             if not torch.isfinite(loss.detach()):
                 raise FloatingPointError(f"epoch {epoch}: the training loss became {float(loss.detach())}; lower --lr "
@@ -739,7 +739,7 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         summary["eval"] = evaluation
     if config.plots:
         try:
-            from .viz import plot_run
+            from ..viz import plot_run
 
             for path in plot_run(out):
                 _log(f"wrote {path}", config.progress)

@@ -1,20 +1,16 @@
-"""Point Transformer classification network and a registry of named configurations.
-
->>> model = create_model("pt-vector", num_classes=40)
->>> logits = model(torch.randn(16, 1024, 3))          # (16, 40)
-"""
+"""The Point Transformer classifier: stem, stages of blocks with transition down, pooling, head."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import PointTransformerBlock, TransitionDown
-from .geometry import check_batch, check_positions, knn
+from ..nn.blocks import PointTransformerBlock, TransitionDown
+from ..nn.geometry import check_batch, check_positions, knn, to_flat
 
-__all__ = ["PointTransformerClassifier", "create_model", "list_models", "MODEL_CONFIGS"]
+__all__ = ["PointTransformerClassifier"]
 
 
 class PointTransformerClassifier(nn.Module):
@@ -44,9 +40,10 @@ class PointTransformerClassifier(nn.Module):
             ``relation``, ``normalization``, ...).
 
     Shapes:
-        - pos: ``(B, P, 3)``, or flat ``(N, 3)`` with a sorted ``batch (N,)``.
+        - call: ``model(x, pos, batch=None)``, the order of the attention layers and of PyG.
         - x: input features ``(B, P, in_channels)`` / ``(N, in_channels)``; ``None`` uses ``pos``
           (needs ``in_channels == 3``). For normals pass ``torch.cat([pos, normals], -1)``.
+        - pos: ``(B, P, 3)``, or flat ``(N, 3)`` with a sorted ``batch (N,)``.
         - returns logits ``(B, num_classes)`` (one row per cloud id ``0..batch.max()``).
     """
 
@@ -96,24 +93,32 @@ class PointTransformerClassifier(nn.Module):
         self.head = nn.Sequential(*layers)
         self.config: Dict[str, Any] = {}
 
-    def forward(self, pos: Tensor, x: Optional[Tensor] = None, batch: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Optional[Tensor], pos: Optional[Tensor] = None, batch: Optional[Tensor] = None) -> Tensor:
+        """Logits per cloud; the call order is the layers' (and PyG's): ``model(x, pos, batch)``.
+
+        ``x=None`` uses the positions as the input features (``in_channels == 3``). The call order
+        of pcattn 0.1, ``model(pos)`` / ``model(pos, x, batch)``, still works for this release with
+        a ``FutureWarning`` (see :func:`_legacy_order`).
+        """
+        x, pos = _legacy_order(x, pos, self.in_channels)
         check_positions(pos)
         if x is None:
             if self.in_channels != 3:
                 raise ValueError(f"the model takes {self.in_channels} input channels: pass x "
                                  f"(e.g. torch.cat([pos, normals], -1)); x=None only works for in_channels=3")
             x = pos
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor or None, got {type(x).__name__}")
         if x.shape[:-1] != pos.shape[:-1] or x.shape[-1] != self.in_channels:
             raise ValueError(f"x must be {tuple(pos.shape[:-1]) + (self.in_channels,)} to match pos "
                              f"{tuple(pos.shape)}, got {tuple(x.shape)}")
         if pos.dim() == 3:
             if batch is not None:
                 raise ValueError("batch is only for flat (N, 3) positions; dense (B, P, 3) input needs none")
-            B, P = pos.shape[:2]
-            if P == 0:
+            if pos.shape[1] == 0:
                 raise ValueError("the point clouds are empty (P = 0)")
-            batch = torch.arange(B, device=pos.device).repeat_interleave(P)
-            pos, x = pos.reshape(B * P, 3), x.reshape(B * P, -1)
+            B = pos.shape[0]
+            pos, x, batch = to_flat(pos, x)
         else:
             if pos.shape[0] == 0:
                 raise ValueError("the point cloud is empty (0 points)")
@@ -135,38 +140,24 @@ class PointTransformerClassifier(nn.Module):
         return self.head(pooled / counts[:, None])
 
 
-_TINY = dict(widths=(32, 64, 128, 256), depths=(1, 1, 1, 1), head_channels=(128,))
+def _legacy_order(x: Optional[Tensor], pos: Optional[Tensor], in_channels: int):
+    """Recognise the classifier's 0.1 call order ``(pos, x, batch)`` and return ``(x, pos)``.
 
-MODEL_CONFIGS: Dict[str, Dict[str, Any]] = {
-    # The paper's classification widths, one block per stage as in PyG's example; vector
-    # attention with one weight per 8 channels, as the official code (share_planes = 8).
-    "pt-vector": dict(attention="vector"),
-    "pt-scalar": dict(attention="scalar"),
-    # Pure vector attention (one weight per channel), as the paper's equations.
-    "pt-vector-pure": dict(attention="vector", group_size=1),
-    # Small networks for CPU work: 4 stages.
-    "pt-tiny-vector": dict(attention="vector", **_TINY),
-    "pt-tiny-scalar": dict(attention="scalar", **_TINY),
-}
-
-
-def list_models() -> list:
-    """Names accepted by :func:`create_model`."""
-    return sorted(MODEL_CONFIGS)
-
-
-def create_model(name: str, num_classes: int = 40, in_channels: int = 3, **overrides: Any) -> PointTransformerClassifier:
-    """Build a named configuration, with any constructor argument overridden.
-
-    ``model.config`` records the name and every argument, so ``create_model(**model.config)``
-    rebuilds the same architecture (checkpoints store it).
+    ``model(pos)`` and ``model(pos, None, batch)`` arrive with ``pos=None``; ``model(pos, features)``
+    with ``in_channels != 3`` arrives with a 3-channel ``x`` and a ``pos`` of ``in_channels``
+    channels. Both are swapped with a ``FutureWarning``. (With ``in_channels == 3`` and two
+    3-channel tensors the orders cannot be told apart: the new order is assumed.)
     """
-    if name not in MODEL_CONFIGS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    kwargs: Dict[str, Any] = {**MODEL_CONFIGS[name], **overrides}
-    model = PointTransformerClassifier(num_classes=num_classes, in_channels=in_channels, **kwargs)
-    config = {"name": name, "num_classes": num_classes, "in_channels": in_channels}
-    for key, value in kwargs.items():
-        config[key] = list(value) if isinstance(value, tuple) else value
-    model.config = config
-    return model
+    legacy = None
+    if pos is None and isinstance(x, Tensor):
+        legacy, x, pos = "model(pos)", None, x
+    elif (isinstance(x, Tensor) and isinstance(pos, Tensor) and in_channels != 3
+          and x.shape[-1] == 3 and pos.shape[-1] == in_channels):
+        legacy, x, pos = "model(pos, x)", pos, x
+    if pos is None:
+        raise TypeError("the classifier needs pos: call model(x, pos, batch) (x=None uses the positions)")
+    if legacy:
+        warnings.warn(f"{legacy} is the call order of pcattn 0.1; call model(x, pos, batch) as the layers do "
+                      f"(x=None uses the positions); the old order goes in the next release",
+                      FutureWarning, stacklevel=5)
+    return x, pos

@@ -1,0 +1,252 @@
+"""Vector self-attention (Point Transformer): one weight per channel group and neighbour."""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .chunked import (NeighborhoodAttention, Neighbourhood, finish, mlp, normalize, pairwise, prepare,
+                      resolve_neighbors, has_batchnorm, chunk_rows)
+
+__all__ = ["VectorSelfAttention"]
+
+
+class VectorSelfAttention(NeighborhoodAttention):
+    r"""Vector self-attention over k nearest neighbours (Point Transformer, Zhao et al. 2021).
+
+    .. math::
+        \mathbf{y}_i = \sum_{j \in \mathcal{N}(i)} \operatorname{softmax}_j\big(
+            \gamma(\varphi(\mathbf{x}_i) - \psi(\mathbf{x}_j) + \delta_{ij})\big)
+            \odot \big(\alpha(\mathbf{x}_j) + \delta_{ij}\big),
+        \qquad \delta_{ij} = \theta(\mathbf{p}_i - \mathbf{p}_j)
+
+    :math:`\mathcal{N}(i)` holds the ``k`` nearest neighbours of point ``i`` in its own
+    cloud (itself included). :math:`\varphi, \psi, \alpha` are linear maps to
+    ``out_channels``; :math:`\theta` is the positional encoding of the relative position
+    :math:`\mathbf{p}_i - \mathbf{p}_j`; :math:`\gamma` maps each relation to ``groups``
+    weights. **The softmax runs over the neighbours j, separately for each point i and each
+    group**; each weight is shared by the ``out_channels / groups`` channels of its group
+    (``groups = out_channels`` is the paper's pure vector attention, ``groups = 1`` a
+    single weight per neighbour).
+
+    A ``Linear(3, C)`` positional encoding (PyG's default) splits as
+    :math:`\delta_{ij} = (W p_i + b) - W p_j`; with the subtraction or addition relation and
+    weights that sum to one (softmax, l1relu) its parts are folded into the per-point query, key
+    and value, so no per-pair position tensor is built (the same function up to float rounding;
+    set ``layer.fold_linear_encoding = False`` to compute :math:`\delta_{ij}` per pair).
+
+    Args:
+        in_channels: input feature size ``C_in``.
+        out_channels: output size ``C`` (default ``in_channels``).
+        k: neighbours per point (used when ``neighbors`` is not given).
+        groups: weights per neighbour; must divide ``out_channels`` (default ``out_channels``).
+        positional_encoding: ``"mlp"`` (:math:`\theta` = Linear-ReLU-Linear, default),
+            ``"linear"`` (one ``Linear(3, C)``, as PyG's default), ``"none"``
+            (:math:`\delta = 0`), or any module mapping ``(M, 3)`` to ``(M, C)``.
+        relation: how :math:`\varphi(x_i)` and :math:`\psi(x_j)` are combined before
+            :math:`\gamma`: ``"subtraction"`` (default), ``"addition"``, ``"hadamard"``
+            (element-wise product; :math:`\delta` is added after), or ``"concat"``
+            (:math:`\gamma` sees :math:`[\varphi(x_i), \psi(x_j), \delta_{ij}]`).
+        normalization: ``"softmax"`` over the neighbours (default), ``"sigmoid"`` (an
+            independent gate per neighbour, no normalisation), or ``"l1relu"`` (ReLU, then
+            divide by the sum over the neighbours).
+        mapping: :math:`\gamma`: ``"mlp"`` (Linear-ReLU-Linear, default), ``"linear"``,
+            ``"none"`` (identity; needs ``groups == out_channels``), or a module mapping
+            ``(M, C_rel)`` to ``(M, groups)``.
+        pos_hidden: hidden width of the ``"mlp"`` positional encoding.
+        bias: whether :math:`\varphi, \psi, \alpha` have biases.
+        chunk_size: query points processed at once (default: about 256k pair-channels).
+        checkpoint: recompute each chunk's pairwise tensors in the backward pass instead of
+            storing them (much less memory in training; same gradients; no double backward).
+            Modules with BatchNorm or dropout inside :math:`\theta`/:math:`\gamma` are not
+            recomputed in training (their statistics and masks would differ).
+
+    Shapes:
+        - x: ``(N, C_in)`` with pos ``(N, 3)`` and batch ``(N,)``, or ``(B, P, C_in)`` with
+          pos ``(B, P, 3)``.
+        - neighbors (optional): ``(N, K)`` global rows or ``(B, P, K)`` local indices,
+          ``-1`` for an empty slot.
+        - returns ``(N, C)`` or ``(B, P, C)``; with ``return_attention=True`` also an
+          :class:`AttentionMap` with weights ``(N, K, groups)`` (or ``(B, P, K, groups)``).
+
+    Example:
+        >>> layer = VectorSelfAttention(32, 64, k=16)
+        >>> y = layer(torch.randn(2, 1024, 32), torch.randn(2, 1024, 3))   # (2, 1024, 64)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: Optional[int] = None,
+        k: int = 16,
+        groups: Optional[int] = None,
+        positional_encoding: Union[str, nn.Module] = "mlp",
+        relation: str = "subtraction",
+        normalization: str = "softmax",
+        mapping: Union[str, nn.Module] = "mlp",
+        pos_hidden: int = 16,
+        bias: bool = True,
+        chunk_size: Optional[int] = None,
+        checkpoint: bool = True,
+    ):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        groups = groups or out_channels
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if out_channels % groups:
+            raise ValueError(f"groups ({groups}) must divide out_channels ({out_channels})")
+        if relation not in ("subtraction", "addition", "hadamard", "concat"):
+            raise ValueError(f"relation must be subtraction, addition, hadamard or concat, got {relation!r}")
+        if normalization not in ("softmax", "sigmoid", "l1relu"):
+            raise ValueError(f"normalization must be softmax, sigmoid or l1relu, got {normalization!r}")
+        self.in_channels, self.out_channels, self.k, self.groups = in_channels, out_channels, k, groups
+        self.relation, self.normalization = relation, normalization
+        self.chunk_size, self.checkpoint = chunk_size, checkpoint
+        self.fold_linear_encoding = True
+        self.record_attention = False
+        self.last_attention: Optional[RecordedAttention] = None
+
+        C = out_channels
+        self.to_query = nn.Linear(in_channels, C, bias=bias)   # phi
+        self.to_key = nn.Linear(in_channels, C, bias=bias)     # psi
+        self.to_value = nn.Linear(in_channels, C, bias=bias)   # alpha
+
+        if isinstance(positional_encoding, nn.Module):
+            self.pos_encoder: Optional[nn.Module] = positional_encoding
+        elif positional_encoding == "mlp":
+            self.pos_encoder = mlp(3, pos_hidden, C)
+        elif positional_encoding == "linear":
+            self.pos_encoder = nn.Linear(3, C)
+        elif positional_encoding == "none":
+            self.pos_encoder = None
+        else:
+            raise ValueError(f"positional_encoding must be mlp, linear, none or a module, got {positional_encoding!r}")
+
+        rel_channels = C * (2 + (self.pos_encoder is not None)) if relation == "concat" else C
+        if isinstance(mapping, nn.Module):
+            self.mapping: nn.Module = mapping
+        elif mapping == "mlp":
+            self.mapping = mlp(rel_channels, max(groups, min(8, rel_channels)), groups)
+        elif mapping == "linear":
+            self.mapping = nn.Linear(rel_channels, groups)
+        elif mapping == "none":
+            if rel_channels != groups:
+                raise ValueError(f"mapping='none' needs groups == {rel_channels} (the relation's channels), got {groups}")
+            self.mapping = nn.Identity()
+        else:
+            raise ValueError(f"mapping must be mlp, linear, none or a module, got {mapping!r}")
+        self._batchnorm = has_batchnorm(self.pos_encoder, self.mapping)
+
+    def extra_repr(self) -> str:
+        pe = "none" if self.pos_encoder is None else type(self.pos_encoder).__name__
+        return (f"{self.in_channels}, {self.out_channels}, k={self.k}, groups={self.groups}, "
+                f"relation={self.relation}, normalization={self.normalization}, positional_encoding={pe}")
+
+    @classmethod
+    def from_pyg(cls, conv: nn.Module, k: int = 16) -> "VectorSelfAttention":
+        """A layer computing exactly what a ``torch_geometric.nn.PointTransformerConv`` computes.
+
+        The weights are copied (``lin_dst`` -> :math:`\\varphi`, ``lin_src`` -> :math:`\\psi`,
+        ``lin`` -> :math:`\\alpha`, ``pos_nn`` -> :math:`\\theta`, ``attn_nn`` -> :math:`\\gamma`).
+        Called on kNN neighbourhoods that include each point itself, both give the same output
+        (PyG replaces self loops by exactly one). Only the non-bipartite conv is supported.
+        """
+        in_channels = conv.in_channels
+        if not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"from_pyg needs a conv with an int in_channels, got {in_channels!r}")
+        C = conv.out_channels
+        mapping = copy.deepcopy(conv.attn_nn) if conv.attn_nn is not None else nn.Identity()
+        with torch.no_grad():
+            was_training = mapping.training
+            mapping.eval()
+            probe = conv.lin.weight
+            groups = mapping(torch.zeros(2, C, dtype=probe.dtype, device=probe.device)).shape[-1]
+            mapping.train(was_training)
+        if groups not in (1, C):
+            raise ValueError(f"attn_nn must output 1 or {C} channels, got {groups}")
+        pos_nn = copy.deepcopy(conv.pos_nn)
+        if type(pos_nn).__name__ == "Linear" and type(pos_nn) is not nn.Linear and pos_nn.weight.dim() == 2:
+            # PyG's own Linear (its default pos_nn) computes what torch's does; as a torch Linear the
+            # layer can fold it into the per-point projections (see the class docstring).
+            plain = nn.Linear(pos_nn.weight.shape[1], pos_nn.weight.shape[0], bias=pos_nn.bias is not None)
+            with torch.no_grad():
+                plain.weight.copy_(pos_nn.weight)
+                if pos_nn.bias is not None:
+                    plain.bias.copy_(pos_nn.bias)
+            pos_nn = plain
+        layer = cls(in_channels, C, k=k, groups=groups, positional_encoding=pos_nn, mapping=mapping, bias=False)
+        with torch.no_grad():
+            layer.to_query.weight.copy_(conv.lin_dst.weight)
+            layer.to_key.weight.copy_(conv.lin_src.weight)
+            layer.to_value.weight.copy_(conv.lin.weight)
+        return layer.to(device=conv.lin.weight.device, dtype=conv.lin.weight.dtype)
+
+    def forward(self, x: Tensor, pos: Tensor, batch: Optional[Tensor] = None,
+                neighbors: Optional[Tensor] = None, return_attention: bool = False):
+        """See the class docstring for shapes."""
+        points = prepare(self, x, pos, batch)
+        neighbors = resolve_neighbors(points, self.k, neighbors)
+        query, key, value = self.to_query(points.x), self.to_key(points.x), self.to_value(points.x)
+        want_weights = return_attention or self.record_attention
+        if self._folds_encoding:
+            # A linear encoding splits: delta_ij = (W p_i + b) - W p_j. Its parts join the per-point
+            # query, key and value, and since the weights of a group sum to one over the neighbours,
+            # sum_j w_ij (v_j - W p_j + W p_i + b) = sum_j w_ij (v_j - W p_j) + (W p_i + b).
+            # No pairwise positions remain: the same function with fewer per-pair operations.
+            projected = F.linear(points.pos, self.pos_encoder.weight)                        # W p, (N, C)
+            own = projected if self.pos_encoder.bias is None else projected + self.pos_encoder.bias
+            query = query + own
+            key = key + projected if self.relation == "subtraction" else key - projected
+            out, weights = self._attend(query, key, value - projected, None, neighbors, want_weights)
+            out = out + own
+        else:
+            out, weights = self._attend(query, key, value, points.pos, neighbors, want_weights)
+        return finish(self, out, weights, neighbors, points, return_attention)
+
+    @property
+    def _folds_encoding(self) -> bool:
+        """Whether the positional encoding is one ``Linear(3, C)`` folded into the per-point projections
+        (subtraction/addition relation, weights that sum to one over the neighbours)."""
+        return (type(self.pos_encoder) is nn.Linear and self.relation in ("subtraction", "addition")
+                and self.normalization in ("softmax", "l1relu") and self.fold_linear_encoding)
+
+    def _pair_modules(self) -> Tuple[Optional[nn.Module], ...]:
+        return (None if self._folds_encoding else self.pos_encoder, self.mapping)
+
+    def _attend(self, query: Tensor, key: Tensor, value: Tensor, pos: Tensor, neighbors: Tensor,
+                want_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        n, k = neighbors.shape
+        # BatchNorm inside theta or gamma needs all pairs at once in training to match its statistics.
+        whole = self._batchnorm and self.training
+        rows = n if whole else chunk_rows(k, self.out_channels, self.chunk_size)
+        return self._over_chunks(query, key, value, pos, neighbors, rows, want_weights)
+
+    def _pairs(self, query: Tensor, hood: Neighbourhood) -> Tuple[Tensor, Tensor]:
+        """One chunk of query rows ``(M, C)`` and their gathered neighbours: ``(M, C)`` outputs, ``(M, K, G)`` weights."""
+        m, k = hood.key.shape[:2]
+        key_j, value_j, delta = hood.key, hood.value, None
+        if self.pos_encoder is not None and hood.rel_pos is not None:   # (None: folded, see forward)
+            delta = pairwise(self.pos_encoder, hood.rel_pos)                # theta(p_i - p_j): (M, K, C)
+            value_j = value_j + delta
+        query_i = query[:, None, :]
+        if self.relation == "subtraction":
+            rel = query_i - key_j
+        elif self.relation == "addition":
+            rel = query_i + key_j
+        elif self.relation == "hadamard":
+            rel = query_i * key_j
+        else:  # concat
+            parts = [query_i.expand(-1, k, -1), key_j] + ([delta] if delta is not None else [])
+            rel = torch.cat(parts, dim=-1)
+        if delta is not None and self.relation != "concat":
+            rel = rel + delta
+        weights = normalize(pairwise(self.mapping, rel), hood.valid, self.normalization)  # (M, K, G)
+        G = weights.shape[-1]
+        grouped = value_j.view(m, k, G, self.out_channels // G)
+        out = (weights[..., None] * grouped).sum(dim=1).reshape(m, self.out_channels)
+        return out, weights
