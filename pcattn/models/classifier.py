@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.blocks import PointTransformerBlock, TransitionDown
-from ..nn.geometry import check_batch, check_positions, knn, to_flat
+from ..nn.geometry import check_batch, check_positions, checked_inputs, knn, to_flat
 
 __all__ = ["PointTransformerClassifier"]
 
@@ -127,17 +127,19 @@ class PointTransformerClassifier(nn.Module):
             check_batch(batch, pos.shape[0], pos.device)
             B = int(batch[-1]) + 1
 
-        x = self.stem(x)
-        for s, blocks in enumerate(self.stages):
-            if s > 0:
-                x, pos, batch, _ = self.transitions[s - 1](x, pos, batch)
-            neighbors = knn(pos, self.k, batch)
-            for block in blocks:
-                x = block(x, pos, batch, neighbors)
-
-        pooled = x.new_zeros(B, x.shape[1]).index_add_(0, batch, x)
-        counts = torch.bincount(batch, minlength=B).clamp(min=1).to(x.dtype)
-        return self.head(pooled / counts[:, None])
+        with checked_inputs():  # checked above: the layers below skip their checks (no host syncs)
+            x = self.stem(x)
+            for s, blocks in enumerate(self.stages):
+                if s > 0:
+                    x, pos, batch, _ = self.transitions[s - 1](x, pos, batch)
+                neighbors = knn(pos, self.k, batch)
+                for block in blocks:
+                    x = block(x, pos, batch, neighbors)
+        # Average per cloud, summed in at least float32 (a bf16 sum of 1024 points would round).
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        pooled = x.new_zeros(B, x.shape[1], dtype=dtype).index_add_(0, batch, x.to(dtype))
+        counts = x.new_zeros(B, dtype=dtype).index_add_(0, batch, x.new_ones(batch.shape[0], dtype=dtype))
+        return self.head(pooled / counts.clamp(min=1)[:, None])
 
 
 def _legacy_order(x: Optional[Tensor], pos: Optional[Tensor], in_channels: int):

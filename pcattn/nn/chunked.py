@@ -14,12 +14,14 @@ autograd function that stores nothing per pair and recomputes each chunk in back
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+import os
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .geometry import check_batch, check_positions, global_to_local, knn, local_to_global, to_flat
+from .geometry import (check_batch, check_positions, global_to_local, inputs_checked, knn, local_to_global,
+                       to_flat)
 
 __all__ = [
     "AttentionMap",
@@ -84,11 +86,18 @@ def has_batchnorm(*modules: Optional[nn.Module]) -> bool:
 
 
 def normalize(logits: Tensor, valid: Optional[Tensor], how: str) -> Tensor:
-    """Turn ``(M, K, G)`` logits into weights over the K neighbours (dim 1); empty slots get 0."""
+    """Turn ``(M, K, G)`` logits into weights over the K neighbours (dim 1); empty slots get 0.
+
+    Half-precision logits (autocast) are normalised in float32 and the weights returned in the
+    logits' dtype, so the softmax's exponentials and sums never round in fp16/bf16.
+    """
+    dtype = logits.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
     if how == "softmax":
         if valid is not None:
             logits = logits.masked_fill(~valid[..., None], float("-inf"))
-        return torch.softmax(logits, dim=1)
+        return torch.softmax(logits, dim=1).to(dtype)
     if how == "sigmoid":
         weights = torch.sigmoid(logits)
     else:  # "l1relu": ReLU, then divide by the sum over the neighbours. The small floor makes a
@@ -98,7 +107,7 @@ def normalize(logits: Tensor, valid: Optional[Tensor], how: str) -> Tensor:
         weights = weights * valid[..., None].to(weights.dtype)
     if how == "l1relu":
         weights = weights / weights.sum(dim=1, keepdim=True)
-    return weights
+    return weights.to(dtype)
 
 
 class Points(NamedTuple):
@@ -111,6 +120,27 @@ class Points(NamedTuple):
 
 
 def prepare(layer: nn.Module, x: Tensor, pos: Tensor, batch: Optional[Tensor]) -> Points:
+    """Check a layer's inputs (unless a model checked them: :func:`~pcattn.nn.geometry.checked_inputs`)
+    and make them flat.
+
+    Under ``torch.autocast`` the features may be half precision (a Linear or BatchNorm before the
+    layer gives them) while the positions stay float32: relative positions are formed in float32
+    (half-precision positions are promoted), and the output dtype follows autocast.
+    """
+    autocast = torch.is_autocast_enabled(pos.device.type) if isinstance(pos, Tensor) else False
+    if not inputs_checked():
+        _check_layer_inputs(layer, x, pos, batch, autocast)
+    if autocast and pos.dtype in (torch.float16, torch.bfloat16):
+        pos = pos.float()
+    if pos.dim() == 3:
+        flat_pos, flat_x, flat_batch = to_flat(pos, x)
+        return Points(flat_x, flat_pos, flat_batch, tuple(pos.shape[:2]))
+    if batch is None:
+        batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+    return Points(x, pos, batch.long(), None)
+
+
+def _check_layer_inputs(layer: nn.Module, x: Tensor, pos: Tensor, batch: Optional[Tensor], autocast: bool) -> None:
     check_positions(pos)
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -123,31 +153,31 @@ def prepare(layer: nn.Module, x: Tensor, pos: Tensor, batch: Optional[Tensor]) -
         raise ValueError(f"x must have {layer.in_channels} channels (in_channels), got {x.shape[-1]}")
     if x.device != pos.device:
         raise ValueError(f"x is on {x.device} but pos is on {pos.device}")
-    if x.dtype != pos.dtype:
-        raise TypeError(f"x and pos must share a dtype, got x {x.dtype} and pos {pos.dtype}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating point tensor, got {x.dtype}")
     weight = next(layer.parameters())
     if weight.device != x.device:
         raise ValueError(f"the layer is on {weight.device} but x is on {x.device}: call layer.to(device)")
-    if weight.dtype != x.dtype and not torch.is_autocast_enabled(x.device.type):
-        raise TypeError(f"the layer's parameters are {weight.dtype} but x is {x.dtype}: call layer.to({x.dtype})")
+    if not autocast:  # (under autocast, half-precision features beside float32 positions and weights are expected)
+        if x.dtype != pos.dtype:
+            raise TypeError(f"x and pos must share a dtype, got x {x.dtype} and pos {pos.dtype} "
+                            f"(or run under torch.autocast)")
+        if weight.dtype != x.dtype:
+            raise TypeError(f"the layer's parameters are {weight.dtype} but x is {x.dtype}: call layer.to({x.dtype})")
     if x.shape[-2] == 0:
         raise ValueError("the point cloud is empty (0 points)")
-    if pos.dim() == 3:
-        if batch is not None:
-            raise ValueError("batch is only for flat (N, C) input; dense (B, P, C) input needs none")
-        flat_pos, flat_x, flat_batch = to_flat(pos, x)
-        return Points(flat_x, flat_pos, flat_batch, tuple(pos.shape[:2]))
-    if batch is None:
-        batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
-    else:
+    if pos.dim() == 3 and batch is not None:
+        raise ValueError("batch is only for flat (N, C) input; dense (B, P, C) input needs none")
+    if pos.dim() == 2 and batch is not None:
         check_batch(batch, pos.shape[0], pos.device)
-    return Points(x, pos, batch.long(), None)
 
 
 def resolve_neighbors(points: Points, k: int, neighbors: Optional[Tensor]) -> Tensor:
     """The ``(N, K)`` flat neighbour index: computed by kNN, or the user's, checked and made global."""
     if neighbors is None:
         return knn(points.pos, k, points.batch)
+    if inputs_checked():  # a model's own kNN: already global, in range and within each cloud
+        return neighbors
     if not isinstance(neighbors, Tensor) or neighbors.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"neighbors must be an integer tensor, got "
                         f"{getattr(neighbors, 'dtype', type(neighbors).__name__)}")
@@ -193,8 +223,36 @@ def finish(layer: nn.Module, out: Tensor, weights: Optional[Tensor], neighbors: 
     return out, AttentionMap(weights, neighbors)
 
 
-def chunk_rows(k: int, channels: int, chunk_size: Optional[int]) -> int:
-    return chunk_size or max(1, _CHUNK_ELEMENTS // max(1, k * channels))
+def chunk_elements(device: torch.device) -> int:
+    """(pair, channel) elements per chunk on ``device``: cache-sized on the CPU, memory-budget-sized on a GPU.
+
+    On the CPU a chunk's pair tensors stay in cache (1 MiB in float32). On a GPU a chunk is sized
+    from the memory free when the device is first used (about 1/64 of it in elements of 4 bytes,
+    between 1M and 64M), so a ModelNet batch runs in one or a few launches per layer. The
+    environment variable ``PCATTN_CHUNK_ELEMENTS`` overrides both; a layer's ``chunk_size``
+    (rows) overrides this.
+    """
+    override = os.environ.get("PCATTN_CHUNK_ELEMENTS")
+    if override:
+        return max(1, int(override))
+    if device.type == "cpu":
+        return _CHUNK_ELEMENTS
+    key = str(device)
+    if key not in _DEVICE_CHUNK_ELEMENTS:
+        budget = 1 << 24
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            budget = free // 64
+        _DEVICE_CHUNK_ELEMENTS[key] = int(min(max(budget, 1 << 20), 1 << 26))
+    return _DEVICE_CHUNK_ELEMENTS[key]
+
+
+_DEVICE_CHUNK_ELEMENTS: dict = {}
+
+
+def chunk_rows(k: int, channels: int, chunk_size: Optional[int], device: torch.device) -> int:
+    """Query rows per chunk: the layer's ``chunk_size``, else :func:`chunk_elements` over ``k * channels``."""
+    return chunk_size or max(1, chunk_elements(device) // max(1, k * channels))
 
 
 class Neighbourhood(NamedTuple):
@@ -211,7 +269,9 @@ def gather_chunk(key: Tensor, value: Tensor, pos: Optional[Tensor], neighbors: T
     """Gather the neighbours of query rows ``start:stop`` (``pos=None``: no relative positions)."""
     neighbors = neighbors[start:stop]
     valid = neighbors >= 0
-    if bool(valid.all()):
+    # Masking costs an extra pass, asking whether it is needed costs a host synchronisation:
+    # on the CPU asking is free, on an accelerator always masking is cheaper (same values).
+    if neighbors.device.type == "cpu" and bool(valid.all()):
         valid = None
     else:
         neighbors = neighbors.clamp(min=0)
@@ -240,17 +300,19 @@ class NeighborhoodAttention(nn.Module):
             if module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def _over_chunks(self, query: Tensor, key: Tensor, value: Tensor, pos: Tensor, neighbors: Tensor,
+    def _over_chunks(self, query: Tensor, key: Tensor, value: Tensor, pos: Optional[Tensor], neighbors: Tensor,
                      rows: int, want_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
-        params = [p for module in self._pair_modules() if module is not None
-                  for p in module.parameters() if p.requires_grad]
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value, pos, *params))
-        # Batch statistics and dropout masks would differ when recomputed: those modules use plain autograd.
-        stochastic = self.training and any(
-            isinstance(sub, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd))
-            for module in self._pair_modules() if module is not None for sub in module.modules())
-        if needs_grad and self.checkpoint and not want_weights and not stochastic:
-            return RecomputedChunks.apply(self, rows, query, key, value, pos, neighbors, *params), None
+        modules = [module for module in self._pair_modules() if module is not None]
+        params = [p for module in modules for p in module.parameters() if p.requires_grad]
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (query, key, value, pos, *params))
+        # BatchNorm in training updates its running statistics on every call: a recomputation would
+        # update them twice. Those modules use plain autograd (see the layers' ``_attend``).
+        batchnorm_training = self.training and any(isinstance(sub, nn.modules.batchnorm._BatchNorm)
+                                                   for module in modules for sub in module.modules())
+        if needs_grad and self.checkpoint and not want_weights and not batchnorm_training:
+            verify = not all(type(sub) in _DETERMINISTIC_MODULES for module in modules for sub in module.modules())
+            return RecomputedChunks.apply(self, rows, verify, query, key, value, pos, neighbors, *params), None
         outs, weights = [], []
         for start in range(0, neighbors.shape[0], rows):
             stop = start + rows
@@ -262,63 +324,163 @@ class NeighborhoodAttention(nn.Module):
         return out, (torch.cat(weights) if want_weights else None)
 
 
+# Modules whose output depends on their input and parameters alone. Pair modules built only from
+# these need no check that the backward recomputation gave the forward's values; any other module
+# (dropout, a custom mapping that may call F.dropout, ...) is checked chunk by chunk.
+_DETERMINISTIC_MODULES = (nn.Sequential, nn.Linear, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid,
+                          nn.Softplus, nn.Identity, nn.LayerNorm)
+
+
+class _ForwardReplay:
+    """What the forward ran under, restored in backward so the recomputation replays it bit for bit:
+    autocast (enabled, dtype, cache) on the tensors' device and the CPU and device random states
+    (as :func:`torch.utils.checkpoint.checkpoint` does)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.device_type = device.type
+        self.autocast = (torch.is_autocast_enabled(self.device_type), torch.get_autocast_dtype(self.device_type),
+                         torch.is_autocast_cache_enabled())
+        self.cpu_rng = torch.get_rng_state()
+        self.device_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def __enter__(self):
+        self._fork = torch.random.fork_rng(devices=[self.device] if self.device_rng is not None else [],
+                                           device_type=self.device_type if self.device_rng is not None else "cuda")
+        self._fork.__enter__()
+        torch.set_rng_state(self.cpu_rng)
+        if self.device_rng is not None:
+            torch.cuda.set_rng_state(self.device_rng, self.device)
+        enabled, dtype, cache = self.autocast
+        self._autocast = torch.autocast(self.device_type, enabled=enabled, dtype=dtype, cache_enabled=cache)
+        self._autocast.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._autocast.__exit__(*exc)
+        return self._fork.__exit__(*exc)
+
+
+def _fingerprint(out: Tensor) -> Tensor:
+    """Two numbers that change when a chunk's output does: its sum and the sum of magnitudes (float64)."""
+    out = out.detach().double()
+    return torch.stack([out.sum(), out.abs().sum()])
+
+
 class RecomputedChunks(torch.autograd.Function):
     """The chunk loop, storing nothing per pair: backward gathers and recomputes one chunk at a time.
 
     Unlike generic checkpointing, each chunk's gradients for the gathered rows are added into a
     single ``(N, C)`` buffer (``index_add_``), so backward costs O(N) memory and time, not one
     full-size gradient per chunk.
+
+    Exactness: the recomputation runs under the forward's autocast state and random state
+    (:class:`_ForwardReplay`), chunks in the forward's order, so dropout (a module or a call inside
+    a custom module) draws the same masks. Pair modules that are not plainly deterministic
+    (``verify``) also have each recomputed chunk checked against the forward's; a difference
+    raises an error naming ``checkpoint=False`` instead of returning a wrong gradient.
+    A double backward (``create_graph=True``) recomputes with the graph kept, so second-order
+    gradients equal plain autograd's.
     """
 
     @staticmethod
-    def forward(ctx, layer, rows, query, key, value, pos, neighbors, *params):
+    def forward(ctx, layer, rows, verify, query, key, value, pos, neighbors, *params):
         ctx.layer, ctx.rows = layer, rows
-        ctx.autocast = (query.device.type, torch.is_autocast_enabled(query.device.type))
+        ctx.replay = _ForwardReplay(query.device)
         ctx.save_for_backward(query, key, value, pos, neighbors, *params)
-        outs = []
+        outs: List[Tensor] = []
+        prints: List[Tensor] = []
         for start in range(0, neighbors.shape[0], rows):
             stop = start + rows
-            outs.append(layer._pairs(query[start:stop], gather_chunk(key, value, pos, neighbors, start, stop))[0])
+            out = layer._pairs(query[start:stop], gather_chunk(key, value, pos, neighbors, start, stop))[0]
+            outs.append(out)
+            if verify:
+                prints.append(_fingerprint(out))
+        ctx.prints = torch.stack(prints) if verify else None
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
     @staticmethod
     def backward(ctx, grad_out):
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            return RecomputedChunks._backward_with_graph(ctx, grad_out)
         query, key, value, pos, neighbors, *params = ctx.saved_tensors
         layer, rows = ctx.layer, ctx.rows
-        need_q, need_k, need_v, need_pos = ctx.needs_input_grad[2:6]
+        need_q, need_k, need_v, need_pos = ctx.needs_input_grad[3:7]
         grads = [torch.zeros_like(t) if need else None
                  for t, need in zip((query, key, value, pos), (need_q, need_k, need_v, need_pos))]
         grad_q, grad_k, grad_v, grad_pos = grads
         grad_params = [torch.zeros_like(p) for p in params]
-        device_type, autocast = ctx.autocast
-        for start in range(0, neighbors.shape[0], rows):
-            stop = start + rows
-            nbr = neighbors[start:stop]
-            index = nbr.clamp(min=0).reshape(-1)
-            with torch.enable_grad(), torch.autocast(device_type, enabled=autocast):
-                q_rows = query[start:stop].detach().requires_grad_(need_q)
-                hood = gather_chunk(key.detach(), value.detach(), None if pos is None else pos.detach(), neighbors,
-                                     start, stop)
-                rel_pos = None if hood.rel_pos is None else hood.rel_pos.requires_grad_(need_pos)
-                hood = Neighbourhood(hood.key.requires_grad_(need_k), hood.value.requires_grad_(need_v),
-                                      rel_pos, hood.valid)
-                out = layer._pairs(q_rows, hood)[0]
-                inputs = [q_rows, hood.key, hood.value, rel_pos, *params]
-                wanted = [t for t in inputs if t is not None and t.requires_grad]
-                found = iter(torch.autograd.grad(out, wanted, grad_out[start:stop], allow_unused=True))
-                g_q, g_key, g_value, g_rel, *g_params = [next(found) if t is not None and t.requires_grad else None
-                                                         for t in inputs]
-            m, k = nbr.shape
-            if g_q is not None:
-                grad_q[start:stop] += g_q
-            if g_key is not None:
-                grad_k.index_add_(0, index, g_key.reshape(m * k, -1).to(grad_k.dtype))
-            if g_value is not None:
-                grad_v.index_add_(0, index, g_value.reshape(m * k, -1).to(grad_v.dtype))
-            if g_rel is not None:  # rel_pos = p_i - p_j
-                grad_pos[start:stop] += g_rel.sum(dim=1).to(grad_pos.dtype)
-                grad_pos.index_add_(0, index, -g_rel.reshape(m * k, 3).to(grad_pos.dtype))
-            for total, g in zip(grad_params, g_params):
-                if g is not None:
-                    total += g
-        return (None, None, grad_q, grad_k, grad_v, grad_pos, None, *grad_params)
+        prints = []
+        with ctx.replay:
+            for start in range(0, neighbors.shape[0], rows):
+                stop = start + rows
+                nbr = neighbors[start:stop]
+                index = nbr.clamp(min=0).reshape(-1)
+                with torch.enable_grad():
+                    q_rows = query[start:stop].detach().requires_grad_(need_q)
+                    hood = gather_chunk(key.detach(), value.detach(), None if pos is None else pos.detach(),
+                                        neighbors, start, stop)
+                    rel_pos = None if hood.rel_pos is None else hood.rel_pos.requires_grad_(need_pos)
+                    hood = Neighbourhood(hood.key.requires_grad_(need_k), hood.value.requires_grad_(need_v),
+                                         rel_pos, hood.valid)
+                    out = layer._pairs(q_rows, hood)[0]
+                    if ctx.prints is not None:
+                        prints.append(_fingerprint(out))
+                    inputs = [q_rows, hood.key, hood.value, rel_pos, *params]
+                    wanted = [t for t in inputs if t is not None and t.requires_grad]
+                    found = iter(torch.autograd.grad(out, wanted, grad_out[start:stop], allow_unused=True))
+                    g_q, g_key, g_value, g_rel, *g_params = [next(found) if t is not None and t.requires_grad
+                                                             else None for t in inputs]
+                m, k = nbr.shape
+                if g_q is not None:
+                    grad_q[start:stop] += g_q
+                if g_key is not None:
+                    grad_k.index_add_(0, index, g_key.reshape(m * k, -1).to(grad_k.dtype))
+                if g_value is not None:
+                    grad_v.index_add_(0, index, g_value.reshape(m * k, -1).to(grad_v.dtype))
+                if g_rel is not None:  # rel_pos = p_i - p_j
+                    grad_pos[start:stop] += g_rel.sum(dim=1).to(grad_pos.dtype)
+                    grad_pos.index_add_(0, index, -g_rel.reshape(m * k, 3).to(grad_pos.dtype))
+                for total, g in zip(grad_params, g_params):
+                    if g is not None:
+                        total += g
+        if ctx.prints is not None:
+            _check_replay(ctx.prints, torch.stack(prints), layer)
+        return (None, None, None, grad_q, grad_k, grad_v, grad_pos, None, *grad_params)
+
+    @staticmethod
+    def _backward_with_graph(ctx, grad_out):
+        """Recompute every chunk from the saved inputs with their history, then differentiate with
+        ``create_graph=True``: the gradients are functions of the inputs, so they can be differentiated again."""
+        query, key, value, pos, neighbors, *params = ctx.saved_tensors
+        layer, rows = ctx.layer, ctx.rows
+        inputs = [query, key, value, pos, *params]
+        needed = list(ctx.needs_input_grad[3:7]) + list(ctx.needs_input_grad[8:])
+        outs, prints = [], []
+        with ctx.replay:
+            for start in range(0, neighbors.shape[0], rows):
+                stop = start + rows
+                out = layer._pairs(query[start:stop], gather_chunk(key, value, pos, neighbors, start, stop))[0]
+                outs.append(out)
+                if ctx.prints is not None:
+                    prints.append(_fingerprint(out))
+        if ctx.prints is not None:
+            _check_replay(ctx.prints, torch.stack(prints), layer)
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        wanted = [t for t, need in zip(inputs, needed) if need]
+        found = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
+        grads = [next(found) if need else None for need in needed]
+        grads = [torch.zeros_like(t) if g is None and need else g for t, g, need in zip(inputs, grads, needed)]
+        return (None, None, None, *grads[:4], None, *grads[4:])
+
+
+def _check_replay(forward: Tensor, recomputed: Tensor, layer: nn.Module) -> None:
+    """Raise unless every recomputed chunk gave the forward's values (compared by :func:`_fingerprint`)."""
+    scale = forward[:, 1].abs() + recomputed[:, 1].abs()
+    tolerance = 1e-6 * scale + 1e-12
+    if bool(((forward - recomputed).abs() > tolerance[:, None]).any()):
+        raise RuntimeError(
+            f"{type(layer).__name__}: the backward recomputation of the attention did not reproduce the forward "
+            f"(a module inside the positional encoding or the mapping gives different values when called again: "
+            f"randomness that does not come from torch's generators, or state that changes per call). Its "
+            f"gradients would be wrong: construct the layer with checkpoint=False (or set layer.checkpoint = False).")

@@ -12,7 +12,9 @@ gets all of its points and ``-1`` in the remaining slots, never a point of anoth
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from typing import Optional, Tuple
 
 import torch
@@ -29,6 +31,8 @@ __all__ = [
     "ragged_index",
     "check_positions",
     "check_batch",
+    "checked_inputs",
+    "inputs_checked",
     "OPEN3D_MIN_POINTS",
 ]
 
@@ -40,8 +44,35 @@ _MAX_PAIRS = 1 << 24
 
 
 # ----------------------------------------------------------------------------- validation
+_CHECKED = threading.local()
+
+
+@contextlib.contextmanager
+def checked_inputs():
+    """Inside this context pcattn's layers, kNN and FPS trust their inputs and skip their checks.
+
+    A model checks its input once at its entry (shapes, dtypes, finite positions, a sorted batch)
+    and runs its layers inside this context: the checks' host synchronisations (``bool(...)`` on
+    device tensors) would otherwise stall a GPU at every block. Layers called directly still check.
+    Thread-local, so models running in other threads are not affected.
+    """
+    previous = getattr(_CHECKED, "active", False)
+    _CHECKED.active = True
+    try:
+        yield
+    finally:
+        _CHECKED.active = previous
+
+
+def inputs_checked() -> bool:
+    """Whether the caller runs inside :func:`checked_inputs` (inputs already validated)."""
+    return getattr(_CHECKED, "active", False)
+
+
 def check_positions(pos: Tensor, name: str = "pos") -> None:
     """Raise a clear error unless ``pos`` is a finite floating ``(N, 3)`` or ``(B, P, 3)`` tensor."""
+    if inputs_checked():
+        return
     if not isinstance(pos, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(pos).__name__}")
     if pos.dim() not in (2, 3) or pos.shape[-1] != 3:
@@ -55,6 +86,8 @@ def check_positions(pos: Tensor, name: str = "pos") -> None:
 
 def check_batch(batch: Tensor, num_points: int, device: torch.device, name: str = "batch") -> None:
     """Raise a clear error unless ``batch`` is a sorted integer ``(N,)`` vector on ``device``."""
+    if inputs_checked():
+        return
     if not isinstance(batch, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(batch).__name__}")
     if batch.dim() != 1 or batch.numel() != num_points:

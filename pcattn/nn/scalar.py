@@ -49,7 +49,8 @@ class ScalarSelfAttention(NeighborhoodAttention):
         pos_hidden: hidden width of the positional MLP.
         bias: biases of the q, k, v maps.
         chunk_size: query points processed at once (default automatic).
-        checkpoint: recompute each chunk in backward instead of storing it (kNN mode).
+        checkpoint: recompute each chunk in backward instead of storing it (kNN mode; exact, as
+            :class:`VectorSelfAttention` describes; mixed precision as there too).
 
     Shapes: as :class:`VectorSelfAttention`; attention weights are ``(N, K, heads)``; in
     whole-cloud mode ``K`` is the largest cloud's size and ``neighbors`` lists each cloud's
@@ -113,7 +114,8 @@ class ScalarSelfAttention(NeighborhoodAttention):
             out, weights, neighbors = self._attend_global(query, key, value, points, want_weights)
         else:
             neighbors = resolve_neighbors(points, self.k or 1, neighbors)
-            out, weights = self._attend_knn(query, key, value, points.pos, neighbors, want_weights)
+            pos = None if self.pos_encoder is None else points.pos
+            out, weights = self._attend_knn(query, key, value, pos, neighbors, want_weights)
         return finish(self, self.proj(out), weights, neighbors, points, return_attention)
 
     # kNN groups ------------------------------------------------------------
@@ -121,7 +123,8 @@ class ScalarSelfAttention(NeighborhoodAttention):
         return (self.pos_encoder,)
 
     def _attend_knn(self, query, key, value, pos, neighbors, want_weights):
-        rows = chunk_rows(neighbors.shape[1], self.heads * (self.qk_channels + self.v_channels), self.chunk_size)
+        rows = chunk_rows(neighbors.shape[1], self.heads * (self.qk_channels + self.v_channels), self.chunk_size,
+                          neighbors.device)
         return self._over_chunks(query, key, value, pos, neighbors, rows, want_weights)
 
     def _pairs(self, query: Tensor, hood: Neighbourhood) -> Tuple[Tensor, Tensor]:

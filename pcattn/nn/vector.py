@@ -59,11 +59,19 @@ class VectorSelfAttention(NeighborhoodAttention):
             ``(M, C_rel)`` to ``(M, groups)``.
         pos_hidden: hidden width of the ``"mlp"`` positional encoding.
         bias: whether :math:`\varphi, \psi, \alpha` have biases.
-        chunk_size: query points processed at once (default: about 256k pair-channels).
+        chunk_size: query points processed at once (default: about 256k pair-channels on the
+            CPU, sized from free memory on a GPU; see :func:`pcattn.nn.chunked.chunk_elements`).
         checkpoint: recompute each chunk's pairwise tensors in the backward pass instead of
-            storing them (much less memory in training; same gradients; no double backward).
-            Modules with BatchNorm or dropout inside :math:`\theta`/:math:`\gamma` are not
-            recomputed in training (their statistics and masks would differ).
+            storing them (much less memory in training). The recomputation replays the forward's
+            autocast and random state, so gradients equal plain autograd's, dropout included;
+            double backward (``create_graph=True``) works too. Pair modules that are not plain
+            Linear/activation stacks are checked on recomputation and raise rather than give a
+            wrong gradient. BatchNorm inside :math:`\theta`/:math:`\gamma` uses plain autograd in
+            training (recomputing would update its running statistics twice).
+
+    Mixed precision: under ``torch.autocast`` the features may be fp16/bf16 while ``pos`` stays
+    float32; relative positions are formed in float32, the softmax (or other normalisation) runs
+    in float32, and the output has autocast's dtype.
 
     Shapes:
         - x: ``(N, C_in)`` with pos ``(N, 3)`` and batch ``(N,)``, or ``(B, P, C_in)`` with
@@ -199,13 +207,14 @@ class VectorSelfAttention(NeighborhoodAttention):
             # sum_j w_ij (v_j - W p_j + W p_i + b) = sum_j w_ij (v_j - W p_j) + (W p_i + b).
             # No pairwise positions remain: the same function with fewer per-pair operations.
             projected = F.linear(points.pos, self.pos_encoder.weight)                        # W p, (N, C)
-            own = projected if self.pos_encoder.bias is None else projected + self.pos_encoder.bias
+            own = projected if self.pos_encoder.bias is None else projected + self.pos_encoder.bias.to(projected.dtype)
             query = query + own
             key = key + projected if self.relation == "subtraction" else key - projected
             out, weights = self._attend(query, key, value - projected, None, neighbors, want_weights)
             out = out + own
         else:
-            out, weights = self._attend(query, key, value, points.pos, neighbors, want_weights)
+            pos = None if self.pos_encoder is None else points.pos   # (no encoding: no relative positions)
+            out, weights = self._attend(query, key, value, pos, neighbors, want_weights)
         return finish(self, out, weights, neighbors, points, return_attention)
 
     @property
@@ -223,7 +232,7 @@ class VectorSelfAttention(NeighborhoodAttention):
         n, k = neighbors.shape
         # BatchNorm inside theta or gamma needs all pairs at once in training to match its statistics.
         whole = self._batchnorm and self.training
-        rows = n if whole else chunk_rows(k, self.out_channels, self.chunk_size)
+        rows = n if whole else chunk_rows(k, self.out_channels, self.chunk_size, neighbors.device)
         return self._over_chunks(query, key, value, pos, neighbors, rows, want_weights)
 
     def _pairs(self, query: Tensor, hood: Neighbourhood) -> Tuple[Tensor, Tensor]:
