@@ -1,4 +1,4 @@
-"""Benchmark pcattn against PyG, a dense reference, lucidrains' layer and brute force (see pcattn/bench.py)."""
+"""Benchmark pcattn against PyG, a dense reference, lucidrains' layer and brute force (see pcattn/bench/harness.py)."""
 import sys
 
 from pcattn.bench import main

@@ -2,12 +2,8 @@ import pytest
 import torch
 
 import pcattn.nn.geometry as geometry
+from pcattn.bench.reference import brute_fps, brute_knn
 from pcattn.nn.geometry import farthest_point_sampling, knn
-
-
-def brute_force_knn(pos, k):
-    dist = ((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1)
-    return dist.topk(min(k, pos.shape[0]), largest=False).indices
 
 
 def sorted_distances(pos, query, index):
@@ -23,7 +19,7 @@ def test_knn_matches_brute_force_and_self_first(n):
     index = knn(pos, 16)
     assert index.shape == (n, 16)
     assert torch.equal(index[:, 0], torch.arange(n))
-    expected = brute_force_knn(pos, 16)
+    expected = brute_knn(pos, 16)
     assert torch.allclose(sorted_distances(pos, pos, index), sorted_distances(pos, pos, expected))
     # nearest first
     d = ((pos[:, None] - pos[index]) ** 2).sum(-1)
@@ -130,10 +126,38 @@ def test_fps_batches_and_count():
     assert torch.equal(batch[counted].bincount(), torch.tensor([4, 3, 4]))
     dense = farthest_point_sampling(pos[:10].reshape(1, 10, 3), count=4)
     assert torch.equal(dense[0], counted[:4])
-    g = torch.Generator().manual_seed(0)
-    random_start = farthest_point_sampling(pos, ratio=0.5, batch=batch, random_start=True, generator=g)
-    assert random_start.shape == index.shape
     with pytest.raises(ValueError, match="exactly one"):
         farthest_point_sampling(pos, ratio=0.5, count=3)
     with pytest.raises(ValueError, match="ratio"):
         farthest_point_sampling(pos, ratio=1.5)
+
+
+def test_fps_random_start_starts_elsewhere_and_is_still_fps():
+    torch.manual_seed(6)
+    sizes = [40, 7, 25]
+    batch = torch.cat([torch.full((s,), b) for b, s in enumerate(sizes)])
+    pos = torch.randn(len(batch), 3, dtype=torch.float64)
+    starts = [0, 40, 47]
+    counts = [20, 4, 13]                                   # ceil(ratio * size)
+
+    def sample(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return farthest_point_sampling(pos, ratio=0.5, batch=batch, random_start=True, generator=generator)
+
+    runs = [sample(seed) for seed in range(8)]
+    assert torch.equal(sample(3), runs[3])                 # the same seed, the same result
+    firsts = []                                            # per run: the first point of each cloud
+    for index in runs:
+        assert torch.equal(batch[index].bincount(), torch.tensor(counts))
+        first_of_run = []
+        for start, size, count in zip(starts, sizes, counts):
+            chosen = index[(index >= start) & (index < start + size)]
+            assert chosen.numel() == count and len(set(chosen.tolist())) == count
+            local = chosen - start
+            # Still farthest point sampling, only from another first point.
+            assert torch.equal(local, brute_fps(pos[start:start + size], count, start=int(local[0])))
+            first_of_run.append(int(local[0]))
+        firsts.append(tuple(first_of_run))
+    assert len(set(firsts)) > 1                            # other seeds start elsewhere
+    for cloud in range(len(sizes)):                        # and not always at the cloud's first row
+        assert any(first[cloud] != 0 for first in firsts)

@@ -12,12 +12,31 @@ def ragged(sizes=(50, 20), channels=16, seed=0):
     return torch.randn(n, channels, generator=g), torch.randn(n, 3, generator=g), batch
 
 
+def batch_norm_by_hand(norm, values):
+    """Eval-mode BatchNorm1d: ``(v - running_mean) / sqrt(running_var + eps) * weight + bias``."""
+    return (values - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps) * norm.weight + norm.bias
+
+
 @pytest.mark.parametrize("attention", ["vector", "scalar"])
-def test_block_residual_shapes_and_ragged(attention):
+def test_block_formula_residual_and_ragged(attention):
     x, pos, batch = ragged()
-    block = PointTransformerBlock(16, attention, k=8, groups=4, heads=2).eval()
+    block = PointTransformerBlock(16, attention, k=8, groups=4, heads=2)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():   # statistics and affine parameters away from the identity, so each norm counts
+        for norm in (block.norm1, block.norm2, block.norm3):
+            norm.running_mean.copy_(torch.randn(16, generator=g) * 0.3)
+            norm.running_var.copy_(torch.rand(16, generator=g) + 0.5)
+            norm.weight.copy_(torch.rand(16, generator=g) + 0.5)
+            norm.bias.copy_(torch.randn(16, generator=g) * 0.3)
+    block.eval()
     out = block(x, pos, batch)
-    assert out.shape == x.shape and (out >= 0).all()
+    assert out.shape == x.shape
+    # y = relu(x + BN3(W3 relu(BN2(attn(relu(BN1(W1 x)))))))
+    with torch.no_grad():
+        h = torch.relu(batch_norm_by_hand(block.norm1, x @ block.linear1.weight.T))
+        h = torch.relu(batch_norm_by_hand(block.norm2, block.attention(h, pos, batch)))
+        expected = torch.relu(x + batch_norm_by_hand(block.norm3, h @ block.linear3.weight.T))
+    assert torch.allclose(out, expected, atol=1e-5)
     assert torch.allclose(block(x[:50], pos[:50]), out[:50], atol=1e-5)
 
 

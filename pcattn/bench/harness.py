@@ -1,6 +1,11 @@
 """Benchmark harness: pcattn against PyG, a dense reference, lucidrains' layer and brute force.
 
-``pcattn bench`` / ``scripts/benchmark.py`` call :func:`add_arguments` and :func:`run`.
+This module runs the measurements: the worker subprocesses and their allocator settings, the
+interleaved timing, the peak-memory probes, the per-case summary (medians, speedups, memory
+ratios), and the command line (:func:`add_arguments`, :func:`run`, :func:`main`; ``pcattn bench``,
+``python -m pcattn.bench`` and ``scripts/benchmark.py`` all land here). What each case builds is
+in :mod:`.cases`, the table in :mod:`.report`, the implementations compared against in
+:mod:`.reference`.
 
 How a number is made (why each step is there):
 
@@ -29,18 +34,17 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
-GIB = 1024 ** 3
-MIB = 1024 ** 2
+from .cases import BUILDERS, MIB, Case, build_cases
+from .report import markdown
+
 ALLOCATORS: Dict[str, Dict[str, str]] = {
     "default": {},
     "tuned": {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "68719476736"},
@@ -88,364 +92,14 @@ def _peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-# ============================================================================ sides of a case
-@dataclass
-class Side:
-    """One implementation in a case: ``step()`` runs one measured call.
-
-    ``scale`` multiplies its times (extrapolation from a slice of the work, ``note`` says so);
-    ``skip`` is a reason not to run it at all (e.g. the memory guard).
-    """
-
-    step: Optional[Callable[[], Any]]
-    scale: float = 1.0
-    note: str = ""
-    skip: str = ""
-
-
-@dataclass
-class Built:
-    sides: Dict[str, Side]
-    # Max abs differences against "ours"; run after the timing so the memory probe sees a fresh heap.
-    check: Optional[Callable[[], Dict[str, float]]] = None
-    extra: Dict[str, Any] = field(default_factory=dict)      # e.g. FLOPs per call
-
-
-def _torch():
-    import torch
-
-    return torch
-
-
-def _fwd_or_fwdbwd(module_call: Callable[[], Any], params: List[Any], inputs: List[Any], mode: str,
-                   grad_out=None) -> Callable[[], None]:
-    """A step running ``module_call`` under no_grad (``fwd``) or with a backward (``fwdbwd``)."""
-    torch = _torch()
-    if mode == "fwd":
-        def step():
-            with torch.no_grad():
-                module_call()
-        return step
-
-    def step():
-        for tensor in list(params) + list(inputs):
-            tensor.grad = None
-        out = module_call()
-        out.backward(grad_out if grad_out is not None else torch.ones_like(out))
-    return step
-
-
-def _vector_flops(n: int, k: int, c: int, maths: str, mode: str) -> float:
-    """Rough multiply-add FLOPs of one vector-attention layer call (for GFLOP/s against the ceiling)."""
-    linear = 3 * 2 * n * c * c
-    if maths == "paper":
-        pairs = n * k * (2 * 3 * 64 + 2 * 64 * c + 2 * c * 64 + 2 * 64 * c)
-    else:  # the Linear(3, C) encoding is folded into per-point projections: one (N, 3) x (3, C) product
-        pairs = 2 * n * 3 * c
-    elementwise = n * k * c * 8
-    total = linear + pairs + elementwise
-    return float(total * (3 if mode == "fwdbwd" else 1))
-
-
-def _build_vector(p: Dict[str, Any]) -> Built:
-    """VectorSelfAttention vs PyG PointTransformerConv (from_pyg) vs the dense reference."""
-    torch = _torch()
-    from torch_geometric.nn import PointTransformerConv
-
-    from pcattn import VectorSelfAttention
-    from pcattn.nn.geometry import knn
-    from pcattn.bench.reference import DenseVectorAttention, neighbors_to_edge_index, pyg_mlp
-
-    B, P, C, k, maths, mode = p["B"], p["P"], p["C"], p["k"], p["maths"], p["mode"]
-    torch.manual_seed(0)
-    n = B * P
-    pos = torch.rand(n, 3)
-    batch = torch.arange(B).repeat_interleave(P)
-    x = torch.randn(n, C, requires_grad=(mode == "fwdbwd"))
-    if maths == "paper":
-        conv = PointTransformerConv(C, C, pos_nn=pyg_mlp([3, 64, C]), attn_nn=pyg_mlp([C, 64, C]))
-    else:
-        conv = PointTransformerConv(C, C)
-    neighbors = knn(pos, k, batch)                                    # (N, k), shared by every side
-    edge_index = neighbors_to_edge_index(neighbors)
-    ours = VectorSelfAttention.from_pyg(conv, k=k)
-    dense = DenseVectorAttention.from_pyg(conv)
-    grad_out = torch.randn(n, C)
-
-    calls = {
-        "ours": (lambda: ours(x, pos, neighbors=neighbors), list(ours.parameters())),
-        "pyg": (lambda: conv(x, pos, edge_index), list(conv.parameters())),
-        "dense": (lambda: dense(x, pos, neighbors), list(dense.parameters())),
-    }
-    sides = {name: Side(_fwd_or_fwdbwd(call, params, [x], mode, grad_out)) for name, (call, params) in calls.items()
-             if name in p["sides"]}
-    def check() -> Dict[str, float]:
-        outs, grads, found = {}, {}, {}
-        for name, (call, params) in calls.items():
-            x.grad = None
-            out = call()
-            if mode == "fwdbwd":
-                out.backward(grad_out)
-                grads[name] = x.grad.clone()
-            outs[name] = out.detach()
-        for name in ("pyg", "dense"):
-            found[f"max|ours-{name}| out"] = float((outs["ours"] - outs[name]).abs().max())
-            if grads:
-                found[f"max|ours-{name}| grad x"] = float((grads["ours"] - grads[name]).abs().max())
-        return found
-
-    return Built(sides, check=check, extra={"flops": _vector_flops(n, k, C, maths, mode)})
-
-
-def lucidrains_bytes(B: int, P: int, C: int, hidden: int = 64, mode: str = "fwdbwd") -> int:
-    """Estimated peak bytes of lucidrains' ``PointTransformerLayer`` (``attn_mlp_hidden_mult=1``).
-
-    It builds, for all ``B*P*P`` pairs, relative positions (3) and their norm (1), the positional
-    MLP's hidden layer (``hidden``) and output (C), ``q_i - k_j`` (C) and the repeated values (C)
-    before choosing neighbours; training keeps the hidden layer before and after its ReLU.
-    """
-    per_pair = 3 + 1 + hidden * (2 if mode == "fwdbwd" else 1) + 3 * C
-    return int(B * P * P * per_pair * 4)
-
-
-def _build_lucidrains(p: Dict[str, Any]) -> Built:
-    """Ours vs lucidrains' layer on the paper's maths, weights copied, kNN inside both."""
-    torch = _torch()
-    import copy
-
-    from pcattn import VectorSelfAttention
-
-    B, P, C, k, mode = p["B"], p["P"], p["C"], p["k"], p["mode"]
-    torch.manual_seed(0)
-    pos = torch.rand(B, P, 3)
-    x = torch.randn(B, P, C, requires_grad=(mode == "fwdbwd"))
-    grad_out = torch.randn(B, P, C)
-    need = lucidrains_bytes(B, P, C, mode=mode)
-    budget = p["memory_budget_gib"] * GIB
-    sides: Dict[str, Side] = {}
-    try:
-        from point_transformer_pytorch import PointTransformerLayer
-    except ImportError:
-        theirs = None
-        sides["lucidrains"] = Side(None, skip="not installed (pip install point-transformer-pytorch)")
-    else:
-        theirs = PointTransformerLayer(dim=C, pos_mlp_hidden_dim=64, attn_mlp_hidden_mult=1, num_neighbors=k)
-        if need > budget:
-            sides["lucidrains"] = Side(None, skip=f"OOM-guard (needs ~{need / GIB:.1f} GiB)")
-    ours = VectorSelfAttention(C, C, k=k, groups=C,
-                               positional_encoding=copy.deepcopy(theirs.pos_mlp) if theirs else "mlp",
-                               mapping=copy.deepcopy(theirs.attn_mlp) if theirs else "mlp", bias=False)
-    if theirs is not None:
-        with torch.no_grad():
-            wq, wk, wv = theirs.to_qkv.weight.chunk(3, dim=0)
-            ours.to_query.weight.copy_(wq)
-            ours.to_key.weight.copy_(wk)
-            ours.to_value.weight.copy_(wv)
-    sides["ours"] = Side(_fwd_or_fwdbwd(lambda: ours(x, pos), list(ours.parameters()), [x], mode, grad_out))
-    if theirs is not None and "lucidrains" not in sides:
-        sides["lucidrains"] = Side(_fwd_or_fwdbwd(lambda: theirs(x, pos), list(theirs.parameters()), [x], mode, grad_out))
-    built = Built({name: sides[name] for name in ("ours", "lucidrains")},
-                  extra={"lucidrains_estimated_gib": round(need / GIB, 2)})
-    if built.sides["lucidrains"].step is not None:
-        def check() -> Dict[str, float]:
-            with torch.no_grad():
-                return {"max|ours-lucidrains| out": float((ours(x, pos) - theirs(x, pos)).abs().max())}
-        built.check = check
-    return built
-
-
-def _build_scalar(p: Dict[str, Any]) -> Built:
-    """ScalarSelfAttention (kNN groups or whole cloud) vs the straightforward formula."""
-    torch = _torch()
-    from pcattn import ScalarSelfAttention
-    from pcattn.nn.geometry import knn
-    from pcattn.bench.reference import global_attention_reference, scalar_attention_reference
-
-    B, P, C, k, mode = p["B"], p["P"], p["C"], p["k"], p["mode"]
-    torch.manual_seed(0)
-    layer = ScalarSelfAttention(C, C, k=k, heads=4)
-    pos = torch.rand(B, P, 3)
-    x = torch.randn(B, P, C, requires_grad=(mode == "fwdbwd"))
-    grad_out = torch.randn(B, P, C)
-    params = list(layer.parameters())
-    if k is None:
-        ours_call = lambda: layer(x, pos)                                         # noqa: E731
-        ref_call = lambda: global_attention_reference(layer, x, pos)              # noqa: E731
-    else:
-        neighbors = knn(pos.reshape(-1, 3), k, torch.arange(B).repeat_interleave(P))
-        flat_pos = pos.reshape(-1, 3)
-        ours_call = lambda: layer(x.reshape(-1, C), flat_pos, neighbors=neighbors).view(B, P, C)      # noqa: E731
-        ref_call = lambda: scalar_attention_reference(layer, x.reshape(-1, C), flat_pos, neighbors).view(B, P, C)  # noqa: E731
-    def check() -> Dict[str, float]:
-        with torch.no_grad():
-            return {"max|ours-reference| out": float((ours_call() - ref_call()).abs().max())}
-
-    return Built({"ours": Side(_fwd_or_fwdbwd(ours_call, params, [x], mode, grad_out)),
-                  "reference": Side(_fwd_or_fwdbwd(ref_call, params, [x], mode, grad_out))}, check=check)
-
-
-def brute_knn(pos, k: int, queries=None, chunk: int = 2048):
-    """Torch brute force: cdist + topk over chunks of query rows, ``(M, k)``."""
-    torch = _torch()
-    queries = pos if queries is None else queries
-    out = []
-    for start in range(0, queries.shape[0], chunk):
-        dist = torch.cdist(queries[start:start + chunk], pos)
-        out.append(dist.topk(k, dim=1, largest=False).indices)
-    return torch.cat(out)
-
-
-def brute_fps(pos, count: int, iterations: Optional[int] = None):
-    """The textbook loop: keep the distance to the chosen set, pick its argmax, ``count`` times."""
-    torch = _torch()
-    n = pos.shape[0]
-    chosen = torch.empty(count, dtype=torch.long)
-    nearest = torch.full((n,), float("inf"))
-    last = 0
-    for i in range(iterations or count):
-        chosen[i] = last
-        nearest = torch.minimum(nearest, ((pos - pos[last]) ** 2).sum(dim=1))
-        last = int(nearest.argmax())
-    return chosen
-
-
-def _build_knn(p: Dict[str, Any]) -> Built:
-    torch = _torch()
-    from pcattn.nn.geometry import knn
-
-    N, k = p["N"], p["k"]
-    torch.manual_seed(0)
-    if p.get("B"):  # a batch of B clouds of N points (the layer cases' neighbourhoods): brute force per cloud
-        clouds = torch.rand(p["B"], N, 3)
-        sides = {"ours": Side(lambda: knn(clouds, k)),
-                 "brute": Side(lambda: [brute_knn(cloud, k) for cloud in clouds])}
-
-        def batch_check() -> Dict[str, float]:
-            ours, cloud = knn(clouds, k)[-1], clouds[-1]
-            theirs = brute_knn(cloud, k)
-            d_ours, d_theirs = ((cloud[i] - cloud[:, None]).norm(dim=-1) for i in (ours, theirs))
-            return {"max|dist ours-brute| (last cloud)": float((d_ours.sort(1).values
-                                                                 - d_theirs.sort(1).values).abs().max())}
-        return Built(sides, check=batch_check)
-    pos = torch.rand(N, 3)
-    sides = {"ours": Side(lambda: knn(pos, k))}
-    if N > p["brute_max"]:
-        rows = p["brute_rows"]
-        sides["brute"] = Side(lambda: brute_knn(pos, k, pos[:rows]), scale=N / rows,
-                              note=f"estimated from {rows} of {N} query rows")
-    else:
-        sides["brute"] = Side(lambda: brute_knn(pos, k))
-    def check() -> Dict[str, float]:
-        rows = min(N, 1024)
-        ours = knn(pos, k)[:rows]
-        theirs = brute_knn(pos, k, pos[:rows])
-        # Compare distances, not indices: equidistant points may come in either order.
-        d_ours = (pos[ours] - pos[:rows, None]).norm(dim=-1)
-        d_theirs = (pos[theirs] - pos[:rows, None]).norm(dim=-1)
-        return {"max|dist ours-brute|": float((d_ours.sort(1).values - d_theirs.sort(1).values).abs().max())}
-
-    return Built(sides, check=check)
-
-
-def _build_fps(p: Dict[str, Any]) -> Built:
-    torch = _torch()
-    from pcattn.nn.geometry import farthest_point_sampling
-
-    N, M = p["N"], p["M"]
-    torch.manual_seed(0)
-    pos = torch.rand(N, 3)
-    sides = {"ours": Side(lambda: farthest_point_sampling(pos, count=M))}
-    limit = p["brute_fps_iters"]
-    if M > limit:
-        sides["brute"] = Side(lambda: brute_fps(pos, M, iterations=limit), scale=M / limit,
-                              note=f"estimated from {limit} of {M} iterations")
-    else:
-        sides["brute"] = Side(lambda: brute_fps(pos, M))
-    def check() -> Dict[str, float]:
-        m = min(M, 64)
-        ours = farthest_point_sampling(pos, count=M)[:m]
-        theirs = brute_fps(pos, M, iterations=m)[:m]
-        return {"fps: first 64 indices differing": float((ours != theirs).sum())}
-
-    return Built(sides, check=check)
-
-
-def _build_classifier(p: Dict[str, Any]) -> Built:
-    """One training step (forward, loss, backward, AdamW) of PyG's example network, built with
-    PyG's ``PointTransformerConv`` and with pcattn's layer in its place (same weights, same maths)."""
-    torch = _torch()
-    import torch.nn.functional as F
-
-    from pcattn.bench.reference import PyGPointTransformerNet, pcattn_version
-
-    B, P, classes = p["B"], p["P"], p["classes"]
-    torch.manual_seed(0)
-    pos = torch.rand(B, P, 3) * 2 - 1
-    labels = torch.randint(0, classes, (B,))
-    flat = pos.reshape(-1, 3)
-    batch = torch.arange(B).repeat_interleave(P)
-    theirs = PyGPointTransformerNet(3, classes, layer="pyg").train()
-    ours = pcattn_version(theirs).train()
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-3)
-    opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-3)
-
-    def step(model, optimizer):
-        def run():
-            optimizer.zero_grad(set_to_none=True)
-            F.nll_loss(model(flat, flat, batch), labels).backward()
-            optimizer.step()
-        return run
-
-    with torch.no_grad():  # compared before any step: training makes the two copies drift apart
-        ours.eval(), theirs.eval()
-        difference = float((ours(flat, flat, batch) - theirs(flat, flat, batch)).abs().max())
-        ours.train(), theirs.train()
-
-    def check() -> Dict[str, float]:
-        return {"max|ours-pyg-example| log-probs (before training)": difference}
-
-    count = lambda m: sum(t.numel() for t in m.parameters())  # noqa: E731
-    return Built({"ours": Side(step(ours, opt_ours)), "pyg-example": Side(step(theirs, opt_theirs))}, check=check,
-                 extra={"samples_per_step": B, "params_ours": count(ours), "params_pyg": count(theirs)})
-
-
-def _build_scale(p: Dict[str, Any]) -> Built:
-    """One VectorSelfAttention layer on one big cloud, kNN inside the call."""
-    torch = _torch()
-    from pcattn import VectorSelfAttention
-
-    N, C, k, mode = p["N"], p["C"], p["k"], p["mode"]
-    torch.manual_seed(0)
-    layer = VectorSelfAttention(C, C, k=k)
-    pos = torch.rand(N, 3)
-    x = torch.randn(N, C, requires_grad=(mode == "fwdbwd"))
-    return Built({"ours": Side(_fwd_or_fwdbwd(lambda: layer(x, pos), list(layer.parameters()), [x], mode))})
-
-
-def _build_ceiling(p: Dict[str, Any]) -> Built:
-    """The machine's own rates: float32 matmul (GFLOP/s) and a large copy (GB/s, read + write)."""
-    torch = _torch()
-    n, copy_mib = p["matmul_n"], p["copy_mib"]
-    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
-    src = torch.randn(copy_mib * MIB // 4)
-    dst = torch.empty_like(src)
-    return Built({"matmul": Side(lambda: torch.mm(a, b, out=c)), "copy": Side(lambda: dst.copy_(src))},
-                 extra={"matmul_flops": 2.0 * n ** 3, "copy_bytes": 2.0 * copy_mib * MIB})
-
-
-BUILDERS: Dict[str, Callable[[Dict[str, Any]], Built]] = {
-    "vector": _build_vector, "lucidrains": _build_lucidrains, "scalar": _build_scalar, "knn": _build_knn,
-    "fps": _build_fps, "classifier": _build_classifier, "scale": _build_scale, "ceiling": _build_ceiling,
-}
-
-
 # ============================================================================ one subprocess
 _OPEN3D_KINDS = ("knn", "lucidrains", "scale", "classifier", "vector", "scalar")
 
 
 def worker(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Run one process's share of a case: build, measure the first side's memory, warm up, time interleaved."""
-    torch = _torch()
+    import torch
+
     torch.set_num_threads(spec["threads"])
     if spec["kind"] in _OPEN3D_KINDS:
         # pcattn imports Open3D lazily on its first large kNN; load it in setup so the memory
@@ -524,83 +178,7 @@ def _run_worker_process(spec: Dict[str, Any], allocator: str, timeout: float) ->
     return {"error": f"exit {proc.returncode}: {' | '.join(tail)}"}
 
 
-# ============================================================================ cases and the run
-@dataclass
-class Case:
-    name: str
-    kind: str
-    params: Dict[str, Any]
-    sides: List[str]
-    allocators: List[str]
-    processes: int
-    warmup: int
-    iters: int
-    group: str
-    unit: str = "time"          # "time", "samples/s", "ceiling"
-    memory_probe: bool = True   # launch memory-only processes for sides that never ran first
-
-
-def build_cases(args: argparse.Namespace) -> List[Case]:
-    quick = args.quick
-    both = list(args.allocators)
-    R = args.processes if args.processes else (1 if quick else 3)
-    cases: List[Case] = []
-    if quick:
-        B, P = 2, 512
-    else:
-        B, P = 8, 1024
-    C, k = 64, 16
-    for maths in ("pyg", "paper") if not quick else ("pyg",):
-        for mode in ("fwd", "fwdbwd") if not quick else ("fwdbwd",):
-            sides = ["ours", "pyg"] + ([] if quick else ["dense"])
-            cases.append(Case(f"vector {maths}-maths {mode} B={B} P={P} C={C} k={k}", "vector",
-                              dict(B=B, P=P, C=C, k=k, maths=maths, mode=mode), sides, both, R,
-                              1, 2 if quick else 4, "layers"))
-    budget = args.memory_budget_gib
-    lucid_sizes = [(1, 256)] if quick else [(1, 1024), (1, 4096), (B, P)]
-    for lb, lp in lucid_sizes:
-        # Where the guard will refuse lucidrains' side, only ours runs: once, one allocator.
-        guarded = lucidrains_bytes(lb, lp, C) > budget * GIB
-        cases.append(Case(f"vector paper-maths fwdbwd B={lb} P={lp} (kNN inside)", "lucidrains",
-                          dict(B=lb, P=lp, C=C, k=k, mode="fwdbwd", memory_budget_gib=budget),
-                          ["ours", "lucidrains"], ["default"] if quick or guarded else both,
-                          1 if quick or guarded else 2, 1, 2 if quick else 3, "layers"))
-    for sk in (16, None):
-        sB, sP = (2, 256) if quick else (B, P)
-        cases.append(Case(f"scalar k={sk or 'all'} fwdbwd B={sB} P={sP} C={C}", "scalar",
-                          dict(B=sB, P=sP, C=C, k=sk, mode="fwdbwd"), ["ours", "reference"],
-                          both if not quick else ["default"], 1 if quick else 2, 1, 2 if quick else 4, "layers"))
-    sizes = [1000] if quick else [1000, 16000, 100000, 1000000]
-    geo_alloc = ["default"] if quick else both
-    for N in sizes:
-        rows = 4096 if N <= 100000 else 512            # brute force at 1M: ~3 s per 512 query rows
-        cases.append(Case(f"knn k=16 N={N}", "knn", dict(N=N, k=16, brute_max=20000, brute_rows=rows),
-                          ["ours", "brute"], geo_alloc, 1, 1, 3 if N <= 100000 else 1, "geometry"))
-    if not quick:
-        cases.append(Case(f"knn k=16 B={B} P={P} (the layer cases' neighbourhoods)", "knn",
-                          dict(N=P, B=B, k=16), ["ours", "brute"], geo_alloc, 1, 1, 5, "geometry"))
-    for N in sizes:
-        M = min(N // 4, 4096)
-        cases.append(Case(f"fps N={N} M={M}", "fps", dict(N=N, M=M, brute_fps_iters=256),
-                          ["ours", "brute"], geo_alloc, 1, 1, 3 if N <= 100000 else 1, "geometry"))
-    if not quick:
-        cases.append(Case("classifier train step (PyG example network) B=16 P=1024 classes=40", "classifier",
-                          dict(B=16, P=1024, classes=40), ["ours", "pyg-example"], both, 2, 1, 3,
-                          "classifier", unit="samples/s"))
-        cases.append(Case("scale: VectorSelfAttention C=32 k=16 inference N=1M", "scale",
-                          dict(N=1_000_000, C=32, k=16, mode="fwd"), ["ours"], ["default"], 1, 1, 1, "scale"))
-        cases.append(Case("scale: VectorSelfAttention C=32 k=16 fwd+bwd N=100k", "scale",
-                          dict(N=100_000, C=32, k=16, mode="fwdbwd"), ["ours"], ["default"], 1, 1, 2, "scale"))
-    cases.append(Case("machine ceiling", "ceiling", dict(matmul_n=1024 if quick else 2048, copy_mib=256),
-                      ["matmul", "copy"], ["default"], 1, 1, 3 if quick else 5, "ceiling", unit="ceiling"))
-    if quick:   # the smoke test's budget: extra memory-only processes for the main layer case only
-        for case in cases:
-            case.memory_probe = case.kind == "vector"
-    if args.cases:
-        cases = [c for c in cases if any(word in c.name or word == c.kind for word in args.cases)]
-    return cases
-
-
+# ============================================================================ one case, all its processes
 def _summarise(times: List[float]) -> Dict[str, Any]:
     if not times:
         return {}
@@ -608,6 +186,7 @@ def _summarise(times: List[float]) -> Dict[str, Any]:
 
 
 def run_case(case: Case, allocator: str, args: argparse.Namespace, log: Callable[[str], None]) -> Dict[str, Any]:
+    """Run ``case`` under ``allocator`` in its worker processes; the JSON record of its sides and ratios."""
     sides = case.sides
     record: Dict[str, Any] = {"name": case.name, "kind": case.kind, "group": case.group, "unit": case.unit,
                               "allocator": allocator, "params": case.params, "sides": {}, "checks": {},
@@ -680,107 +259,9 @@ def run_case(case: Case, allocator: str, args: argparse.Namespace, log: Callable
     return record
 
 
-# ============================================================================ report
-def _seconds(value: float) -> str:
-    if value < 1:
-        return f"{value * 1e3:.1f} ms"
-    if value < 600:
-        return f"{value:.2f} s"
-    return f"{value / 60:.0f} min"
-
-
-def _fmt_time(entry: Dict[str, Any]) -> str:
-    if "median_s" not in entry:
-        return entry.get("status", "n/a")
-    if entry.get("note"):          # extrapolated: one number is all it is worth
-        return f"~{_seconds(entry['median_s'])} est."
-    if entry["n"] == 1:
-        return _seconds(entry["median_s"])
-    return f"{_seconds(entry['median_s'])} ({_seconds(entry['min_s'])}-{_seconds(entry['max_s'])})"
-
-
-def targets(results: List[Dict[str, Any]]) -> List[str]:
-    """Issue 5's targets, read off this run's numbers: one line each, met or not."""
-    lines = []
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "NOT met"
-
-    for rec in results:
-        ratio = rec["ratios"].get("pyg", {})
-        if rec["kind"] == "vector" and rec["params"]["mode"] == "fwdbwd" and "speedup" in ratio:
-            need = 3.0 if rec["allocator"] == "default" else 2.0
-            text = (f"- {rec['name']} [{rec['allocator']}]: {ratio['speedup']:.2f}x faster than PyG "
-                    f"(target {need:.0f}x: {verdict(ratio['speedup'] >= need)})")
-            if rec["allocator"] == "default" and "memory_ratio" in ratio:
-                text += f"; memory {ratio['memory_ratio']:.2f} of PyG's (target <= 0.33: " \
-                        f"{verdict(ratio['memory_ratio'] <= 1 / 3)})"
-            lines.append(text)
-        if rec["kind"] == "classifier" and "speedup" in rec["ratios"].get("pyg-example", {}):
-            value = rec["ratios"]["pyg-example"]["speedup"]
-            lines.append(f"- classifier training [{rec['allocator']}]: PyG's example network trains at {value:.2f}x "
-                         f"the samples/s with pcattn's layer in place of PointTransformerConv "
-                         f"(target 2x: {verdict(value >= 2)})")
-        if rec["kind"] == "scale" and rec["sides"]["ours"].get("peak_mib"):
-            gib = rec["sides"]["ours"]["peak_mib"] / 1024
-            lines.append(f"- {rec['name']}: peak {gib:.2f} GiB (target <= 8 GiB: {verdict(gib <= 8)}), "
-                         f"{_fmt_time(rec['sides']['ours'])}")
-        if rec["kind"] == "knn" and rec["params"]["N"] >= 1_000_000 and "median_s" in rec["sides"]["ours"]:
-            lines.append(f"- kNN of 1M points [{rec['allocator']}]: {_seconds(rec['sides']['ours']['median_s'])} "
-                         f"(target: seconds, not minutes: {verdict(rec['sides']['ours']['median_s'] < 60)})")
-    return lines
-
-
-def _fmt_mem(entry: Dict[str, Any]) -> str:
-    return f"{entry['peak_mib']:.0f}" if entry.get("peak_mib") is not None else "-"
-
-
-def markdown(results: List[Dict[str, Any]], config: Dict[str, Any]) -> str:
-    lines = ["## pcattn benchmark", "",
-             "Configuration: " + ", ".join(f"{k}={v}" for k, v in config.items()), "",
-             "Times in ms: median (min-max) over all timed calls of all processes. Speedup = theirs / ours "
-             "(> 1: ours faster); memory = our peak / their peak (< 1: ours smaller). Peaks in MiB above the "
-             "process's resident size after setup (first call in a fresh process). `est.` = extrapolated from a "
-             "slice of the work. check = max abs difference of outputs (and input gradients) against ours.", "",
-             "| case | allocator | ours time | ours MiB | other | other time | other MiB | speedup | memory | check |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    extras = []
-    for rec in results:
-        sides = rec["sides"]
-        if rec["unit"] == "ceiling":
-            ex = rec["extra"]
-            extras.append(f"- Machine ceiling ({rec['allocator']}): matmul {rec['params']['matmul_n']}^2 float32 "
-                          f"{ex.get('matmul_gflops', float('nan')):.1f} GFLOP/s; copy {rec['params']['copy_mib']} MiB "
-                          f"{ex.get('copy_gbs', float('nan')):.1f} GB/s (read + write), best of "
-                          f"{sides.get('matmul', {}).get('n', 0)}.")
-            continue
-        ours = sides.get("ours", {})
-        checks = "; ".join(f"{k} {v:.1e}" for k, v in rec["checks"].items())
-        others = [n for n in sides if n != "ours"]
-        if not others:
-            lines.append(f"| {rec['name']} | {rec['allocator']} | {_fmt_time(ours)} | {_fmt_mem(ours)} "
-                         f"| - | - | - | - | - | {checks} |")
-        for name in others:
-            entry, ratio = sides[name], rec["ratios"].get(name, {})
-            speed = f"{ratio['speedup']:.2f}x" if "speedup" in ratio else "-"
-            mem = f"{ratio['memory_ratio']:.2f}" if "memory_ratio" in ratio else "-"
-            lines.append(f"| {rec['name']} | {rec['allocator']} | {_fmt_time(ours)} | {_fmt_mem(ours)} | {name} "
-                         f"| {_fmt_time(entry)} | {_fmt_mem(entry)} | {speed} | {mem} | {checks} |")
-        if rec["unit"] == "samples/s" and "samples_per_s" in ours:
-            rates = ", ".join(f"{n} {e['samples_per_s']:.1f}" for n, e in sides.items() if "samples_per_s" in e)
-            extras.append(f"- Classifier training samples/s ({rec['allocator']}): {rates}.")
-        if "ours_gflops" in rec["extra"]:
-            extras.append(f"- {rec['name']} ({rec['allocator']}): ours ~{rec['extra']['ours_gflops']:.1f} GFLOP/s "
-                          "(rough FLOP count).")
-        for error in rec.get("errors", []):
-            extras.append(f"- {rec['name']} ({rec['allocator']}): {error}")
-    goal = targets(results)
-    if goal:
-        extras += ["", "Targets of issue 5 in this run:"] + goal
-    return "\n".join(lines + [""] + extras) + "\n"
-
-
+# ============================================================================ the run
 def configuration(args: argparse.Namespace) -> Dict[str, Any]:
+    """What a run's numbers depend on: versions, processor, threads, allocators, date."""
     import torch
 
     return {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),

@@ -8,10 +8,13 @@ reader can check it against the paper in one screen.
 - :func:`scalar_attention_reference` / :func:`global_attention_reference`: the same for
   :class:`pcattn.ScalarSelfAttention` (kNN groups, and the whole cloud with its ``(P, P)``
   logits materialised).
+- :func:`brute_knn` / :func:`brute_fps`: k nearest neighbours by all distances, and farthest
+  point sampling as the textbook loop (the baselines of :func:`pcattn.nn.geometry.knn` and
+  :func:`pcattn.nn.geometry.farthest_point_sampling`).
 - :class:`PyGPointTransformerNet`: the classifier of torch_geometric's example
   ``examples/point_transformer_classification.py`` built from ``PointTransformerConv``. The
   example needs ``torch_cluster`` for ``fps``/``knn_graph`` and ``torch_scatter``; those are not
-  installed here, so the sampling and the neighbour search come from :mod:`pcattn.geometry`
+  installed here, so the sampling and the neighbour search come from :mod:`pcattn.nn.geometry`
   (same results: exact kNN, farthest point sampling) and the max-pooling from
   ``torch_geometric.utils.scatter``. Layer for layer it is the example's network; with
   ``layer="pcattn"`` its attention layers are pcattn's (the benchmark's classifier comparison).
@@ -32,6 +35,8 @@ __all__ = [
     "vector_attention_reference",
     "scalar_attention_reference",
     "global_attention_reference",
+    "brute_knn",
+    "brute_fps",
     "DenseVectorAttention",
     "pyg_mlp",
     "PyGTransformerBlock",
@@ -147,6 +152,39 @@ def global_attention_reference(layer: nn.Module, x: Tensor, pos: Tensor) -> Tens
     if enc is not None:
         out = out + enc[..., H * dq:]
     return layer.proj(out)
+
+
+# ----------------------------------------------------------------------------- geometry
+def brute_knn(pos: Tensor, k: int, queries: Optional[Tensor] = None, chunk: int = 2048) -> Tensor:
+    """The ``k`` nearest rows of ``pos (N, 3)`` to each row of ``queries (M, 3)`` (default ``pos``),
+    nearest first: every distance (``torch.cdist``) and a top-k, ``chunk`` query rows at a time.
+
+    Returns ``(M, k)`` indices into ``pos``. Equidistant points may come in either order.
+    """
+    queries = pos if queries is None else queries
+    out = []
+    for start in range(0, queries.shape[0], chunk):
+        dist = torch.cdist(queries[start:start + chunk], pos)
+        out.append(dist.topk(k, dim=1, largest=False).indices)
+    return torch.cat(out)
+
+
+def brute_fps(pos: Tensor, count: int, iterations: Optional[int] = None, start: int = 0) -> Tensor:
+    """Farthest point sampling of one cloud ``pos (N, 3)``, the textbook loop: start at row ``start``;
+    keep each point's squared distance to the chosen set, take its argmax, ``count`` times.
+
+    Returns ``(count,)`` row indices, in the order chosen. ``iterations`` stops the loop early
+    (only that many entries are filled in; the benchmark times a slice of a long run).
+    """
+    n = pos.shape[0]
+    chosen = torch.empty(count, dtype=torch.long)
+    nearest = torch.full((n,), float("inf"), dtype=pos.dtype)
+    last = start
+    for i in range(iterations or count):
+        chosen[i] = last
+        nearest = torch.minimum(nearest, ((pos - pos[last]) ** 2).sum(dim=1))
+        last = int(nearest.argmax())
+    return chosen
 
 
 # ----------------------------------------------------------------------------- PyG example network

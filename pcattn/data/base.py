@@ -96,6 +96,36 @@ def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
     return out
 
 
+def visible_dirs(folder: Path) -> List[Path]:
+    """The sub-folders of ``folder`` in name order, leaving out hidden ones (``.git``, ``__MACOSX``)."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+
+
+def scan_class_folders(root: Path, classes: Sequence[str], split: str, extensions: Sequence[str],
+                       files_name: str, unknown: str) -> List[Item]:
+    """The shapes of the layout ``root/<class>/<split>/<name>.<ext>``, one :class:`Item` per file.
+
+    The label of a file is its class's index in ``classes``; files come in name order, hidden
+    files and sub-folders are skipped. Every other file must have one of ``extensions``
+    (lower-case, with the dot). Errors name the folder or file: a class without a ``split``
+    folder; a file of another extension (``"<path>: <unknown> '<ext>'; expected one of ..."``);
+    a split folder without files (``"<folder>: class folder has no <files_name>"``).
+    """
+    items = []
+    for label, category in enumerate(classes):
+        folder = root / category / split
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: class folder {category!r} has no '{split}' folder")
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        for path in files:
+            if path.suffix.lower() not in extensions:
+                raise ValueError(f"{path}: {unknown} {path.suffix!r}; expected one of {tuple(extensions)}")
+        if not files:
+            raise FileNotFoundError(f"{folder}: class folder has no {files_name}")
+        items.extend(Item(path, label, path.stem) for path in files)
+    return items
+
+
 def _writable_dir(path: Path) -> bool:
     """Can we create files in ``path`` (creating it)? A folder whose permission bits say read-only
     counts as read-only even for root, who could write there anyway (shared sample data)."""

@@ -8,7 +8,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 from torch import Tensor
 
-from .base import Item, PointCloudDataset, normalize_unit_sphere
+from .base import Item, PointCloudDataset, normalize_unit_sphere, scan_class_folders, visible_dirs
 from .io import POINT_EXTENSIONS, read_point_cloud
 
 __all__ = ["PointFolder"]
@@ -55,8 +55,7 @@ class PointFolder(PointCloudDataset):
                                 for e in (extensions or POINT_EXTENSIONS))
         self.normalize = bool(normalize)
         self.up_axis = int(up_axis)
-        self.classes = sorted(p.name for p in self.root.iterdir()
-                              if p.is_dir() and not p.name.startswith((".", "__")))
+        self.classes = [d.name for d in visible_dirs(self.root)]
         if not self.classes:
             raise FileNotFoundError(f"{self.root}: no class folders (expected <class>/{split}/<name>.<ext>)")
         self._build()
@@ -65,19 +64,8 @@ class PointFolder(PointCloudDataset):
         return {**super()._options(), "normalize": self.normalize, "extensions": list(self.extensions)}
 
     def _list_items(self) -> List[Item]:
-        items = []
-        for label, category in enumerate(self.classes):
-            folder = self.root / category / self.split
-            if not folder.is_dir():
-                raise FileNotFoundError(f"{folder}: class folder {category!r} has no '{self.split}' folder")
-            files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-            for path in files:
-                if path.suffix.lower() not in self.extensions:
-                    raise ValueError(f"{path}: unknown extension {path.suffix!r}; expected one of {self.extensions}")
-            if not files:
-                raise FileNotFoundError(f"{folder}: class folder has no point files")
-            items.extend(Item(path, label, path.stem) for path in files)
-        return items
+        return scan_class_folders(self.root, self.classes, self.split, self.extensions, files_name="point files",
+                                  unknown="unknown extension")
 
     def _load_item(self, item: Item, index: int) -> np.ndarray:
         pos, normals = read_point_cloud(item.path, num_mesh_points=self.cache_points,

@@ -21,7 +21,8 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 from torch import Tensor
 
-from .base import Item, PointCloudDataset, normalize_unit_sphere, resample_rows
+from .base import (Item, PointCloudDataset, normalize_unit_sphere, resample_rows, scan_class_folders,
+                   visible_dirs)
 from .io import read_off, read_text_points, sample_mesh_surface
 
 __all__ = ["ModelNetOFF", "ModelNetNormalResampled", "ModelNetHDF5", "read_split_list"]
@@ -36,10 +37,6 @@ def read_split_list(path: Path) -> List[str]:
         raise FileNotFoundError(f"{path}: file not found")
     with open(path, "r", encoding="utf-8") as handle:
         return [line.strip() for line in handle if line.strip()]
-
-
-def _visible_dirs(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +276,7 @@ def _looks_like_class_root(folder: Path) -> bool:
     """True when ``folder`` holds ``<class>/{train,test}/*.off``."""
     if not folder.is_dir():
         return False
-    for child in _visible_dirs(folder):
+    for child in visible_dirs(folder):
         if (child / "train").is_dir() or (child / "test").is_dir():
             return True
     return False
@@ -343,7 +340,7 @@ class ModelNetOFF(PointCloudDataset):
         self.name = None if name is None else str(name)
         self.mesh_root = self._locate(download)
         self.tag = f"off_{self.mesh_root.name}"
-        self.classes = [d.name for d in _visible_dirs(self.mesh_root)]
+        self.classes = [d.name for d in visible_dirs(self.mesh_root)]
         self._build()
 
     def _locate(self, download: bool) -> Path:
@@ -377,19 +374,8 @@ class ModelNetOFF(PointCloudDataset):
         return self.root / f"ModelNet{name}"
 
     def _list_items(self) -> List[Item]:
-        items = []
-        for label, category in enumerate(self.classes):
-            folder = self.mesh_root / category / self.split
-            if not folder.is_dir():
-                raise FileNotFoundError(f"{folder}: class folder has no '{self.split}' split folder")
-            files = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-            unknown = [p for p in files if p.suffix.lower() != ".off"]
-            if unknown:
-                raise ValueError(f"{unknown[0]}: unexpected file in an OFF dataset (extension {unknown[0].suffix!r})")
-            if not files:
-                raise FileNotFoundError(f"{folder}: class folder has no .off files")
-            items.extend(Item(p, label, p.stem) for p in files)
-        return items
+        return scan_class_folders(self.mesh_root, self.classes, self.split, (".off",), files_name=".off files",
+                                  unknown="unexpected file in an OFF dataset, extension")
 
     def _load_item(self, item: Item, index: int) -> np.ndarray:
         vertices, faces = read_off(item.path)
