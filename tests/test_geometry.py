@@ -161,3 +161,19 @@ def test_fps_random_start_starts_elsewhere_and_is_still_fps():
     assert len(set(firsts)) > 1                            # other seeds start elsewhere
     for cloud in range(len(sizes)):                        # and not always at the cloud's first row
         assert any(first[cloud] != 0 for first in firsts)
+
+
+def test_batched_knn_of_accelerators_equals_per_cloud_search():
+    """The batched search that GPUs use (one launch for equal-sized clouds), run here on the CPU."""
+    g = torch.Generator().manual_seed(3)
+    pos = torch.randn(3, 50, 3, generator=g)
+    pos[0, 6] = pos[0, 5]                      # a duplicate point: each still comes first in its own list
+    per_cloud = torch.stack([geometry._knn_one_cloud(pos[b], 8, None) for b in range(3)])
+    assert torch.equal(geometry._knn_batched(pos, 8), per_cloud)
+    queries = torch.randn(3, 20, 3, generator=g)
+    wide = torch.stack([geometry._knn_one_cloud(pos[b], 60, queries[b]) for b in range(3)])
+    assert torch.equal(geometry._knn_batched(pos, 60, queries), wide)   # k > P: -1 padded
+    # the synchronisation-free reordering puts self first, or replaces the farthest when crowded out
+    index = torch.tensor([[1, 0, 2], [0, 2, 3], [5, 6, 7]])
+    assert torch.equal(geometry._self_first(index, torch.tensor([0, 1, 2])),
+                       torch.tensor([[0, 1, 2], [1, 0, 2], [2, 5, 6]]))

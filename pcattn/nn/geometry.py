@@ -137,9 +137,7 @@ def local_to_global(neighbors: Tensor) -> Tensor:
 
     Cloud ``b``'s index ``j`` becomes row ``b * P + j``; ``-1`` (an empty slot) stays ``-1``.
     """
-    B, P = neighbors.shape[:2]
-    offset = (torch.arange(B, device=neighbors.device) * P)[:, None, None]
-    return torch.where(neighbors >= 0, neighbors + offset, neighbors).reshape(B * P, -1)
+    return _offset_rows(neighbors, neighbors.shape[1])
 
 
 def global_to_local(neighbors: Tensor, batch_size: int) -> Tensor:
@@ -148,6 +146,13 @@ def global_to_local(neighbors: Tensor, batch_size: int) -> Tensor:
     P = local.shape[1]
     offset = (torch.arange(batch_size, device=neighbors.device) * P)[:, None, None]
     return torch.where(local >= 0, local - offset, local)
+
+
+def _offset_rows(local: Tensor, points_per_cloud: int) -> Tensor:
+    """Local indices ``(B, M, K)`` into clouds of ``P`` rows each -> global rows ``(B*M, K)`` (``-1`` kept)."""
+    B = local.shape[0]
+    offset = (torch.arange(B, device=local.device) * points_per_cloud)[:, None, None]
+    return torch.where(local >= 0, local + offset, local).reshape(-1, local.shape[-1])
 
 
 def ragged_index(sizes: Tensor, starts: Optional[Tensor] = None) -> Tensor:
@@ -209,6 +214,8 @@ def knn(
             raise ValueError("batch/query_batch are only for flat (N, 3) positions, got dense (B, P, 3)")
         if not self_query and query.shape[0] != pos.shape[0]:
             raise ValueError(f"query has {query.shape[0]} clouds but pos has {pos.shape[0]}")
+        if pos.device.type != "cpu" and pos.shape[1] > 0:
+            return _knn_batched(pos, k, None if self_query else query)
         out = []
         for b in range(pos.shape[0]):
             out.append(_knn_one_cloud(pos[b], k, None if self_query else query[b]))
@@ -227,6 +234,13 @@ def knn(
     qptr = ptr if self_query else batch_ptr(query_batch, query.shape[0]).tolist()
     if len(qptr) > len(ptr):
         ptr = ptr + [ptr[-1]] * (len(qptr) - len(ptr))
+    sizes, qsizes = [b - a for a, b in zip(ptr, ptr[1:])], [b - a for a, b in zip(qptr, qptr[1:])]
+    if (pos.device.type != "cpu" and len(set(sizes)) == 1 and len(set(qsizes)) == 1 and sizes[0] > 0
+            and len(sizes) == len(qsizes)):
+        # Equal-sized clouds on an accelerator: one batched search, global rows by offsets.
+        B, P, M = len(sizes), sizes[0], qsizes[0]
+        local = _knn_batched(pos.view(B, P, 3), k, None if self_query else query.view(B, M, 3))
+        return local_to_global(local) if self_query else _offset_rows(local, P)
     result = torch.full((query.shape[0], k), -1, dtype=torch.long, device=pos.device)
     for b in range(len(qptr) - 1):
         q0, q1, p0, p1 = qptr[b], qptr[b + 1], ptr[b], ptr[b + 1]
@@ -297,17 +311,50 @@ def _knn_open3d(points: Tensor, queries: Tensor, k: int) -> Tensor:
     return torch.from_numpy(index.numpy().astype("int64", copy=True)).reshape(queries.shape[0], k)
 
 
-def _self_first(index: Tensor) -> Tensor:
-    """Put each point first in its own neighbour list (ties among duplicates may hide it)."""
+def _self_first(index: Tensor, rows: Optional[Tensor] = None) -> Tensor:
+    """Put each query point first in its own neighbour list (ties among duplicates may hide it).
+
+    ``index (M, k)`` local indices, ``rows (M,)`` each query's own index (default ``arange(M)``).
+    A row where duplicates crowded the point out drops its farthest neighbour instead. No host
+    synchronisation except the CPU's shortcut.
+    """
     n, k = index.shape
-    rows = torch.arange(n, device=index.device)
-    if n == 0 or bool((index[:, 0] == rows).all()):
+    if rows is None:
+        rows = torch.arange(n, device=index.device)
+    if n == 0 or (index.device.type == "cpu" and bool((index[:, 0] == rows).all())):
         return index
-    is_self = index == rows[:, None]
-    # Rows where self was crowded out by duplicates drop their farthest neighbour instead.
-    is_self[~is_self.any(1), -1] = True
-    others = index[~is_self].view(n, k - 1)
-    return torch.cat([rows[:, None], others], dim=1)
+    missing = ~(index == rows[:, None]).any(1)
+    index = torch.cat([index[:, :-1], torch.where(missing, rows, index[:, -1])[:, None]], dim=1)
+    # the neighbours of a row are distinct points, so exactly one slot is the point itself
+    order = torch.argsort((index != rows[:, None]).to(torch.uint8), dim=1, stable=True)
+    return index.gather(1, order)
+
+
+def _knn_batched(points: Tensor, k: int, queries: Optional[Tensor] = None) -> Tensor:
+    """kNN in ``B`` equal-sized clouds at once (accelerators: a few launches instead of one per cloud).
+
+    ``points (B, P, 3)``, ``queries (B, M, 3)`` (default ``points``) -> ``(B, M, k)`` local indices,
+    ``-1`` padded when ``P < k``.
+    """
+    self_query = queries is None
+    queries = points if self_query else queries
+    B, P = points.shape[:2]
+    M = queries.shape[1]
+    kk = min(k, P)
+    if points.dtype in (torch.float16, torch.bfloat16):
+        points, queries = points.float(), queries.float()
+    chunk = max(1, _MAX_PAIRS // max(1, B * P))
+    parts = []
+    for start in range(0, M, chunk):
+        dist = torch.cdist(queries[:, start:start + chunk], points, compute_mode="donot_use_mm_for_euclid_dist")
+        parts.append(dist.topk(kk, dim=2, largest=False, sorted=True).indices)
+    index = torch.cat(parts, dim=1) if parts else queries.new_zeros((B, 0, kk), dtype=torch.long)
+    if self_query:
+        rows = torch.arange(M, device=index.device).repeat(B)
+        index = _self_first(index.reshape(B * M, kk), rows).view(B, M, kk)
+    if kk < k:
+        index = torch.cat([index, index.new_full((B, M, k - kk), -1)], dim=2)
+    return index
 
 
 # ----------------------------------------------------------------------------- FPS
