@@ -1,0 +1,129 @@
+"""GPU checks (marked ``cuda``; ``bash scripts/gpu_check.sh`` runs them): skipped without a CUDA GPU.
+
+* every layer option and every named model on CUDA equals the CPU in float32 (forward and gradients);
+* an AMP training step (fp16 with a GradScaler, and bf16) of every named model is finite;
+* kNN and farthest point sampling on CUDA tensors equal the CPU and stay on the device;
+* a checkpoint written by a run on the GPU loads on the CPU and back, with the same outputs.
+
+Tolerance for CUDA against the CPU in float32: 1e-4 relative to the largest value (TF32 is off:
+matmuls in full float32), whole models 1e-3 (ten layers deep, different reduction orders).
+"""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pcattn import farthest_point_sampling, knn
+from pcattn.models import create_model, list_models
+
+from test_exactness import LAYER_OPTIONS, inputs, make_layer, relative_error
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine"),
+]
+
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def full_float32():
+    """Full float32 matmuls on the GPU for the equality checks (TF32 would round to 10 bits)."""
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+
+
+@pytest.mark.parametrize("name", list(LAYER_OPTIONS) + ["scalar", "scalar-global"])
+@pytest.mark.parametrize("checkpoint", [True, False])
+def test_layer_on_cuda_equals_cpu(name, checkpoint):
+    layer = make_layer(name, checkpoint=checkpoint)
+    x, pos, batch = inputs(sizes=(40, 40))   # equal sizes: the batched kNN path
+    results = []
+    for device in ("cpu", CUDA):
+        moved = copy.deepcopy(layer).to(device)
+        xx = x.to(device).requires_grad_(True)
+        pp = pos.to(device).requires_grad_(True)
+        out = moved(xx, pp, batch.to(device))
+        assert out.device.type == torch.device(device).type
+        out.square().sum().backward()
+        results.append([out, xx.grad, pp.grad] + [p.grad for p in moved.parameters()])
+    for cpu, gpu in zip(*results):
+        assert (cpu is None) == (gpu is None)
+        if cpu is not None and cpu.abs().max() > 0:
+            assert relative_error(gpu.cpu(), cpu) < 1e-4
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_named_model_on_cuda_equals_cpu(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5).eval()
+    pos = torch.randn(4, 256, 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cpu = model(None, pos)
+        gpu = copy.deepcopy(model).to(CUDA)(None, pos.to(CUDA))
+    assert relative_error(gpu.cpu(), cpu) < 1e-3
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_amp_training_step_of_every_named_model(name, dtype):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5).to(CUDA).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    pos = torch.randn(8, 512, 3, device=CUDA)
+    labels = torch.randint(0, 5, (8,), device=CUDA)
+    before = [p.detach().clone() for p in model.parameters()]
+    for _ in range(2):
+        with torch.autocast("cuda", dtype=dtype):
+            logits = model(None, pos)
+            loss = F.cross_entropy(logits, labels)
+        assert logits.dtype == dtype and torch.isfinite(loss)
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_knn_and_fps_on_cuda_equal_cpu_and_stay_on_the_device():
+    g = torch.Generator().manual_seed(0)
+    equal = torch.randn(4 * 300, 3, generator=g)
+    equal_batch = torch.arange(4).repeat_interleave(300)
+    ragged = torch.randn(500, 3, generator=g)
+    ragged_batch = torch.tensor([0] * 120 + [1] * 300 + [2] * 80)
+    for pos, batch in ((equal, equal_batch), (ragged, ragged_batch)):
+        for k in (16, 200):
+            cpu = knn(pos, k, batch)
+            gpu = knn(pos.to(CUDA), k, batch.to(CUDA))
+            assert gpu.device.type == "cuda"
+            # equal neighbour distances (the order of exact ties may differ), same -1 padding
+            assert torch.equal(gpu.cpu() < 0, cpu < 0)
+            dist = lambda index: (pos[index.clamp(min=0)] - pos[:, None]).norm(dim=-1)  # noqa: E731
+            assert torch.allclose(dist(gpu.cpu()), dist(cpu), atol=1e-5)
+            assert torch.equal(gpu.cpu()[:, 0], torch.arange(pos.shape[0]))   # self first
+        cpu_fps = farthest_point_sampling(pos, ratio=0.25, batch=batch)
+        gpu_fps = farthest_point_sampling(pos.to(CUDA), ratio=0.25, batch=batch.to(CUDA))
+        assert gpu_fps.device.type == "cuda" and torch.equal(gpu_fps.cpu(), cpu_fps)
+    dense = equal.view(4, 300, 3)
+    assert torch.equal(knn(dense.to(CUDA), 8).cpu()[..., 0], knn(dense, 8)[..., 0])
+
+
+def test_checkpoint_written_on_the_gpu_loads_on_the_cpu_and_back(tiny_modelnet10_root, tmp_path):
+    from pcattn.engine import TrainConfig, load_model, train
+
+    config = TrainConfig(dataset="modelnet10", format="folder", data_root=str(tiny_modelnet10_root), num_points=64,
+                         batch_size=8, epochs=1, out=str(tmp_path / "run"), progress=False, plots=False, seed=0,
+                         device="cuda")
+    train(config)
+    pos = torch.randn(2, 64, 3)
+    on_cpu, classes, _ = load_model(tmp_path / "run" / "last.pt", device="cpu")
+    on_gpu, _, _ = load_model(tmp_path / "run" / "last.pt", device="cuda")
+    assert next(on_cpu.parameters()).device.type == "cpu" and next(on_gpu.parameters()).device.type == "cuda"
+    with torch.no_grad():
+        assert relative_error(on_gpu(None, pos.to(CUDA)).cpu(), on_cpu(None, pos)) < 1e-3
+    assert len(classes) == 10
