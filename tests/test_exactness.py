@@ -248,3 +248,24 @@ def test_a_recomputation_that_cannot_replay_refuses_and_names_the_fix():
         out.sum().backward()
     layer.checkpoint = False
     layer(x, pos, batch).sum().backward()   # the named fix works
+
+
+def test_bf16_autocast_blocks_match_float32():
+    from pcattn.nn import PointTransformerBlock, TransitionDown, TransitionUp
+
+    torch.manual_seed(0)
+    x, pos, batch = inputs(sizes=(48, 32))
+    block, down, up = PointTransformerBlock(8, k=8).eval(), TransitionDown(8, 16, k=8).eval(), TransitionUp(16, 8, 8)
+    up.eval()
+
+    def run():
+        h = block(x, pos, batch)
+        coarse = down(h, pos, batch)
+        return h, coarse.x, up(coarse.x, coarse.pos, coarse.batch, h, pos, batch)
+
+    with torch.no_grad():
+        reference = run()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = run()
+    for out, ref in zip(low, reference):
+        assert out.dtype == torch.bfloat16 and relative_error(out, ref) < 0.03

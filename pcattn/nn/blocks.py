@@ -144,4 +144,5 @@ class TransitionUp(nn.Module):
         weights = valid.to(dist2.dtype) / dist2.clamp_min(1e-10)
         weights = weights / weights.sum(dim=1, keepdim=True)
         coarse = self.coarse(x_coarse)
-        return (weights[..., None] * gather(coarse, neighbors)).sum(dim=1) + self.skip(x_fine)
+        # weights from float32 positions, applied in the features' dtype (autocast: fp16/bf16 out)
+        return (weights[..., None].to(coarse.dtype) * gather(coarse, neighbors)).sum(dim=1) + self.skip(x_fine)
