@@ -258,14 +258,15 @@ def test_bf16_autocast_blocks_match_float32():
     block, down, up = PointTransformerBlock(8, k=8).eval(), TransitionDown(8, 16, k=8).eval(), TransitionUp(16, 8, 8)
     up.eval()
 
-    def run():
-        h = block(x, pos, batch)
+    def run(features):
+        h = block(features, pos, batch)
         coarse = down(h, pos, batch)
         return h, coarse.x, up(coarse.x, coarse.pos, coarse.batch, h, pos, batch)
 
+    x = x.bfloat16()   # as a stem under autocast gives them
     with torch.no_grad():
-        reference = run()
+        reference = run(x.float())
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = run()
+            low = run(x)
     for out, ref in zip(low, reference):
         assert out.dtype == torch.bfloat16 and relative_error(out, ref) < 0.03
