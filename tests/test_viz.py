@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 from pcattn import viz
-from pcattn.nn import ATTENTION_LAYERS, VectorSelfAttention
+from pcattn.data import load_cloud
 from pcattn.models import create_model
+from pcattn.nn import ATTENTION_LAYERS, VectorSelfAttention
+from pictures import count_viridis_colours, magenta_pixels, not_background
 
 SMALL = dict(widths=(16, 32, 32), depths=(1, 1, 1), head_channels=(16,), k=8)
-MAGENTA = np.array([255, 0, 255])
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models: threads only add overhead
@@ -42,31 +43,6 @@ def cloud(points=200, seed=0):
     g = torch.Generator().manual_seed(seed)
     pos = torch.randn(points, 3, generator=g) * torch.tensor([1.0, 0.5, 0.3])
     return pos / pos.norm(dim=1).max()
-
-
-def viridis_lut():
-    from matplotlib import colormaps
-
-    return np.round(colormaps["viridis"](np.linspace(0, 1, 256))[:, :3] * 255).astype(int)
-
-
-def count_viridis_colours(image, min_pixels=3, tolerance=2):
-    """Distinct viridis entries (of 256) that at least ``min_pixels`` pixels show (within ``tolerance``)."""
-    pixels = image.reshape(-1, 3).astype(int)
-    colours, counts = np.unique(pixels, axis=0, return_counts=True)
-    colours = colours[counts >= min_pixels]
-    lut = viridis_lut()
-    distance = np.abs(colours[:, None, :] - lut[None]).max(-1)          # (colours, 256)
-    matched = distance.min(1) <= tolerance
-    return len(np.unique(distance[matched].argmin(1)))
-
-
-def magenta_pixels(image):
-    return int((np.abs(image.reshape(-1, 3).astype(int) - MAGENTA).max(1) <= 2).sum())
-
-
-def not_background(image):
-    return float((np.abs(image.astype(int) - 255).max(-1) > 10).mean())
 
 
 # ---------------------------------------------------------------------------- extraction
@@ -229,7 +205,7 @@ def test_render_views_draws_colour_map_and_highlight(backend):
 
 def test_auto_backend_falls_back_to_matplotlib_and_open3d_failure_names_packages(monkeypatch):
     pos, colors = gradient_scene(100)
-    monkeypatch.setattr(viz, "_PROBE_RESULT", (False, "Open3D's offscreen renderer failed (exit code 134)"))
+    monkeypatch.setattr(viz.render, "_PROBE_RESULT", (False, "Open3D's offscreen renderer failed (exit code 134)"))
     with pytest.warns(RuntimeWarning, match="matplotlib renderer"):
         image = viz.render_views(pos, colors, size=(96, 96), highlight=0, backend="auto")[0]
     assert count_viridis_colours(image) >= 5 and magenta_pixels(image) > 0
@@ -299,20 +275,21 @@ def test_show_without_display_says_so(monkeypatch):
 def test_load_cloud_normalises_and_subsamples(tmp_path):
     raw = np.random.default_rng(0).normal(size=(3000, 3)).astype(np.float32) * 7 + 40
     np.save(tmp_path / "big.npy", raw)
-    pos, x = viz.load_cloud(tmp_path / "big.npy", num_points=512)
+    assert viz.load_cloud is load_cloud                                     # the old name still works
+    pos, x = load_cloud(tmp_path / "big.npy", num_points=512)
     assert pos.shape == (512, 3) and x is None
     assert torch.allclose(pos.mean(0), torch.zeros(3), atol=1e-5)
     assert pos.norm(dim=1).max() == pytest.approx(1.0)
     np.savetxt(tmp_path / "small.xyz", np.c_[raw[:100], np.tile([0, 0, 1.0], (100, 1))])
-    pos, x = viz.load_cloud(tmp_path / "small.xyz", num_points=512, use_normals=True)
+    pos, x = load_cloud(tmp_path / "small.xyz", num_points=512, use_normals=True)
     assert pos.shape == (100, 3) and x.shape == (100, 6) and torch.equal(x[:, :3], pos)
     with pytest.raises(ValueError, match="has none"):
-        viz.load_cloud(tmp_path / "big.npy", use_normals=True)
+        load_cloud(tmp_path / "big.npy", use_normals=True)
     (tmp_path / "bad.xyz").write_text("1 2 3\nnot a point\n")
     with pytest.raises(ValueError, match="bad.xyz"):
-        viz.load_cloud(tmp_path / "bad.xyz")
+        load_cloud(tmp_path / "bad.xyz")
     with pytest.raises(FileNotFoundError, match="missing.ply"):
-        viz.load_cloud(tmp_path / "missing.ply")
+        load_cloud(tmp_path / "missing.ply")
 
 
 # ---------------------------------------------------------------------------- training plots

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from pcattn import viz_cli
+from pcattn import viz
+from pcattn.cli import main
 from pcattn.data import BUILTIN_CLASSES
 from pcattn.models import create_model
+from pictures import magenta_pixels, not_background, pixels_of, read_png, viridis_pixels, viridis_span
 
 SMALL = dict(widths=(16, 32), depths=(1, 1), head_channels=(16,), k=8)
-MAGENTA = np.array([255, 0, 255])
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models: threads only add overhead
@@ -52,13 +53,29 @@ def cloud_file(tmp_path_factory):
 
 
 def visualize(*argv):
-    return viz_cli.main([str(a) for a in argv])
+    return main(["visualize", *map(str, argv)])
 
 
-def read_png(path):
-    from PIL import Image
+def views_of(image, size, views):
+    """The rendered views of a picture's rows, without the colour bars (``compose_figure``'s layout)."""
+    return image[:, :8 + views * (size + 8)]
 
-    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+def assert_shows_query(image, size, views):
+    """Query mode: the query's neighbours in viridis colours, the magenta query and the other points grey."""
+    points = views_of(image, size, views)
+    assert viridis_pixels(points) >= 10 * views, "the neighbours' viridis colours are missing"
+    assert magenta_pixels(points) >= 10 * views, "the magenta query is missing"
+    assert pixels_of(points, np.round(np.multiply(viz.INACTIVE_COLOR, 255))) >= 100 * views, "no grey points"
+    assert 0.02 < not_background(points) < 0.9                          # points drawn, not a filled frame
+
+
+def assert_shows_received(image, size, views, rows=1):
+    """Received mode: every point in a viridis colour, spread over the map, no query."""
+    points = views_of(image, size, views)
+    assert viridis_pixels(points) >= 50 * views * rows and viridis_span(points) >= 80
+    assert magenta_pixels(image) == 0
+    assert 0.02 < not_background(points) < 0.9
 
 
 def test_visualize_file_writes_picture_and_ply_and_prints_prediction(checkpoints, cloud_file, tmp_path, capsys):
@@ -70,8 +87,7 @@ def test_visualize_file_writes_picture_and_ply_and_prints_prediction(checkpoints
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "predicted" in printed and "p = " in printed and f"wrote {out}" in printed and f"wrote {ply}" in printed
-    image = read_png(out)
-    assert (np.abs(image - MAGENTA).max(-1) <= 2).sum() >= 20             # the query is highlighted
+    assert_shows_query(read_png(out), 140, 2)
     back = o3d.io.read_point_cloud(str(ply))
     assert len(back.points) == 256 and back.has_colors()                  # num_points from the checkpoint
     assert np.linalg.norm(np.asarray(back.points), axis=1).max() == pytest.approx(1.0, abs=1e-5)  # unit sphere
@@ -85,20 +101,23 @@ def test_visualize_compare_two_checkpoints_and_layers(checkpoints, cloud_file, t
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert printed.count("predicted") == 2 and "4 row(s) x 1 view(s)" in printed
-    assert read_png(out).shape[0] > 4 * 120
+    image = read_png(out)
+    assert image.shape[0] > 4 * 120
+    assert_shows_received(image, 120, 1, rows=4)
 
 
 def test_visualize_dataset_sample(checkpoints, tmp_path, capsys):
     out = tmp_path / "sample.png"
     code = visualize("--checkpoint", checkpoints[0], "--dataset", "builtin", "--split", "test", "--index", 3,
-                     "--views", 1, "--size", 120, "--out", out)
+                     "--views", 1, "--size", 160, "--out", out)
     printed = capsys.readouterr().out
     assert code == 0, printed
-    assert "true class" in printed and "builtin test #3" in printed and out.is_file()
+    assert "true class" in printed and "builtin test #3" in printed
+    assert_shows_query(read_png(out), 160, 1)
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--query", "600"], "--query 600 out of range: the cloud has 256 points"),
+    (["--query", "600"], "query 600 out of range: the cloud has 256 points"),
     (["--layer", "nosuch"], "no attention layer named 'nosuch'; available: 0: stages.0.0.attention"),
     (["--layer", "7"], "layer 7 out of range"),
     (["--reduce", "9"], "reduce=9: this layer has 2 groups/heads"),
@@ -120,33 +139,33 @@ def test_visualize_bad_inputs(checkpoints, tmp_path, capsys):
     assert visualize("--checkpoint", tmp_path / "missing.pt", "--input", bad) == 2
     assert "missing.pt" in capsys.readouterr().err
     assert visualize("--checkpoint", checkpoints[0], "--dataset", "builtin", "--index", 100000) == 2
-    assert "--index 100000 out of range" in capsys.readouterr().err
+    assert "index 100000 out of range" in capsys.readouterr().err
 
 
 def test_show_without_display_still_writes_the_picture(checkpoints, cloud_file, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     out = tmp_path / "pic.png"
-    code = visualize("--checkpoint", checkpoints[0], "--input", cloud_file, "--views", 1, "--size", 96,
-                     "--renderer", "matplotlib", "--out", out, "--show")
+    code = visualize("--checkpoint", checkpoints[0], "--input", cloud_file, "--mode", "received", "--views", 1,
+                     "--size", 96, "--renderer", "matplotlib", "--out", out, "--show")
     captured = capsys.readouterr()
-    assert code == 0 and out.is_file() and "no display" in captured.err
+    assert code == 0 and "no display" in captured.err
+    assert_shows_received(read_png(out), 96, 1)
 
 
 def test_pcattn_cli_visualize_and_plot(checkpoints, cloud_file, tmp_path, capsys):
-    from pcattn.cli import main
-
     out = tmp_path / "cli.png"
-    assert main(["visualize", "--checkpoint", str(checkpoints[0]), "--input", str(cloud_file), "--views", "1",
-                 "--size", "96", "--out", str(out)]) in (0, None)
-    assert out.is_file()
+    assert main(["visualize", "--checkpoint", str(checkpoints[0]), "--input", str(cloud_file), "--mode", "received",
+                 "--views", "1", "--size", "96", "--out", str(out)]) == 0
+    assert_shows_received(read_png(out), 96, 1)
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text("".join(json.dumps(dict(epoch=e, train_loss=1.0 / e, train_acc=0.5,
                                                                test_loss=1.2 / e, test_oa=0.4, test_macc=0.4)) + "\n"
                                                for e in (1, 2)))
-    assert main(["plot", str(run)]) in (0, None)
-    assert (run / "curves.png").is_file()
+    assert main(["plot", str(run)]) == 0
+    curves = read_png(run / "curves.png")
+    assert ((curves.max(-1) - curves.min(-1)) > 60).mean() > 0.002          # coloured lines, not only grey text
 
 
 def test_compare_names_each_prediction_with_its_own_classes(cloud_file, tmp_path, capsys):
@@ -162,8 +181,6 @@ def test_compare_names_each_prediction_with_its_own_classes(cloud_file, tmp_path
 
 
 def test_plot_errors_are_one_line(tmp_path, capsys):
-    from pcattn.cli import main
-
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text("[1, 2]\n")
@@ -175,3 +192,17 @@ def test_plot_errors_are_one_line(tmp_path, capsys):
     (run / "eval.json").write_text(json.dumps({"confusion": [[1, 0], [0, 1]], "classes": ["a", "b", "c"]}))
     assert main(["plot", str(run)]) == 2
     assert "3 class names for a 2x2 confusion matrix" in capsys.readouterr().err
+
+
+def test_default_up_axis_is_the_training_runs(tmp_path, cloud_file):
+    z_up = viz.load_classifiers([write_checkpoint(tmp_path / "z.pt", "vector", BUILTIN_CLASSES, up_axis=2)])[0]
+    unknown = viz.load_classifiers([write_checkpoint(tmp_path / "n.pt", "vector", BUILTIN_CLASSES, up_axis=None,
+                                                     dataset="modelnet10")])[0]
+    assert viz.checkpoint_input(z_up, input_file=cloud_file).up_axis == 2
+    assert viz.checkpoint_input(z_up, input_file=cloud_file, up_axis=0).up_axis == 0    # given: it wins
+    assert viz.checkpoint_input(unknown, input_file=cloud_file).up_axis == 1            # else y
+    sample = viz.checkpoint_input(z_up, dataset="builtin", index=2)
+    assert sample.up_axis == 2 and sample.source == "builtin test #2" and sample.truth in BUILTIN_CLASSES
+    assert viz.checkpoint_input(unknown, dataset="builtin").up_axis == 1     # another dataset: its own axis
+    with pytest.raises(ValueError, match="exactly one of input_file and dataset"):
+        viz.checkpoint_input(z_up)

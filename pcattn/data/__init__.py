@@ -24,6 +24,7 @@ from torch import Tensor
 from . import transforms
 from .base import PointCloudDataset
 from .builtin import BUILTIN_CLASSES, BuiltinShapes, default_data_dir, generate_builtin_shapes
+from .cloud import load_cloud, prepare_cloud
 from .folder import PointFolder
 from .io import read_off, read_point_cloud
 from .modelnet import ModelNetHDF5, ModelNetNormalResampled, ModelNetOFF
@@ -43,6 +44,8 @@ __all__ = [
     "guess_format",
     "default_data_dir",
     "generate_builtin_shapes",
+    "load_cloud",
+    "prepare_cloud",
     "read_off",
     "read_point_cloud",
     "seed_worker",
