@@ -1,6 +1,7 @@
 """Training, evaluation and checkpoints (pcattn.engine) on a tiny dataset in the real folder layout."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -8,8 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from pcattn import engine
-from pcattn.engine import CheckpointError, TrainConfig, evaluate, load_checkpoint, load_model, save_checkpoint, train
+from pcattn.engine import (CheckpointError, TrainConfig, evaluate, load_checkpoint, load_model, resolve_precision,
+                           save_checkpoint, train)
+from pcattn.engine import checkpoint as checkpoint_module
+from pcattn.engine import device as device_module
+from pcattn.engine import loop
+from pcattn.engine.evaluation import vote_augment
 from pcattn.models import create_model
 
 from conftest import TINY_MODELNET10_CLASSES as CLASSES
@@ -71,15 +76,9 @@ def test_training_learns(data_root, tmp_path, attention):
     assert summary["final"]["train_loss"] < metric_rows(tmp_path / "run")[0]["train_loss"]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(data_root, tmp_path, monkeypatch, workers):
-    """Also with loader processes: their seeds come from the loader's generator, which the checkpoint holds."""
-    whole = tmp_path / "whole"
-    train(tiny_config(data_root, whole, num_workers=workers))
-
-    # Kill the second run in the middle of epoch 2: its training pass is done, its checkpoint not yet written.
-    killed = tmp_path / "killed"
-    real_evaluate, calls = engine.evaluate, []
+def train_killed_in_epoch_2(config, monkeypatch):
+    """``train(config)`` killed in the middle of epoch 2: its training pass is done, its checkpoint not yet written."""
+    real_evaluate, calls = loop.evaluate, []
 
     def dying_evaluate(*args, **kwargs):
         calls.append(1)
@@ -87,10 +86,20 @@ def test_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(data_root
             raise KeyboardInterrupt("killed")
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "evaluate", dying_evaluate)
+    monkeypatch.setattr(loop, "evaluate", dying_evaluate)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(data_root, killed, num_workers=workers))
-    monkeypatch.setattr(engine, "evaluate", real_evaluate)
+        train(config)
+    monkeypatch.setattr(loop, "evaluate", real_evaluate)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(data_root, tmp_path, monkeypatch, workers):
+    """Also with loader processes: their seeds come from the loader's generator, which the checkpoint holds."""
+    whole = tmp_path / "whole"
+    train(tiny_config(data_root, whole, num_workers=workers))
+
+    killed = tmp_path / "killed"
+    train_killed_in_epoch_2(tiny_config(data_root, killed, num_workers=workers), monkeypatch)
     assert load_checkpoint(killed / "last.pt")["epoch"] == 1
     assert not list(killed.glob(".*tmp*"))                                   # no temporary files left behind
 
@@ -139,6 +148,80 @@ def test_bad_settings_are_named(data_root, tmp_path):
             train(tiny_config(data_root, tmp_path / "bad", **overrides))
 
 
+# ---------------------------------------------------------------------------------------- precision
+def test_precision_names_defaults_and_support(monkeypatch):
+    cpu = torch.device("cpu")
+    assert resolve_precision(None, cpu) == "32" and resolve_precision(None, torch.device("cuda")) == "fp16"
+    assert resolve_precision("BF16", cpu) == "bf16"
+    if hasattr(torch, "get_autocast_dtype"):                          # torch >= 2.4 autocasts to float16 on the CPU
+        assert resolve_precision("fp16", cpu) == "fp16"
+    with pytest.raises(ValueError, match="precision must be '32', 'bf16' or 'fp16', got 'fp8'"):
+        resolve_precision("fp8", cpu)
+    with pytest.raises(ValueError, match="precision must be"):
+        TrainConfig(precision="half").resolved()
+    monkeypatch.setattr(device_module, "_autocast_supported", lambda device_type, dtype: False)
+    with pytest.raises(ValueError, match="'fp16': this torch .* cannot autocast to torch.float16 on cpu"):
+        resolve_precision("fp16", cpu)
+
+
+def test_precision_is_recorded_and_a_resume_cannot_change_it(data_root, tmp_path, capsys):
+    from pcattn.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "modelnet10", "--data-root", str(data_root), "--num-points", "64",
+                 "--batch-size", "8", "--epochs", "1", "--model", "pt-tiny-vector", "--device", "cpu", "--out", str(out),
+                 "--no-progress", "--no-plots"]) == 0
+    assert json.loads((out / "config.json").read_text())["precision"] == "32"      # the CPU's default, resolved
+    checkpoint = load_checkpoint(out / "last.pt")
+    assert checkpoint["train_config"]["precision"] == "32" and checkpoint["scaler"] is None
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--precision", "bf16"]) == 2
+    assert "precision: run has '32', now 'bf16'" in capsys.readouterr().err
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    with pytest.raises(ValueError, match="precision: run has '32', now 'fp16'"):
+        train(tiny_config(data_root, out, epochs=2, precision="fp16", resume=True))
+
+
+def test_bf16_training_runs_in_bf16(data_root, tmp_path):
+    out = tmp_path / "run"
+    options = dict(model="pt-tiny-vector", epochs=1, device="cpu")
+    bf16 = train(tiny_config(data_root, out, precision="bf16", **options))["final"]
+    assert math.isfinite(bf16["train_loss"]) and math.isfinite(bf16["test_loss"])
+    full = train(tiny_config(data_root, tmp_path / "float32", precision="32", **options))["final"]
+    assert bf16["train_loss"] != full["train_loss"] and bf16["test_loss"] != full["test_loss"]   # autocast was on
+    checkpoint = load_checkpoint(out / "last.pt")
+    assert checkpoint["train_config"]["precision"] == "bf16" and checkpoint["scaler"] is None   # no scaler for bf16
+    assert all(value.dtype == torch.float32 for value in checkpoint["model_state"].values()
+               if value.is_floating_point())                                               # float32 master weights
+
+
+def test_fp16_run_keeps_its_grad_scaler_and_resumes_to_the_same_result(data_root, tmp_path, monkeypatch):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    config = dict(model="pt-tiny-vector", epochs=2, precision="fp16", device="cpu")
+    train(tiny_config(data_root, whole, **config))
+    scaler = load_checkpoint(whole / "last.pt")["scaler"]
+    assert scaler is not None and scaler["scale"] > 0
+    train_killed_in_epoch_2(tiny_config(data_root, killed, **config), monkeypatch)
+    saved = load_checkpoint(killed / "last.pt")
+    assert saved["epoch"] == 1 and saved["scaler"] is not None
+    # The resumed run's new scaler starts at 2**5, not 2**16: only the saved state puts it back in step.
+    monkeypatch.setattr(torch.amp.GradScaler, "__init__", _scaler_starting_at(2.0 ** 5))
+    train(tiny_config(data_root, killed, resume=True, **config))
+    assert metric_rows(killed) == metric_rows(whole)
+    a, b = (load_checkpoint(run / "last.pt") for run in (whole, killed))
+    assert all(torch.equal(a["model_state"][key], b["model_state"][key]) for key in a["model_state"])
+    assert a["scaler"] == b["scaler"]
+
+
+def _scaler_starting_at(scale):
+    init = torch.amp.GradScaler.__init__
+
+    def scaler_init(self, *args, **kwargs):
+        init(self, *args, **{**kwargs, "init_scale": scale})
+
+    return scaler_init
+
+
 # ---------------------------------------------------------------------------------------- checkpoints
 def small_checkpoint(**changes):
     model = create_model("pt-tiny-scalar", num_classes=3, widths=(16, 32), depths=(1, 1), head_channels=(16,), k=4)
@@ -151,7 +234,7 @@ def small_checkpoint(**changes):
 def test_checkpoint_round_trip(tmp_path):
     model, checkpoint = small_checkpoint()
     path = save_checkpoint(tmp_path / "sub" / "model.pt", checkpoint)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~engine._umask()            # not mkstemp's private 0600
+    assert path.stat().st_mode & 0o777 == 0o666 & ~checkpoint_module._umask()            # not mkstemp's private 0600
     loaded, classes, stored = load_model(path)
     assert classes == ["a", "b", "c"] and stored["epoch"] == 1
     pos = torch.randn(2, 32, 3)
@@ -248,33 +331,70 @@ def test_evaluate_metrics_and_confusion():
     assert result["samples"] == 7 and result["votes"] == 1
 
 
-def test_evaluate_with_votes_uses_augmented_passes(data_root):
-    model, classes, _ = load_model_from_fresh(data_root)
-    from pcattn.data import build_dataset, test_transforms
+class FirstPointSide(torch.nn.Module):
+    """Two classes: 0 when a cloud's first point lies on the +x side, 1 on the -x side, more sure the
+    farther it is; remembers the positions of every pass."""
 
-    dataset = build_dataset("modelnet10", format="folder", root=data_root, split="test", num_points=64,
-                            transform=test_transforms())
-    loader = torch.utils.data.DataLoader(dataset, batch_size=8)
-    one = evaluate(model, loader, classes=classes, votes=1)
-    three = evaluate(model, loader, classes=classes, votes=3, seed=0)
-    again = evaluate(model, loader, classes=classes, votes=3, seed=0)
-    assert three == again                                                     # seeded voting
-    assert one["samples"] == three["samples"] == 20
+    num_classes, in_channels = 2, 3
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.passes = []
+
+    def forward(self, x, pos):
+        self.passes.append(pos.clone())
+        return self.logits(pos) + self.weight
+
+    @staticmethod
+    def logits(pos):
+        first_x = pos[:, 0, 0]
+        return torch.stack([first_x, -first_x], -1) * 3
+
+
+def test_evaluate_with_votes_averages_the_probabilities_of_augmented_passes():
+    pos = torch.randn(24, 8, 3, generator=torch.Generator().manual_seed(0))
+    pos[:, 0] = torch.tensor([1.0, 0.0, 0.0])               # unrotated, every cloud is class 0 (its label)
+    labels = torch.zeros(24, dtype=torch.long)
+    loader = [{"pos": pos[i:i + 8], "label": labels[i:i + 8]} for i in range(0, 24, 8)]
+    model = FirstPointSide()
+    run = functools.partial(evaluate, model, loader, "cpu", up_axis=1, classes=["plus", "minus"])
+
+    one = run(votes=1)
+    assert one["oa"] == 1.0 and len(model.passes) == 3      # one pass per batch
+    model.passes.clear()
+    three = run(votes=3, seed=0)
+    passes = list(model.passes)
+    assert len(passes) == 9                                   # three passes per batch
+    expected_predictions = []
+    for batch, (plain, *augmented) in zip(loader, zip(*[iter(passes)] * 3)):
+        assert torch.equal(plain, batch["pos"])               # the first pass sees the clouds as they are
+        for moved in augmented:                               # the others: rotated about y (up) and scaled
+            assert not torch.allclose(moved, plain)
+            scale = moved[:, 1:].norm(dim=-1) / plain[:, 1:].norm(dim=-1)     # (the first point has y = 0)
+            assert torch.allclose(moved[:, 1:, 1] / plain[:, 1:, 1], scale, atol=1e-4)
+        probabilities = sum(FirstPointSide.logits(p).softmax(-1) for p in (plain, *augmented))
+        expected_predictions.append(probabilities.argmax(-1))
+    predicted_zero = int((torch.cat(expected_predictions) == 0).sum())
+    assert three["confusion"] == [[predicted_zero, 24 - predicted_zero], [0, 0]]
+    assert three["oa"] == predicted_zero / 24 < 1.0           # the votes turned some clouds over
+    assert three["loss"] == pytest.approx(one["loss"])        # the loss is the plain pass's
+
+    model.passes.clear()
+    assert run(votes=3, seed=0) == three                                                # seeded voting
+    assert all(torch.equal(a, b) for a, b in zip(model.passes, passes))
+    model.passes.clear()
+    run(votes=3, seed=1)
+    assert not torch.equal(model.passes[1], passes[1])                                  # another seed, other votes
     with pytest.raises(ValueError, match="votes"):
-        evaluate(model, loader, votes=0)
-
-
-def load_model_from_fresh(data_root):
-    torch.manual_seed(0)
-    model = create_model("pt-tiny-vector", num_classes=10).eval()
-    return model, CLASSES, {}
+        run(votes=0)
 
 
 def test_vote_augmentation_rotates_about_the_up_axis_and_keeps_normals_unit():
     generator = torch.Generator().manual_seed(0)
     pos = torch.randn(4, 50, 3)
     normals = torch.nn.functional.normalize(torch.randn(4, 50, 3), dim=-1)
-    new_pos, new_x = engine._vote_augment(pos, torch.cat([pos, normals], -1), 1, generator)
+    new_pos, new_x = vote_augment(pos, torch.cat([pos, normals], -1), 1, generator)
     ratio = new_pos[..., 1] / pos[..., 1]                                     # the up coordinate is only scaled
     assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), atol=1e-4)
     assert ((ratio[:, 0] >= 0.9 - 1e-6) & (ratio[:, 0] <= 1.1 + 1e-6)).all()
@@ -283,7 +403,7 @@ def test_vote_augmentation_rotates_about_the_up_axis_and_keeps_normals_unit():
 
 
 def test_schedule_warms_up_then_decays_to_zero():
-    factor = engine._schedule(100, 0.1)
+    factor = loop.lr_schedule(100, 0.1)
     values = [factor(step) for step in range(100)]
     assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
     assert all(a <= b for a, b in zip(values[:10], values[1:10]))

@@ -1,0 +1,189 @@
+"""A training run's configuration: :class:`TrainConfig`, its option checks, and the rules for resuming
+(which settings a resumed run may not change, and how ``--resume`` merges the saved settings with
+the options given again)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+from ..models import MODEL_CONFIGS
+from .checkpoint import load_checkpoint
+from .device import check_precision_name
+
+__all__ = ["TrainConfig", "RESULT_FIELDS", "check_resume_settings", "merge_resume_config"]
+
+# TrainConfig fields that change what a run computes: a resumed run must not change them.
+RESULT_FIELDS = ("dataset", "format", "data_root", "model", "attention", "batch_size", "num_points", "use_normals",
+                 "lr", "weight_decay", "optimizer", "momentum", "warmup", "label_smoothing", "seed", "augment",
+                 "up_axis", "attention_options", "precision")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved in its checkpoints and ``config.json``).
+
+    Attributes:
+        dataset: ``"builtin"`` (generated, no download), ``"modelnet10"`` or ``"modelnet40"``.
+        format: ModelNet file format (``off``, ``normal_resampled``, ``hdf5``, ``folder``);
+            ``None`` guesses it from the files.
+        data_root: dataset folder; ``None`` looks under ``datasets/`` (see ``datasets/README.md``).
+        model: a name of :func:`pcattn.models.create_model`; ``None`` picks ``pt-tiny-<attention>``
+            for the built-in dataset and ``pt-<attention>`` for ModelNet.
+        attention: ``"vector"`` (default) or ``"scalar"``; with ``model`` given it must agree with it.
+        attention_options: options of every attention layer of the model, e.g.
+            ``{"positional_encoding": "none"}`` or ``{"relation": "addition"}`` (see
+            :class:`pcattn.VectorSelfAttention` / :class:`pcattn.ScalarSelfAttention`).
+        epochs, batch_size, num_points: the usual; ``num_points=None`` is 512 for the built-in
+            dataset and 1024 for ModelNet.
+        lr, weight_decay, optimizer (``"adamw"`` or ``"sgd"``), momentum (SGD only).
+        warmup: fraction of the iterations with a linear learning-rate warm-up, followed by a
+            cosine decay to zero (stepped every iteration).
+        label_smoothing: cross-entropy label smoothing.
+        use_normals: feed normals as features (``in_channels = 6``).
+        download: fetch the Princeton ModelNet zip (format ``off``) into ``data_root`` (default
+            ``datasets/``) when it is not there yet; needs the internet.
+        up_axis: the vertical axis of the data (0, 1, 2), for the rotation augmentation and test-time
+            voting; ``None`` takes the dataset's (y for the built-in shapes and PointNet++ files, z for
+            Princeton OFF meshes and point folders).
+        augment: the training augmentation of :func:`pcattn.data.train_transforms` (scale,
+            rotation about the up axis, shift, jitter, point dropout).
+        seed: seeds weights, augmentation, dropout and shuffling: the same seed gives the same
+            metrics on the same CPU and thread count.
+        device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+        precision: ``"32"``, ``"bf16"`` (autocast) or ``"fp16"`` (autocast and a gradient scaler),
+            for training and evaluation; ``None`` is ``"fp16"`` on CUDA and ``"32"`` on the CPU (the
+            run records the value it used). See :mod:`pcattn.engine.device`.
+        num_workers: data-loading processes.
+        threads: ``torch.set_num_threads`` for the run (``None`` keeps torch's default).
+        out: the run folder.
+        resume: continue the run in ``out`` from ``last.pt`` (starts afresh if there is none).
+        progress: show progress bars.
+        plots: draw ``curves.png`` and ``confusion.png`` at the end.
+    """
+
+    dataset: str = "builtin"
+    format: Optional[str] = None
+    data_root: Optional[str] = None
+    model: Optional[str] = None
+    attention: Optional[str] = None
+    attention_options: Optional[Dict[str, Any]] = None
+    epochs: int = 15
+    batch_size: int = 32
+    num_points: Optional[int] = None
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    warmup: float = 0.1
+    label_smoothing: float = 0.1
+    use_normals: bool = False
+    download: bool = False
+    up_axis: Optional[int] = None
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    precision: Optional[str] = None
+    num_workers: int = 0
+    threads: Optional[int] = None
+    out: str = "runs/run"
+    resume: bool = False
+    progress: bool = True
+    plots: bool = True
+
+    @classmethod
+    def from_dict(cls, saved: Mapping[str, Any]) -> "TrainConfig":
+        """A config from a saved ``train_config`` (keys this version does not know are skipped)."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in saved.items() if key in known})
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the ``None`` defaults filled in and the arguments checked (``precision``
+        stays ``None`` until the device is known: see :func:`pcattn.engine.device.resolve_precision`)."""
+        config = dataclasses.replace(self)
+        config.dataset = config.dataset.lower()
+        if config.dataset not in ("builtin", "modelnet10", "modelnet40"):
+            raise ValueError(f"dataset must be 'builtin', 'modelnet10' or 'modelnet40', got {config.dataset!r}")
+        if config.attention not in (None, "vector", "scalar"):
+            raise ValueError(f"attention must be 'vector' or 'scalar', got {config.attention!r}")
+        if config.model is None:
+            attention = config.attention or "vector"
+            config.model = f"pt-tiny-{attention}" if config.dataset == "builtin" else f"pt-{attention}"
+        if config.model not in MODEL_CONFIGS:
+            raise ValueError(f"unknown model {config.model!r}; available: {', '.join(sorted(MODEL_CONFIGS))}")
+        model_attention = MODEL_CONFIGS[config.model].get("attention", "vector")
+        if config.attention not in (None, model_attention):
+            raise ValueError(f"model {config.model!r} uses {model_attention} attention, but attention="
+                             f"{config.attention!r} was asked for; change one of them")
+        config.attention = model_attention
+        if config.num_points is None:
+            config.num_points = 512 if config.dataset == "builtin" else 1024
+        config.optimizer = config.optimizer.lower()
+        if config.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {config.optimizer!r}")
+        for name in ("epochs", "batch_size", "num_points"):
+            if int(getattr(config, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+        if not config.lr > 0:
+            raise ValueError(f"lr must be > 0, got {config.lr}")
+        if not 0 <= config.warmup < 1:
+            raise ValueError(f"warmup is a fraction of the iterations in [0, 1), got {config.warmup}")
+        if not 0 <= config.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
+        if config.attention_options:
+            _check_attention_options(config.attention, dict(config.attention_options))
+        if config.up_axis is not None and config.up_axis not in (0, 1, 2):
+            raise ValueError(f"up_axis must be 0, 1 or 2 (x, y, z), got {config.up_axis!r}")
+        config.precision = check_precision_name(config.precision)
+        if config.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {config.num_workers}")
+        if config.download:
+            if config.dataset == "builtin":
+                raise ValueError("download is for ModelNet; the built-in dataset is generated locally")
+            if config.format not in (None, "off"):
+                raise ValueError(f"download fetches the Princeton OFF meshes (format 'off'), not format "
+                                 f"{config.format!r}; see datasets/README.md for the other archives")
+            config.format = "off"
+        if config.data_root is not None:
+            config.data_root = str(Path(config.data_root).expanduser())
+        config.out = str(config.out)
+        return config
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_attention_options(attention: str, options: Dict[str, Any]) -> None:
+    """Build one layer with ``options`` so a bad name or value fails before any data is loaded."""
+    from ..nn import ScalarSelfAttention, VectorSelfAttention
+
+    layer = VectorSelfAttention if attention == "vector" else ScalarSelfAttention
+    try:
+        layer(8, 8, k=4, **({"groups": 2} if attention == "vector" else {"heads": 2}), **options)
+    except TypeError as error:
+        raise ValueError(f"attention option not accepted by {layer.__name__}: {error}") from None
+
+
+def check_resume_settings(config: TrainConfig, saved: Mapping[str, Any], path) -> None:
+    """Refuse to resume the run saved in ``path`` (its ``train_config`` is ``saved``) with settings that
+    change its results (:data:`RESULT_FIELDS`); a field left ``None`` in ``config`` is not compared."""
+    different = {key: (saved.get(key), getattr(config, key)) for key in RESULT_FIELDS
+                 if key in saved and getattr(config, key) is not None and saved.get(key) != getattr(config, key)}
+    if different:
+        details = ", ".join(f"{key}: run has {old!r}, now {new!r}" for key, (old, new) in different.items())
+        raise ValueError(f"cannot resume {path} with different settings ({details}); resume with the run's own "
+                         f"settings (omit these options) or start a new run in another --out")
+
+
+def merge_resume_config(config: TrainConfig, explicit: Sequence[str]) -> TrainConfig:
+    """For ``--resume``: the saved run's settings, overridden only by the options given explicitly
+    (``explicit`` names the :class:`TrainConfig` fields the user set)."""
+    last = Path(config.out) / "last.pt"
+    if not config.resume or not last.exists():
+        return config
+    merged = TrainConfig.from_dict(load_checkpoint(last).get("train_config") or {})
+    for name in explicit:
+        setattr(merged, name, getattr(config, name))
+    merged.out, merged.resume = config.out, True
+    return merged

@@ -1,0 +1,137 @@
+"""Evaluation: classification metrics of a model on a loader (OA, mAcc, per-class accuracy, confusion
+matrix), test-time voting over rotated and scaled copies, and the evaluation of a checkpoint on the
+test split it was trained for."""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .checkpoint import load_model
+from .config import TrainConfig
+from .device import autocast, resolve_device, resolve_precision
+from .loaders import batch_inputs, build_loaders
+
+__all__ = ["vote_augment", "evaluate", "evaluate_checkpoint"]
+
+
+def vote_augment(pos: Tensor, x: Optional[Tensor], up_axis: int, generator: torch.Generator):
+    """A random rotation about the up axis and an isotropic scale in [0.9, 1.1], per cloud.
+
+    ``pos: (B, P, 3)``, ``x: (B, P, C)`` or ``None`` (channels 3:6 are normals: rotated, not scaled);
+    returns the new ``(pos, x)``.
+    """
+    B = pos.shape[0]
+    angle = torch.rand(B, generator=generator) * 2 * math.pi
+    scale = 0.9 + 0.2 * torch.rand(B, generator=generator)
+    c, s = torch.cos(angle), torch.sin(angle)
+    a, b = [axis for axis in range(3) if axis != up_axis]
+    rotation = torch.zeros(B, 3, 3)
+    rotation[:, up_axis, up_axis] = 1
+    rotation[:, a, a], rotation[:, a, b], rotation[:, b, a], rotation[:, b, b] = c, -s, s, c
+    rotation = rotation.to(pos.device, pos.dtype)
+    new_pos = pos @ rotation.transpose(1, 2) * scale.to(pos.device, pos.dtype)[:, None, None]
+    if x is None:
+        return new_pos, None
+    normals = x[..., 3:6] @ rotation.transpose(1, 2)
+    return new_pos, torch.cat([new_pos, normals, x[..., 6:]], -1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: Union[str, torch.device, None] = None, votes: int = 1,
+             classes: Optional[Sequence[str]] = None, up_axis: int = 1, seed: int = 0,
+             label_smoothing: float = 0.0, progress: bool = False, precision: str = "32") -> Dict[str, Any]:
+    """Classification metrics of ``model`` on ``loader``.
+
+    Args:
+        device: where the batches go; ``None`` takes the model's.
+        votes: number of passes averaged (softmax probabilities); pass 1 sees the clouds as they
+            are, further passes see them rotated about ``up_axis`` and scaled (test-time voting).
+        seed: seeds the voting augmentation.
+        label_smoothing: of the reported cross-entropy ``loss`` (of the first pass).
+        precision: ``"32"``, ``"bf16"`` or ``"fp16"``: the forward runs under that autocast, as in training.
+
+    Returns:
+        ``{"oa", "macc", "loss", "per_class": {name: acc}, "confusion": [[...]] (rows = true class),
+        "classes", "votes", "samples"}``. ``macc`` averages the classes present in the data.
+    """
+    if votes < 1:
+        raise ValueError(f"votes must be >= 1, got {votes}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    precision = resolve_precision(precision, device)
+    classes = list(classes) if classes is not None else list(getattr(loader.dataset, "classes", []))
+    num_classes = getattr(model, "num_classes", None) or len(classes)
+    use_normals = getattr(model, "in_channels", 3) == 6
+    generator = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    loss_sum, count = 0.0, 0
+    from tqdm.auto import tqdm
+
+    for batch in tqdm(loader, desc="evaluating", leave=False, disable=not progress, unit="batch"):
+        pos, x = batch_inputs(batch, device, use_normals)
+        labels = batch["label"].to(device)
+        probabilities = torch.zeros(pos.shape[0], num_classes, device=device)
+        for vote in range(votes):
+            p, f = (pos, x) if vote == 0 else vote_augment(pos, x, up_axis, generator)
+            with autocast(device, precision):
+                logits = model(f, p)
+            logits = logits.float()
+            if vote == 0:
+                loss_sum += float(F.cross_entropy(logits, labels, label_smoothing=label_smoothing,
+                                                  reduction="sum"))
+            probabilities += logits.softmax(-1)
+        predicted = probabilities.argmax(-1).cpu()
+        confusion += torch.bincount(labels.cpu() * num_classes + predicted,
+                                    minlength=num_classes * num_classes).view(num_classes, num_classes)
+        count += pos.shape[0]
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluate: the loader yielded no samples")
+    support = confusion.sum(1)
+    correct = confusion.diag()
+    present = support > 0
+    per_class_acc = torch.where(present, correct.double() / support.clamp(min=1), torch.nan)
+    names = classes if len(classes) == num_classes else [str(i) for i in range(num_classes)]
+    return {
+        "oa": float(correct.sum()) / count,
+        "macc": float(per_class_acc[present].mean()) if bool(present.any()) else float("nan"),
+        "loss": loss_sum / count,
+        "per_class": {name: (None if math.isnan(a) else float(a)) for name, a in zip(names, per_class_acc.tolist())},
+        "confusion": confusion.tolist(),
+        "classes": names,
+        "votes": votes,
+        "samples": count,
+    }
+
+
+def evaluate_checkpoint(checkpoint_path, votes: int = 1, device: str = "auto", batch_size: Optional[int] = None,
+                        num_workers: int = 0, seed: int = 0, data_root: Optional[str] = None,
+                        progress: bool = True, precision: Optional[str] = None) -> Dict[str, Any]:
+    """Evaluate a checkpoint on the test split of the data it was trained on (from the checkpoint
+    alone; ``data_root`` overrides where the data is, ``precision`` the precision of its training
+    run). Returns :func:`evaluate`'s dictionary plus ``"checkpoint"`` and ``"epoch"``."""
+    resolved_device = resolve_device(device)
+    model, classes, checkpoint = load_model(checkpoint_path, resolved_device)
+    config = TrainConfig.from_dict(checkpoint.get("train_config") or {})
+    if data_root is not None:
+        config.data_root = data_root
+    if batch_size is not None:
+        config.batch_size = batch_size
+    if precision is not None:
+        config.precision = precision
+    config.num_workers = num_workers
+    config = config.resolved()
+    _, test_loader = build_loaders(config, torch.Generator(), with_train=False)
+    if list(test_loader.dataset.classes) != classes:
+        raise ValueError(f"{checkpoint_path} was trained on classes {classes} but the test data at "
+                         f"{test_loader.dataset.root} has {test_loader.dataset.classes}")
+    result = evaluate(model, test_loader, votes=votes, classes=classes, up_axis=test_loader.dataset.up_axis,
+                      seed=seed, progress=progress, precision=resolve_precision(config.precision, resolved_device))
+    result["checkpoint"] = str(checkpoint_path)
+    result["epoch"] = checkpoint.get("epoch")
+    return result

@@ -1,0 +1,276 @@
+"""The training loop, in the steps :func:`train` reads as:
+
+1. resolve the config, the device and the precision; check the run folder (a checkpoint to resume?);
+2. seed every random stream and build the loaders (:mod:`~pcattn.engine.loaders`);
+3. :func:`build_training`: the model, its optimizer, the learning-rate schedule and the fp16 scaler,
+   held together in a :class:`TrainingState`; :func:`restore` loads them from the checkpoint;
+4. per epoch, :func:`run_epoch` (:func:`train_one_epoch`, then :func:`~pcattn.engine.evaluate`) and
+   :func:`end_epoch` (checkpoints, ``metrics.jsonl``, a log line);
+5. :func:`finish_run`: ``best.pt`` evaluated into ``eval.json``, the plots.
+
+Distributed training slots in without changing this shape: :func:`build_training` is where a model
+would be wrapped, :func:`~pcattn.engine.build_loaders` where the train sampler would be set, and
+:func:`end_epoch` / :func:`finish_run` hold everything only one process should do.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models import create_model
+from .checkpoint import CheckpointError, classifier_checkpoint, load_model, rng_state, save_checkpoint, \
+    seed_everything, set_rng_state
+from .config import TrainConfig
+from .device import autocast, grad_scaler, resolve_device, resolve_precision
+from .evaluation import evaluate
+from .loaders import batch_inputs, build_loaders
+from .run_folder import append_metrics, prepare_run_folder, start_metrics, write_json
+
+__all__ = ["TrainingState", "train", "build_training", "restore", "run_epoch", "train_one_epoch", "end_epoch",
+           "finish_run", "lr_schedule"]
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint saves and a resume restores, besides the config."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: Optional[torch.amp.GradScaler]  # fp16 only
+    generator: torch.Generator  # the train loader's shuffling (and its workers' seeds)
+    classes: List[str]
+    epoch: int = 0  # the last finished epoch
+    best_oa: float = -1.0
+    best_epoch: int = 0
+
+    def checkpoint(self, config: TrainConfig, metrics: Dict[str, Any]) -> Dict[str, Any]:
+        return classifier_checkpoint(
+            self.model, self.classes, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else None, epoch=self.epoch,
+            rng_state=rng_state(self.generator), best_acc=self.best_oa, best_epoch=self.best_epoch,
+            metrics=metrics, train_config=config.to_dict())
+
+
+def train(config: TrainConfig) -> Dict[str, Any]:
+    """Train a classifier as ``config`` says; returns a summary
+    ``{"best_oa", "best_epoch", "final": metrics of the last epoch, "eval": evaluation of best.pt,
+    "run_dir", "seconds"}``.
+
+    Raises:
+        FileExistsError: ``out`` already holds a run and ``resume`` is off.
+        ValueError: bad settings, or ``resume`` with settings that differ from the saved run's.
+    """
+    config = config.resolved()
+    device = resolve_device(config.device)
+    config.precision = resolve_precision(config.precision, device)
+    out = Path(config.out)
+    checkpoint = prepare_run_folder(config, out)
+    if config.threads is not None:
+        torch.set_num_threads(int(config.threads))
+    seed_everything(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    train_loader, test_loader = build_loaders(config, generator)
+    config.up_axis = int(train_loader.dataset.up_axis)
+    state = build_training(config, list(train_loader.dataset.classes), len(train_loader), device, generator)
+    if checkpoint is not None:
+        restore(state, checkpoint, out / "last.pt")
+        _log(f"resuming {out} after epoch {state.epoch} (best test OA so far {state.best_oa:.4f})", config.progress)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", config.to_dict())
+    metrics_path = start_metrics(out, state.epoch)
+    parameters = sum(p.numel() for p in state.model.parameters())
+    _log(f"training {config.model} ({parameters / 1e6:.2f} M parameters) on {config.dataset} "
+         f"({len(train_loader.dataset)} train / {len(test_loader.dataset)} test shapes, {len(state.classes)} classes, "
+         f"{config.num_points} points) on {device}, precision {config.precision}, {torch.get_num_threads()} threads",
+         config.progress)
+
+    started = time.perf_counter()
+    metrics: Dict[str, Any] = {}
+    for epoch in range(state.epoch + 1, config.epochs + 1):
+        metrics = run_epoch(state, epoch, train_loader, test_loader, config, device)
+        end_epoch(state, metrics, config, out, metrics_path)
+    return finish_run(state, config, out, test_loader, device, metrics, time.perf_counter() - started)
+
+
+# ============================================================================ set-up
+def lr_schedule(total_steps: int, warmup: float) -> Callable[[int], float]:
+    """The learning-rate factor of each step: a linear warm-up over the first ``warmup`` fraction of
+    ``total_steps``, then a cosine decay to zero."""
+    warmup_steps = int(round(warmup * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD (Nesterov when ``momentum > 0``); biases and norm weights get no weight decay."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+
+
+def build_training(config: TrainConfig, classes: List[str], steps_per_epoch: int, device: torch.device,
+                   generator: torch.Generator) -> TrainingState:
+    """A fresh model on ``device`` with its optimizer, schedule and (fp16) gradient scaler."""
+    options = {"attention_kwargs": dict(config.attention_options)} if config.attention_options else {}
+    model = create_model(config.model, num_classes=len(classes), in_channels=6 if config.use_normals else 3,
+                         **options).to(device)
+    optimizer = build_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(config.epochs * steps_per_epoch,
+                                                                         config.warmup))
+    return TrainingState(model, optimizer, scheduler, grad_scaler(device, config.precision), generator, classes)
+
+
+def restore(state: TrainingState, checkpoint: Dict[str, Any], path: Path) -> None:
+    """Load the model, optimizer, schedule, scaler, epoch, best result and every random stream from
+    ``checkpoint`` (read from ``path``), so the run continues as if it had never stopped."""
+    if checkpoint["model_config"] != state.model.config:
+        raise CheckpointError(f"{path}: holds a {checkpoint['model_config'].get('name')} model that differs from "
+                              f"this run's ({state.model.config}); start a new --out")
+    if list(checkpoint["classes"]) != state.classes:
+        raise CheckpointError(f"{path}: trained on classes {checkpoint['classes']}, but the data now has "
+                              f"{state.classes}")
+    state.model.load_state_dict(checkpoint["model_state"])
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    state.scheduler.load_state_dict(checkpoint["scheduler"])
+    if state.scaler is not None and checkpoint.get("scaler"):
+        state.scaler.load_state_dict(checkpoint["scaler"])
+    set_rng_state(checkpoint["rng_state"], state.generator)
+    state.epoch = int(checkpoint["epoch"])
+    state.best_oa, state.best_epoch = float(checkpoint.get("best_acc", -1.0)), int(checkpoint.get("best_epoch", 0))
+
+
+# ============================================================================ one epoch
+def run_epoch(state: TrainingState, epoch: int, train_loader, test_loader, config: TrainConfig,
+              device: torch.device) -> Dict[str, Any]:
+    """Train one epoch and evaluate on the test loader: the epoch's ``metrics.jsonl`` row."""
+    started = time.perf_counter()
+    trained = train_one_epoch(state, epoch, train_loader, config, device)
+    result = evaluate(state.model, test_loader, device, classes=state.classes,
+                      label_smoothing=config.label_smoothing, precision=config.precision)
+    return {"epoch": epoch, "train_loss": trained["loss"], "train_acc": trained["acc"],
+            "test_loss": result["loss"], "test_oa": result["oa"], "test_macc": result["macc"],
+            "lr": state.optimizer.param_groups[0]["lr"], "epoch_time": time.perf_counter() - started,
+            "samples_per_s": trained["samples"] / trained["seconds"]}
+
+
+def train_one_epoch(state: TrainingState, epoch: int, loader, config: TrainConfig,
+                    device: torch.device) -> Dict[str, float]:
+    """One pass over ``loader``: ``{"loss", "acc", "samples", "seconds"}`` (mean training loss and accuracy)."""
+    from tqdm.auto import tqdm
+
+    state.model.train()
+    started = time.perf_counter()
+    loss_sum, correct, seen = 0.0, 0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress, unit="batch",
+               leave=False, dynamic_ncols=True)
+    for batch in bar:
+        pos, x = batch_inputs(batch, device, config.use_normals)
+        labels = batch["label"].to(device, non_blocking=True)
+        loss, logits = train_step(state, x, pos, labels, config, device, epoch)
+        size = labels.shape[0]
+        loss_sum += float(loss) * size
+        correct += int((logits.argmax(-1) == labels).sum())
+        seen += size
+        elapsed = time.perf_counter() - started
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                        rate=f"{seen / max(elapsed, 1e-9):.1f}/s")
+    bar.close()
+    return {"loss": loss_sum / seen, "acc": correct / seen, "samples": seen, "seconds": time.perf_counter() - started}
+
+
+def train_step(state: TrainingState, x: Optional[Tensor], pos: Tensor, labels: Tensor, config: TrainConfig,
+               device: torch.device, epoch: int) -> Tuple[Tensor, Tensor]:
+    """Forward (under the run's autocast), backward and one optimizer and schedule step:
+    ``(loss, logits)``, both detached."""
+    with autocast(device, config.precision):
+        logits = state.model(x, pos)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+    if not torch.isfinite(loss.detach()):
+        raise FloatingPointError(f"epoch {epoch}: the training loss became {float(loss.detach())}; lower --lr "
+                                 f"(now {config.lr}) or check the data for NaN coordinates")
+    state.optimizer.zero_grad(set_to_none=True)
+    if state.scaler is None:
+        loss.backward()
+        state.optimizer.step()
+    else:  # fp16: scale the loss so small gradients survive; steps with inf/NaN gradients are skipped
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    with warnings.catch_warnings():  # the schedule counts iterations, also those whose step the scaler skipped
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        state.scheduler.step()
+    return loss.detach(), logits.detach()
+
+
+def end_epoch(state: TrainingState, metrics: Dict[str, Any], config: TrainConfig, out: Path,
+              metrics_path: Path) -> None:
+    """Record a finished epoch: ``best.pt`` when the test OA improved, ``last.pt``, the metrics row, a log line."""
+    state.epoch = metrics["epoch"]
+    improved = metrics["test_oa"] > state.best_oa
+    if improved:
+        state.best_oa, state.best_epoch = metrics["test_oa"], state.epoch
+    checkpoint = state.checkpoint(config, metrics)
+    # best first: a kill between the two writes then resumes from the previous last.pt and
+    # redoes this epoch, which rewrites the same best.pt.
+    if improved:
+        save_checkpoint(out / "best.pt", checkpoint)
+    save_checkpoint(out / "last.pt", checkpoint)
+    append_metrics(metrics_path, metrics)
+    _log(f"epoch {state.epoch:3d}/{config.epochs}  loss {metrics['train_loss']:.4f}  train acc "
+         f"{metrics['train_acc']:.4f}  test OA {metrics['test_oa']:.4f}  mAcc {metrics['test_macc']:.4f}  "
+         f"({metrics['samples_per_s']:.1f} samples/s, {metrics['epoch_time']:.1f} s)"
+         + ("  *best*" if improved else ""), config.progress)
+
+
+# ============================================================================ the end
+def finish_run(state: TrainingState, config: TrainConfig, out: Path, test_loader, device: torch.device,
+               final: Dict[str, Any], seconds: float) -> Dict[str, Any]:
+    """Evaluate ``best.pt`` into ``eval.json``, draw the plots; returns :func:`train`'s summary."""
+    summary: Dict[str, Any] = {"best_oa": state.best_oa, "best_epoch": state.best_epoch, "final": final,
+                               "run_dir": str(out), "seconds": seconds}
+    best_path = out / "best.pt"
+    if best_path.exists():
+        best_model, _, _ = load_model(best_path, device)
+        evaluation = evaluate(best_model, test_loader, device, classes=state.classes, up_axis=config.up_axis,
+                              precision=config.precision)
+        evaluation.update(checkpoint=str(best_path), epoch=state.best_epoch)
+        write_json(out / "eval.json", evaluation)
+        summary["eval"] = evaluation
+    if config.plots:
+        try:
+            from ..viz import plot_run
+
+            for path in plot_run(out):
+                _log(f"wrote {path}", config.progress)
+        except Exception as error:  # plots are a convenience: never lose a finished run to them
+            warnings.warn(f"could not draw the training plots: {error}")
+    _log(f"done: best test OA {state.best_oa:.4f} at epoch {state.best_epoch}; checkpoints in {out}", config.progress)
+    return summary
+
+
+def _log(message: str, progress: bool) -> None:
+    if progress:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
+    else:
+        print(message)
