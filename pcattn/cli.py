@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-__all__ = ["main", "add_train_arguments", "add_eval_arguments"]
+__all__ = ["main", "add_train_arguments", "add_eval_arguments", "add_visualize_arguments"]
 
 
 # ============================================================================ train
@@ -59,6 +59,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     run = parser.add_argument_group("run")
     run.add_argument("--seed", type=int, help="default 0; the same seed gives the same metrics on a CPU")
     run.add_argument("--device", help="auto (default: CUDA when present), cpu or cuda")
+    run.add_argument("--precision", choices=("32", "bf16", "fp16"),
+                     help="float32, or autocast to bfloat16 / float16 (fp16 with a gradient scaler) in training "
+                          "and evaluation (default fp16 on CUDA, 32 on the CPU)")
     run.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     run.add_argument("--out", help="run folder (default runs/<dataset>-<model>)")
     run.add_argument("--resume", action="store_true", default=None,
@@ -71,6 +74,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def _axis(value: str) -> int:
+    """An axis as the command line names it (``x``, ``y``, ``z`` or ``0``, ``1``, ``2``) -> 0, 1 or 2;
+    the type of ``--up-axis`` in ``train`` and ``visualize``."""
     value = value.strip().lower()
     if value in ("x", "y", "z"):
         return "xyz".index(value)
@@ -135,6 +140,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--batch-size", type=int, default=None, help="default: as in training")
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    parser.add_argument("--precision", choices=("32", "bf16", "fp16"), default=None,
+                        help="autocast of the forward passes (default: as in training)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the voting augmentation")
     parser.add_argument("--json", default=None, help="also write the full result (confusion matrix...) as JSON")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=True)
@@ -147,7 +154,7 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         result = evaluate_checkpoint(args.checkpoint, votes=args.votes, device=args.device,
                                      batch_size=args.batch_size, num_workers=args.num_workers, seed=args.seed,
-                                     data_root=args.data_root, progress=args.progress)
+                                     data_root=args.data_root, progress=args.progress, precision=args.precision)
     except (FileNotFoundError, ValueError, CheckpointError) as error:
         print(f"pcattn eval: error: {error}", file=sys.stderr)
         return 2
@@ -198,6 +205,88 @@ def run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# ============================================================================ visualize
+def add_visualize_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of ``pcattn visualize`` / ``scripts/visualize_attention.py``."""
+    parser.add_argument("--checkpoint", required=True, metavar="PT", help="trained classifier (best.pt / last.pt)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", metavar="FILE", help="a point cloud: .ply .pcd .xyz .txt .npy or .off (mesh)")
+    source.add_argument("--dataset", metavar="NAME", help="take a sample of a dataset: builtin, modelnet10, modelnet40")
+    parser.add_argument("--index", type=int, default=0, help="sample index in --dataset (default 0)")
+    parser.add_argument("--split", default="test", choices=("train", "test"), help="dataset split (default test)")
+    parser.add_argument("--data-root", default=None, help="dataset folder (default: the checkpoint's, else the usual)")
+    parser.add_argument("--format", default=None, help="dataset format (default: the checkpoint's, else guessed)")
+    parser.add_argument("--layer", nargs="+", default=None, metavar="L",
+                        help="attention layer(s) by index (0 = first, -1 = last) or module name; "
+                             "several give one row each (default: the first attention layer)")
+    parser.add_argument("--query", type=int, default=0, help="query point index in the input cloud (default 0)")
+    parser.add_argument("--mode", choices=("query", "received"), default="query",
+                        help="query: weights the query gives its neighbours; received: total weight each point "
+                             "receives (default query)")
+    parser.add_argument("--reduce", default="mean", help="over groups/heads: mean (default), max, or an index")
+    parser.add_argument("--out", default="attention.png", help="picture to write (PNG; default attention.png)")
+    parser.add_argument("--ply", default=None, metavar="PLY", help="also write the coloured cloud as .ply")
+    parser.add_argument("--compare", default=None, metavar="PT",
+                        help="a second checkpoint (e.g. scalar vs vector) shown below the first")
+    parser.add_argument("--views", type=int, default=3, help="fixed camera views side by side (default 3)")
+    parser.add_argument("--view", nargs=2, type=float, action="append", metavar=("AZIMUTH", "ELEVATION"),
+                        help="a chosen camera in degrees (repeatable; replaces --views)")
+    parser.add_argument("--size", type=int, default=420, help="pixels per view (square, default 420)")
+    parser.add_argument("--renderer", choices=("auto", "open3d", "matplotlib"), default="auto",
+                        help="open3d (headless), matplotlib (fallback), auto (open3d, else matplotlib; default)")
+    parser.add_argument("--up-axis", type=_axis, default=None,
+                        help="up axis of the clouds, x, y or z (default: the checkpoint's training data, else y)")
+    parser.add_argument("--num-points", type=int, default=None,
+                        help="points to sample from --input (default: as in training)")
+    parser.add_argument("--sampling", choices=("fps", "random"), default="fps",
+                        help="how --input files larger than --num-points are subsampled (default fps)")
+    parser.add_argument("--title", default=None, help="picture title (default: input and prediction)")
+    parser.add_argument("--show", action="store_true", help="also open an interactive Open3D window (needs a display)")
+    return parser
+
+
+def run_visualize(args: argparse.Namespace) -> int:
+    from . import viz
+
+    views = [tuple(v) for v in args.view] if args.view else args.views
+    try:
+        classifiers = viz.load_classifiers([args.checkpoint] + ([args.compare] if args.compare else []))
+        cloud = viz.checkpoint_input(classifiers[0], input_file=args.input, dataset=args.dataset, index=args.index,
+                                     split=args.split, data_root=args.data_root, format=args.format,
+                                     num_points=args.num_points, sampling=args.sampling, up_axis=args.up_axis)
+        result = viz.checkpoint_picture(classifiers, cloud, title=args.title, layers=args.layer or [None],
+                                        mode=args.mode, query=args.query, reduce=args.reduce, views=views,
+                                        size=(args.size, args.size), backend=args.renderer, path=args.out)
+    except (FileNotFoundError, ValueError, viz.RenderingUnavailable) as error:
+        print(f"pcattn visualize: error: {error}", file=sys.stderr)
+        return 2
+
+    rows = result.picture.rows
+    for classifier, prediction in zip(classifiers, result.predictions):
+        print(f"{classifier.name}: predicted {prediction}" + (f", true class {cloud.truth}" if cloud.truth else ""))
+    print(f"input: {cloud.source}, {cloud.pos.shape[0]} points; layers: "
+          + ", ".join(sorted({f"{row.layer.index} '{row.layer.name}'" for row in rows})))
+    if args.mode == "query" and any(row.values.query_point != args.query for row in rows):
+        print(f"note: in deeper layers the query is the kept point nearest to point {args.query}")
+    height, width = result.picture.image.shape[:2]
+    print(f"wrote {args.out} ({len(rows)} row(s) x {len(viz.view_angles(views))} view(s), {width}x{height} px)")
+    first = rows[0]
+    if args.ply:
+        try:
+            viz.write_ply(args.ply, cloud.pos, first.colors)
+        except (ValueError, OSError) as error:
+            print(f"pcattn visualize: error: {error}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.ply} (coloured cloud of the first row: {first.name}, layer {first.layer.index})")
+    if args.show:
+        try:
+            viz.show_interactive(cloud.pos, first.colors, first.values.query_point, first.values.neighborhood,
+                                 result.title)
+        except RuntimeError as error:
+            print(f"pcattn visualize: --show: {error}", file=sys.stderr)
+    return 0
+
+
 # ============================================================================ main
 def _lazy(module: str, function: str):
     def call(args):
@@ -209,7 +298,6 @@ def _lazy(module: str, function: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import viz_cli
     from .bench import ablation, harness  # they import only argparse/stdlib at module level
 
     parser = argparse.ArgumentParser(prog="pcattn", description="Self-attention on 3D point clouds: train, "
@@ -226,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(handler=run_plot)
     visualize = commands.add_parser("visualize", help="render attention weights on a cloud",
                                     description="Render a trained classifier's attention on a point cloud.")
-    viz_cli.add_arguments(visualize).set_defaults(handler=_lazy("viz_cli", "run"))
+    add_visualize_arguments(visualize).set_defaults(handler=run_visualize)
     ablate = commands.add_parser("ablate", help="train attention variants, one table (vector vs scalar, "
                                  "positional encoding on/off, ...)")
     ablation.add_arguments(ablate).set_defaults(handler=_lazy("bench.ablation", "run"))
@@ -237,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    return int(args.handler(args))  # every handler returns its exit code (a None is a bug, not a 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

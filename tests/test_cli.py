@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pcattn.cli import main
+from pcattn.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,6 +109,20 @@ def test_help_of_every_command():
         with pytest.raises(SystemExit) as exit_:
             main([command, "--help"])
         assert exit_.value.code == 0
+
+
+def test_one_up_axis_parser_for_train_and_visualize(capsys):
+    parser = build_parser()
+    assert parser.parse_args(["train", "--up-axis", "Z"]).up_axis == 2
+    visualize_args = ["visualize", "--checkpoint", "a.pt", "--input", "b.ply"]
+    assert parser.parse_args([*visualize_args, "--up-axis", "x"]).up_axis == 0
+    assert parser.parse_args([*visualize_args, "--up-axis", "2"]).up_axis == 2
+    assert parser.parse_args(visualize_args).up_axis is None                # resolved from the checkpoint
+    for command in (["train"], visualize_args):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args([*command, "--up-axis", "w"])
+        assert exit_.value.code == 2
+        assert "expected x, y, z, 0, 1 or 2, got 'w'" in capsys.readouterr().err
 
 
 def test_attention_options_reach_the_model(tiny_modelnet10_root, tmp_path, capsys):
