@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from pcattn import ScalarSelfAttention, VectorSelfAttention
-from pcattn.bench.cases import lucidrains_bytes
-from pcattn.bench.harness import ALLOCATORS, _peak_bytes, _reset_peak
+from pcattn.bench import harness
+from pcattn.bench.cases import CUDA_ALLOCATOR, _fails_on_device, autocast, build_cases, lucidrains_bytes
+from pcattn.bench.harness import ALLOCATORS, _peak_bytes, _reset_peak, peak_call, time_call, worker, worker_spec
 from pcattn.bench.reference import (DenseVectorAttention, PyGPointTransformerNet, brute_fps, brute_knn,
                                     global_attention_reference, neighbors_to_edge_index, pyg_mlp,
                                     scalar_attention_reference, vector_attention_reference)
@@ -141,3 +142,152 @@ def test_pcattn_version_of_the_example_network_computes_the_same():
         assert (ours(pos, pos, batch) - theirs(pos, pos, batch)).abs().max() < 1e-4
     fresh = PyGPointTransformerNet(3, 5, dim_model=(32, 64), k=8, layer="pcattn")
     assert fresh(pos, pos, batch).shape == (B, 5)
+
+
+# ----------------------------------------------------------------------------- --device / --precision
+def _bench_args(*argv):
+    import argparse
+
+    return harness.add_arguments(argparse.ArgumentParser()).parse_args(list(argv))
+
+
+def test_device_cuda_without_cuda_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "b.json"
+    assert harness.main(["--device", "cuda", "--quick", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--device cuda" in err and "CUDA is not available" in err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_exits_2_from_the_command_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pcattn.bench", "--device", "cuda", "--quick"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "CUDA is not available" in proc.stderr
+    assert not list(tmp_path.iterdir())          # nothing run, nothing written
+
+
+def test_worker_spec_carries_device_and_precision():
+    args = _bench_args("--quick", "--device", "cuda", "--precision", "bf16")
+    cases = build_cases(args)
+    assert {a for c in cases for a in c.allocators} == {CUDA_ALLOCATOR}    # one column, no glibc settings
+    assert "classifier" in {c.kind for c in cases}                         # the AMP case is in the GPU smoke test
+    for case in cases:
+        spec = worker_spec(case, args, case.sides, 1, 2, check=True)
+        assert spec["device"] == "cuda" and spec["precision"] == "bf16"
+        assert json.loads(json.dumps(spec)) == spec
+    cpu = _bench_args("--quick")
+    cpu_cases = build_cases(cpu)
+    vector = next(c for c in cpu_cases if c.kind == "vector")
+    assert vector.allocators == ["default", "tuned"]
+    spec = worker_spec(vector, cpu, vector.sides, 1, 2, check=False)
+    assert spec["device"] == "cpu" and spec["precision"] == "32"
+    assert "classifier" not in {c.kind for c in cpu_cases}                 # the CPU quick run is unchanged
+
+
+def test_worker_builds_on_the_device_and_precision_of_its_spec():
+    """In process on the CPU: the spec's precision reaches the builder (bf16 autocast changes the numbers)."""
+    params = dict(B=1, P=64, C=8, k=4, maths="pyg", mode="fwdbwd", sides=["ours", "pyg", "dense"], check=True)
+    found = {}
+    threads = torch.get_num_threads()
+    for precision in ("32", "bf16"):
+        spec = {"kind": "vector", "params": params, "order": ["ours", "pyg", "dense"], "warmup": 1, "iters": 1,
+                "threads": 1, "device": "cpu", "precision": precision}
+        try:
+            result = worker(spec)
+        finally:
+            torch.set_num_threads(threads)
+        assert result["device"] == "cpu" and result["precision"] == precision
+        assert all(side["status"] == "ok" and len(side["times"]) == 1 for side in result["sides"].values())
+        found[precision] = max(result["checks"].values())
+    assert found["32"] < 1e-5 < found["bf16"] < 0.5
+
+
+def test_autocast_context():
+    layer = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    with autocast("cpu", "32"):
+        assert layer(x).dtype == torch.float32
+    with autocast("cpu", "bf16"):
+        assert layer(x).dtype == torch.bfloat16
+    with pytest.raises(ValueError):
+        autocast("cpu", "fp8")
+
+
+def test_time_call_on_the_cpu():
+    assert 0.02 <= time_call(lambda: __import__("time").sleep(0.02), "cpu") < 2.0
+
+
+class _FakeCuda:
+    """Records the torch.cuda calls the helpers make, in order, with fake memory counters."""
+
+    def __init__(self, monkeypatch):
+        self.events, self.allocated, self.peak = [], 100, 100
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: self.events.append(("sync", device)))
+        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", self.reset)
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: self.allocated)
+        monkeypatch.setattr(torch.cuda, "max_memory_allocated", self.max_allocated)
+
+    def reset(self, device=None):
+        self.events.append(("reset", device))
+        self.peak = self.allocated
+
+    def max_allocated(self, device=None):
+        self.events.append(("max", device))
+        return self.peak
+
+    def step(self):               # allocates 5 MiB transiently, keeps 1 MiB
+        self.events.append(("step", None))
+        self.peak = max(self.peak, self.allocated + 5 * 1024 ** 2)
+        self.allocated += 1024 ** 2
+
+
+def test_time_call_synchronises_cuda_around_the_call(monkeypatch):
+    fake = _FakeCuda(monkeypatch)
+    assert time_call(fake.step, "cuda") >= 0
+    assert fake.events == [("sync", "cuda"), ("step", None), ("sync", "cuda")]
+
+
+def test_peak_call_on_cuda_reads_the_allocator_peak_around_the_call(monkeypatch):
+    fake = _FakeCuda(monkeypatch)
+    fake.peak = 10 * 1024 ** 3            # an earlier, higher peak must not count
+    peak, exact, seconds = peak_call(fake.step, "cuda")
+    assert peak == 5 * 1024 ** 2 and exact and seconds >= 0
+    names = [e[0] for e in fake.events]
+    assert names.index("reset") < names.index("step") < names.index("max")
+    assert names[names.index("step") + 1] == "sync"          # the peak is read after the kernels finished
+    assert all(device == "cuda" for name, device in fake.events if name != "step")
+
+
+def test_peak_call_on_the_cpu():
+    if not _reset_peak():
+        pytest.skip("this kernel does not allow resetting VmHWM (/proc/self/clear_refs)")
+    peak, exact, _ = peak_call(lambda: torch.ones(64 * 1024 * 1024 // 4), "cpu")
+    assert exact and peak >= 32 * 1024 * 1024
+    small, _, _ = peak_call(lambda: None, "cpu")
+    assert small < 16 * 1024 * 1024
+
+
+def test_cpu_only_reference_is_detected_not_crashed():
+    def mixes_devices():
+        raise RuntimeError("Expected all tensors to be on the same device, but found cuda:0 and cpu!")
+
+    assert "CPU-only" in _fails_on_device(mixes_devices, torch.device("cuda"))
+    assert _fails_on_device(mixes_devices, torch.device("cpu")) == ""      # never tried on the CPU
+    with pytest.raises(RuntimeError):
+        _fails_on_device(lambda: (_ for _ in ()).throw(RuntimeError("shape mismatch")), torch.device("cuda"))
+
+
+def test_report_names_the_device_and_precision():
+    from pcattn.bench.report import markdown
+
+    config = {"torch": "2.x", "device": "cuda (NVIDIA H100 80GB HBM3, 79 GiB)", "precision": "bf16",
+              "allocators": CUDA_ALLOCATOR}
+    table = markdown([], config)
+    config_line = next(line for line in table.splitlines() if line.startswith("Configuration:"))
+    assert "device=cuda (NVIDIA H100 80GB HBM3" in config_line and "precision=bf16" in config_line
+    assert "max_memory_allocated" in table and "autocast" in table
+    assert "resident size" in markdown([], {"device": "cpu", "precision": "32"})

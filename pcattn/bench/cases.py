@@ -8,15 +8,28 @@ command-line options into the list of :class:`Case` records the harness runs.
 
 Only the standard library is imported at module level (torch, PyG and pcattn inside the
 builders), so the command line's ``--help`` stays instant.
+
+Devices: a builder reads ``device`` (``"cpu"`` or ``"cuda"``) and ``precision`` (``"32"``,
+``"bf16"``, ``"fp16"``) from its parameters (the worker adds them). Inputs are drawn on the CPU
+from the seed and moved with ``.to(device)``, so every device sees the same numbers; modules are
+built on the CPU and moved likewise. ``precision`` other than ``"32"`` runs the forward passes of
+every side of the layer and classifier cases under ``torch.autocast`` (see :func:`autocast`);
+the geometry cases and the machine ceiling stay float32.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 GIB = 1024 ** 3
 MIB = 1024 ** 2
+DEVICES = ("cpu", "cuda")
+# --precision -> the torch dtype name autocast uses (None: plain float32, no autocast)
+PRECISIONS: Dict[str, Optional[str]] = {"32": None, "bf16": "bfloat16", "fp16": "float16"}
+CUDA_ALLOCATOR = "cuda"          # the one allocator column of a --device cuda run (glibc settings do not apply)
+CPU_MEMORY_BUDGET_GIB = 4.0      # --memory-budget-gib default on the CPU
 
 
 # ============================================================================ what a case is
@@ -70,6 +83,35 @@ def _torch():
     return torch
 
 
+def _device(p: Dict[str, Any]):
+    """The ``torch.device`` a builder's parameters ask for (``"cpu"`` when not given)."""
+    return _torch().device(p.get("device", "cpu"))
+
+
+def autocast(device: Any, precision: str = "32"):
+    """The context the forward passes run in: nothing at ``"32"``, else
+    ``torch.autocast(device_type, dtype)`` with ``bf16`` -> bfloat16, ``fp16`` -> float16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if PRECISIONS[precision] is None:
+        return contextlib.nullcontext()
+    torch = _torch()
+    return torch.autocast(torch.device(device).type, dtype=getattr(torch, PRECISIONS[precision]))
+
+
+def _amp(call: Callable[[], Any], p: Dict[str, Any]) -> Callable[[], Any]:
+    """``call`` under :func:`autocast` of ``p``'s device and precision (``call`` itself at ``"32"``)."""
+    precision = p.get("precision", "32")
+    if precision == "32":
+        return call
+    device = _device(p)
+
+    def wrapped():
+        with autocast(device, precision):
+            return call()
+    return wrapped
+
+
 def _fwd_or_fwdbwd(module_call: Callable[[], Any], params: List[Any], inputs: List[Any], mode: str,
                    grad_out=None) -> Callable[[], None]:
     """A step running ``module_call`` under no_grad (``fwd``) or with a backward (``fwdbwd``)."""
@@ -110,25 +152,27 @@ def _build_vector(p: Dict[str, Any]) -> Built:
     from pcattn.bench.reference import DenseVectorAttention, neighbors_to_edge_index, pyg_mlp
 
     B, P, C, k, maths, mode = p["B"], p["P"], p["C"], p["k"], p["maths"], p["mode"]
+    dev = _device(p)
     torch.manual_seed(0)
     n = B * P
-    pos = torch.rand(n, 3)
-    batch = torch.arange(B).repeat_interleave(P)
-    x = torch.randn(n, C, requires_grad=(mode == "fwdbwd"))
+    pos = torch.rand(n, 3).to(dev)
+    batch = torch.arange(B, device=dev).repeat_interleave(P)
+    x = torch.randn(n, C).to(dev).requires_grad_(mode == "fwdbwd")
     if maths == "paper":
         conv = PointTransformerConv(C, C, pos_nn=pyg_mlp([3, 64, C]), attn_nn=pyg_mlp([C, 64, C]))
     else:
         conv = PointTransformerConv(C, C)
-    neighbors = knn(pos, k, batch)                                    # (N, k), shared by every side
-    edge_index = neighbors_to_edge_index(neighbors)
-    ours = VectorSelfAttention.from_pyg(conv, k=k)
-    dense = DenseVectorAttention.from_pyg(conv)
-    grad_out = torch.randn(n, C)
+    conv = conv.to(dev)
+    neighbors = knn(pos, k, batch)                      # (N, k) on dev, shared by every side
+    edge_index = neighbors_to_edge_index(neighbors)     # on the device of neighbors
+    ours = VectorSelfAttention.from_pyg(conv, k=k)      # on conv's device
+    dense = DenseVectorAttention.from_pyg(conv)         # deep copies of conv's (moved) modules
+    grad_out = torch.randn(n, C).to(dev)
 
     calls = {
-        "ours": (lambda: ours(x, pos, neighbors=neighbors), list(ours.parameters())),
-        "pyg": (lambda: conv(x, pos, edge_index), list(conv.parameters())),
-        "dense": (lambda: dense(x, pos, neighbors), list(dense.parameters())),
+        "ours": (_amp(lambda: ours(x, pos, neighbors=neighbors), p), list(ours.parameters())),
+        "pyg": (_amp(lambda: conv(x, pos, edge_index), p), list(conv.parameters())),
+        "dense": (_amp(lambda: dense(x, pos, neighbors), p), list(dense.parameters())),
     }
     sides = {name: Side(_fwd_or_fwdbwd(call, params, [x], mode, grad_out)) for name, (call, params) in calls.items()
              if name in p["sides"]}
@@ -169,10 +213,11 @@ def _build_lucidrains(p: Dict[str, Any]) -> Built:
     from pcattn import VectorSelfAttention
 
     B, P, C, k, mode = p["B"], p["P"], p["C"], p["k"], p["mode"]
+    dev = _device(p)
     torch.manual_seed(0)
-    pos = torch.rand(B, P, 3)
-    x = torch.randn(B, P, C, requires_grad=(mode == "fwdbwd"))
-    grad_out = torch.randn(B, P, C)
+    pos = torch.rand(B, P, 3).to(dev)
+    x = torch.randn(B, P, C).to(dev).requires_grad_(mode == "fwdbwd")
+    grad_out = torch.randn(B, P, C).to(dev)
     need = lucidrains_bytes(B, P, C, mode=mode)
     budget = p["memory_budget_gib"] * GIB
     sides: Dict[str, Side] = {}
@@ -194,15 +239,20 @@ def _build_lucidrains(p: Dict[str, Any]) -> Built:
             ours.to_query.weight.copy_(wq)
             ours.to_key.weight.copy_(wk)
             ours.to_value.weight.copy_(wv)
-    sides["ours"] = Side(_fwd_or_fwdbwd(lambda: ours(x, pos), list(ours.parameters()), [x], mode, grad_out))
+    ours = ours.to(dev)
+    ours_call = _amp(lambda: ours(x, pos), p)
+    sides["ours"] = Side(_fwd_or_fwdbwd(ours_call, list(ours.parameters()), [x], mode, grad_out))
+    if theirs is not None:
+        theirs = theirs.to(dev)
+        theirs_call = _amp(lambda: theirs(x, pos), p)
     if theirs is not None and "lucidrains" not in sides:
-        sides["lucidrains"] = Side(_fwd_or_fwdbwd(lambda: theirs(x, pos), list(theirs.parameters()), [x], mode, grad_out))
+        sides["lucidrains"] = Side(_fwd_or_fwdbwd(theirs_call, list(theirs.parameters()), [x], mode, grad_out))
     built = Built({name: sides[name] for name in ("ours", "lucidrains")},
                   extra={"lucidrains_estimated_gib": round(need / GIB, 2)})
     if built.sides["lucidrains"].step is not None:
         def check() -> Dict[str, float]:
             with torch.no_grad():
-                return {"max|ours-lucidrains| out": float((ours(x, pos) - theirs(x, pos)).abs().max())}
+                return {"max|ours-lucidrains| out": float((ours_call() - theirs_call()).float().abs().max())}
         built.check = check
     return built
 
@@ -215,23 +265,26 @@ def _build_scalar(p: Dict[str, Any]) -> Built:
     from pcattn.bench.reference import global_attention_reference, scalar_attention_reference
 
     B, P, C, k, mode = p["B"], p["P"], p["C"], p["k"], p["mode"]
+    dev = _device(p)
     torch.manual_seed(0)
-    layer = ScalarSelfAttention(C, C, k=k, heads=4)
-    pos = torch.rand(B, P, 3)
-    x = torch.randn(B, P, C, requires_grad=(mode == "fwdbwd"))
-    grad_out = torch.randn(B, P, C)
+    layer = ScalarSelfAttention(C, C, k=k, heads=4).to(dev)
+    pos = torch.rand(B, P, 3).to(dev)
+    x = torch.randn(B, P, C).to(dev).requires_grad_(mode == "fwdbwd")
+    grad_out = torch.randn(B, P, C).to(dev)
     params = list(layer.parameters())
     if k is None:
         ours_call = lambda: layer(x, pos)                                         # noqa: E731
         ref_call = lambda: global_attention_reference(layer, x, pos)              # noqa: E731
     else:
-        neighbors = knn(pos.reshape(-1, 3), k, torch.arange(B).repeat_interleave(P))
+        neighbors = knn(pos.reshape(-1, 3), k, torch.arange(B, device=dev).repeat_interleave(P))
         flat_pos = pos.reshape(-1, 3)
         ours_call = lambda: layer(x.reshape(-1, C), flat_pos, neighbors=neighbors).view(B, P, C)      # noqa: E731
         ref_call = lambda: scalar_attention_reference(layer, x.reshape(-1, C), flat_pos, neighbors).view(B, P, C)  # noqa: E731
+    ours_call, ref_call = _amp(ours_call, p), _amp(ref_call, p)
+
     def check() -> Dict[str, float]:
         with torch.no_grad():
-            return {"max|ours-reference| out": float((ours_call() - ref_call()).abs().max())}
+            return {"max|ours-reference| out": float((ours_call() - ref_call()).float().abs().max())}
 
     return Built({"ours": Side(_fwd_or_fwdbwd(ours_call, params, [x], mode, grad_out)),
                   "reference": Side(_fwd_or_fwdbwd(ref_call, params, [x], mode, grad_out))}, check=check)
@@ -243,9 +296,10 @@ def _build_knn(p: Dict[str, Any]) -> Built:
     from pcattn.nn.geometry import knn
 
     N, k = p["N"], p["k"]
+    dev = _device(p)
     torch.manual_seed(0)
     if p.get("B"):  # a batch of B clouds of N points (the layer cases' neighbourhoods): brute force per cloud
-        clouds = torch.rand(p["B"], N, 3)
+        clouds = torch.rand(p["B"], N, 3).to(dev)
         sides = {"ours": Side(lambda: knn(clouds, k)),
                  "brute": Side(lambda: [brute_knn(cloud, k) for cloud in clouds])}
 
@@ -256,7 +310,7 @@ def _build_knn(p: Dict[str, Any]) -> Built:
             return {"max|dist ours-brute| (last cloud)": float((d_ours.sort(1).values
                                                                  - d_theirs.sort(1).values).abs().max())}
         return Built(sides, check=batch_check)
-    pos = torch.rand(N, 3)
+    pos = torch.rand(N, 3).to(dev)
     sides = {"ours": Side(lambda: knn(pos, k))}
     if N > p["brute_max"]:
         rows = p["brute_rows"]
@@ -276,16 +330,35 @@ def _build_knn(p: Dict[str, Any]) -> Built:
     return Built(sides, check=check)
 
 
+def _fails_on_device(call: Callable[[], Any], device) -> str:
+    """``""`` if ``call()`` runs with its inputs on ``device``, else why not (a reference written
+    for the CPU that mixes devices). Always ``""`` on the CPU (nothing is tried there)."""
+    if device.type == "cpu":
+        return ""
+    try:
+        call()
+    except RuntimeError as error:
+        if "device" not in str(error).lower():
+            raise
+        return "is CPU-only (mixes CPU and device tensors)"
+    return ""
+
+
 def _build_fps(p: Dict[str, Any]) -> Built:
     torch = _torch()
     from pcattn.bench.reference import brute_fps
     from pcattn.nn.geometry import farthest_point_sampling
 
     N, M = p["N"], p["M"]
+    dev = _device(p)
     torch.manual_seed(0)
-    pos = torch.rand(N, 3)
+    pos = torch.rand(N, 3).to(dev)
     sides = {"ours": Side(lambda: farthest_point_sampling(pos, count=M))}
     limit = p["brute_fps_iters"]
+    unable = _fails_on_device(lambda: brute_fps(pos[:4], 2), dev)
+    if unable:
+        sides["brute"] = Side(None, skip=f"skipped on {dev.type}: reference brute_fps {unable}")
+        return Built(sides)
     if M > limit:
         sides["brute"] = Side(lambda: brute_fps(pos, M, iterations=limit), scale=M / limit,
                               note=f"estimated from {limit} of {M} iterations")
@@ -295,7 +368,7 @@ def _build_fps(p: Dict[str, Any]) -> Built:
         m = min(M, 64)
         ours = farthest_point_sampling(pos, count=M)[:m]
         theirs = brute_fps(pos, M, iterations=m)[:m]
-        return {"fps: first 64 indices differing": float((ours != theirs).sum())}
+        return {"fps: first 64 indices differing": float((ours.cpu() != theirs.cpu()).sum())}
 
     return Built(sides, check=check)
 
@@ -309,26 +382,45 @@ def _build_classifier(p: Dict[str, Any]) -> Built:
     from pcattn.bench.reference import PyGPointTransformerNet, pcattn_version
 
     B, P, classes = p["B"], p["P"], p["classes"]
+    dev, precision = _device(p), p.get("precision", "32")
     torch.manual_seed(0)
-    pos = torch.rand(B, P, 3) * 2 - 1
-    labels = torch.randint(0, classes, (B,))
+    pos = (torch.rand(B, P, 3) * 2 - 1).to(dev)
+    labels = torch.randint(0, classes, (B,)).to(dev)
     flat = pos.reshape(-1, 3)
-    batch = torch.arange(B).repeat_interleave(P)
+    batch = torch.arange(B, device=dev).repeat_interleave(P)
     theirs = PyGPointTransformerNet(3, classes, layer="pyg").train()
     ours = pcattn_version(theirs).train()
+    theirs, ours = theirs.to(dev), ours.to(dev)       # before the optimizers take their parameters
     opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-3)
     opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-3)
 
     def step(model, optimizer):
-        def run():
-            optimizer.zero_grad(set_to_none=True)
-            F.nll_loss(model(flat, flat, batch), labels).backward()
-            optimizer.step()
-        return run
+        if precision == "32":
+            def run():
+                optimizer.zero_grad(set_to_none=True)
+                F.nll_loss(model(flat, flat, batch), labels).backward()
+                optimizer.step()
+            return run
+        # Mixed precision as it is trained: autocast around the forward pass and the loss; fp16 with a
+        # gradient scaler (one per side, so both sides pay for it alike).
+        scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
 
-    with torch.no_grad():  # compared before any step: training makes the two copies drift apart
+        def run_amp():
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(dev, precision):
+                loss = F.nll_loss(model(flat, flat, batch), labels)
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+        return run_amp
+
+    with torch.no_grad(), autocast(dev, precision):  # before any step: training makes the two copies drift apart
         ours.eval(), theirs.eval()
-        difference = float((ours(flat, flat, batch) - theirs(flat, flat, batch)).abs().max())
+        difference = float((ours(flat, flat, batch) - theirs(flat, flat, batch)).float().abs().max())
         ours.train(), theirs.train()
 
     def check() -> Dict[str, float]:
@@ -345,19 +437,21 @@ def _build_scale(p: Dict[str, Any]) -> Built:
     from pcattn import VectorSelfAttention
 
     N, C, k, mode = p["N"], p["C"], p["k"], p["mode"]
+    dev = _device(p)
     torch.manual_seed(0)
-    layer = VectorSelfAttention(C, C, k=k)
-    pos = torch.rand(N, 3)
-    x = torch.randn(N, C, requires_grad=(mode == "fwdbwd"))
-    return Built({"ours": Side(_fwd_or_fwdbwd(lambda: layer(x, pos), list(layer.parameters()), [x], mode))})
+    layer = VectorSelfAttention(C, C, k=k).to(dev)
+    pos = torch.rand(N, 3).to(dev)
+    x = torch.randn(N, C).to(dev).requires_grad_(mode == "fwdbwd")
+    return Built({"ours": Side(_fwd_or_fwdbwd(_amp(lambda: layer(x, pos), p), list(layer.parameters()), [x], mode))})
 
 
 def _build_ceiling(p: Dict[str, Any]) -> Built:
     """The machine's own rates: float32 matmul (GFLOP/s) and a large copy (GB/s, read + write)."""
     torch = _torch()
+    dev = _device(p)
     n, copy_mib = p["matmul_n"], p["copy_mib"]
-    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
-    src = torch.randn(copy_mib * MIB // 4)
+    a, b, c = torch.randn(n, n).to(dev), torch.randn(n, n).to(dev), torch.empty(n, n, device=dev)
+    src = torch.randn(copy_mib * MIB // 4).to(dev)
     dst = torch.empty_like(src)
     return Built({"matmul": Side(lambda: torch.mm(a, b, out=c)), "copy": Side(lambda: dst.copy_(src))},
                  extra={"matmul_flops": 2.0 * n ** 3, "copy_bytes": 2.0 * copy_mib * MIB})
@@ -370,10 +464,24 @@ BUILDERS: Dict[str, Callable[[Dict[str, Any]], Built]] = {
 
 
 # ============================================================================ the cases of a run
+def memory_budget_gib(args: argparse.Namespace) -> float:
+    """``--memory-budget-gib``, or its default on the CPU when not given (the harness resolves the
+    CUDA default from the GPU's memory before building the cases)."""
+    budget = getattr(args, "memory_budget_gib", None)
+    return CPU_MEMORY_BUDGET_GIB if budget is None else float(budget)
+
+
 def build_cases(args: argparse.Namespace) -> List[Case]:
-    """The cases that ``args`` (see :func:`pcattn.bench.harness.add_arguments`) ask for."""
+    """The cases that ``args`` (see :func:`pcattn.bench.harness.add_arguments`) ask for.
+
+    With ``--device cuda`` the cases are the same (plus a small classifier case in ``--quick``, the
+    smoke test of ``--precision``), each under the one allocator column ``"cuda"``, and the machine
+    ceiling measures the GPU with larger operands.
+    """
     quick = args.quick
-    both = list(args.allocators)
+    cuda = getattr(args, "device", "cpu") == "cuda"
+    both = [CUDA_ALLOCATOR] if cuda else list(args.allocators)
+    single = [CUDA_ALLOCATOR] if cuda else ["default"]
     R = args.processes if args.processes else (1 if quick else 3)
     cases: List[Case] = []
     if quick:
@@ -387,22 +495,22 @@ def build_cases(args: argparse.Namespace) -> List[Case]:
             cases.append(Case(f"vector {maths}-maths {mode} B={B} P={P} C={C} k={k}", "vector",
                               dict(B=B, P=P, C=C, k=k, maths=maths, mode=mode), sides, both, R,
                               1, 2 if quick else 4, "layers"))
-    budget = args.memory_budget_gib
+    budget = memory_budget_gib(args)
     lucid_sizes = [(1, 256)] if quick else [(1, 1024), (1, 4096), (B, P)]
     for lb, lp in lucid_sizes:
         # Where the guard will refuse lucidrains' side, only ours runs: once, one allocator.
         guarded = lucidrains_bytes(lb, lp, C) > budget * GIB
         cases.append(Case(f"vector paper-maths fwdbwd B={lb} P={lp} (kNN inside)", "lucidrains",
                           dict(B=lb, P=lp, C=C, k=k, mode="fwdbwd", memory_budget_gib=budget),
-                          ["ours", "lucidrains"], ["default"] if quick or guarded else both,
+                          ["ours", "lucidrains"], single if quick or guarded else both,
                           1 if quick or guarded else 2, 1, 2 if quick else 3, "layers"))
     for sk in (16, None):
         sB, sP = (2, 256) if quick else (B, P)
         cases.append(Case(f"scalar k={sk or 'all'} fwdbwd B={sB} P={sP} C={C}", "scalar",
                           dict(B=sB, P=sP, C=C, k=sk, mode="fwdbwd"), ["ours", "reference"],
-                          both if not quick else ["default"], 1 if quick else 2, 1, 2 if quick else 4, "layers"))
+                          both if not quick else single, 1 if quick else 2, 1, 2 if quick else 4, "layers"))
     sizes = [1000] if quick else [1000, 16000, 100000, 1000000]
-    geo_alloc = ["default"] if quick else both
+    geo_alloc = single if quick else both
     for N in sizes:
         rows = 4096 if N <= 100000 else 512            # brute force at 1M: ~3 s per 512 query rows
         cases.append(Case(f"knn k=16 N={N}", "knn", dict(N=N, k=16, brute_max=20000, brute_rows=rows),
@@ -419,11 +527,19 @@ def build_cases(args: argparse.Namespace) -> List[Case]:
                           dict(B=16, P=1024, classes=40), ["ours", "pyg-example"], both, 2, 1, 3,
                           "classifier", unit="samples/s"))
         cases.append(Case("scale: VectorSelfAttention C=32 k=16 inference N=1M", "scale",
-                          dict(N=1_000_000, C=32, k=16, mode="fwd"), ["ours"], ["default"], 1, 1, 1, "scale"))
+                          dict(N=1_000_000, C=32, k=16, mode="fwd"), ["ours"], single, 1, 1, 1, "scale"))
         cases.append(Case("scale: VectorSelfAttention C=32 k=16 fwd+bwd N=100k", "scale",
-                          dict(N=100_000, C=32, k=16, mode="fwdbwd"), ["ours"], ["default"], 1, 1, 2, "scale"))
-    cases.append(Case("machine ceiling", "ceiling", dict(matmul_n=1024 if quick else 2048, copy_mib=256),
-                      ["matmul", "copy"], ["default"], 1, 1, 3 if quick else 5, "ceiling", unit="ceiling"))
+                          dict(N=100_000, C=32, k=16, mode="fwdbwd"), ["ours"], single, 1, 1, 2, "scale"))
+    elif cuda:  # the GPU smoke test also runs the classifier (the case --precision is meant for)
+        cases.append(Case("classifier train step (PyG example network) B=4 P=512 classes=40", "classifier",
+                          dict(B=4, P=512, classes=40), ["ours", "pyg-example"], single, 1, 1, 2,
+                          "classifier", unit="samples/s"))
+    if cuda:    # a GPU needs larger operands than a CPU to reach its rates
+        ceiling = dict(matmul_n=4096, copy_mib=1024)
+    else:
+        ceiling = dict(matmul_n=1024 if quick else 2048, copy_mib=256)
+    cases.append(Case("machine ceiling", "ceiling", ceiling,
+                      ["matmul", "copy"], single, 1, 1, 3 if quick else 5, "ceiling", unit="ceiling"))
     if quick:   # the smoke test's budget: extra memory-only processes for the main layer case only
         for case in cases:
             case.memory_probe = case.kind == "vector"

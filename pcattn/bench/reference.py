@@ -177,8 +177,8 @@ def brute_fps(pos: Tensor, count: int, iterations: Optional[int] = None, start: 
     (only that many entries are filled in; the benchmark times a slice of a long run).
     """
     n = pos.shape[0]
-    chosen = torch.empty(count, dtype=torch.long)
-    nearest = torch.full((n,), float("inf"), dtype=pos.dtype)
+    chosen = torch.empty(count, dtype=torch.long, device=pos.device)
+    nearest = torch.full((n,), float("inf"), dtype=pos.dtype, device=pos.device)
     last = start
     for i in range(iterations or count):
         chosen[i] = last

@@ -33,21 +33,36 @@ def _fmt_mem(entry: Dict[str, Any]) -> str:
 
 
 def markdown(results: List[Dict[str, Any]], config: Dict[str, Any]) -> str:
-    """The report of ``results`` (records of :func:`pcattn.bench.harness.run_case`) run under ``config``."""
+    """The report of ``results`` (records of :func:`pcattn.bench.harness.run_case`) run under ``config``.
+
+    ``config["device"]`` (``"cpu"``, or ``"cuda (GPU name, memory)"``) picks how peaks are described
+    and names the ceiling; ``config["precision"]`` other than ``"32"`` adds a note.
+    """
+    cuda = str(config.get("device", "cpu")).startswith("cuda")
+    if cuda:
+        peaks = ("Peaks in MiB: torch.cuda.max_memory_allocated during a timed call above the memory allocated "
+                 "just before it (max over the timed calls; tensors only, not the allocator's cache).")
+    else:
+        peaks = ("Peaks in MiB above the process's resident size after setup (first call in a fresh process).")
     lines = ["## pcattn benchmark", "",
              "Configuration: " + ", ".join(f"{k}={v}" for k, v in config.items()), "",
              "Times in ms: median (min-max) over all timed calls of all processes. Speedup = theirs / ours "
-             "(> 1: ours faster); memory = our peak / their peak (< 1: ours smaller). Peaks in MiB above the "
-             "process's resident size after setup (first call in a fresh process). `est.` = extrapolated from a "
-             "slice of the work. check = max abs difference of outputs (and input gradients) against ours.", "",
+             "(> 1: ours faster); memory = our peak / their peak (< 1: ours smaller). " + peaks + " `est.` = "
+             "extrapolated from a slice of the work. check = max abs difference of outputs (and input gradients) "
+             "against ours.", "",
              "| case | allocator | ours time | ours MiB | other | other time | other MiB | speedup | memory | check |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     extras = []
+    precision = str(config.get("precision", "32"))
+    if precision != "32":
+        extras.append(f"- Precision {precision}: torch.autocast around the forward passes of every side of the "
+                      "layer and classifier cases (their checks too); geometry and ceiling in float32.")
     for rec in results:
         sides = rec["sides"]
         if rec["unit"] == "ceiling":
             ex = rec["extra"]
-            extras.append(f"- Machine ceiling ({rec['allocator']}): matmul {rec['params']['matmul_n']}^2 float32 "
+            extras.append(f"- {'GPU' if cuda else 'Machine'} ceiling ({rec['allocator']}): matmul "
+                          f"{rec['params']['matmul_n']}^2 float32 "
                           f"{ex.get('matmul_gflops', float('nan')):.1f} GFLOP/s; copy {rec['params']['copy_mib']} MiB "
                           f"{ex.get('copy_gbs', float('nan')):.1f} GB/s (read + write), best of "
                           f"{sides.get('matmul', {}).get('n', 0)}.")
