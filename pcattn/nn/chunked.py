@@ -286,10 +286,12 @@ class NeighborhoodAttention(nn.Module):
     and ``_pair_modules()`` (the modules used inside ``_pairs``).
     """
 
-    record_attention: bool
-    last_attention: Optional[RecordedAttention]
-    chunk_size: Optional[int]
-    checkpoint: bool
+    def __init__(self, in_channels: int, out_channels: Optional[int], chunk_size: Optional[int], checkpoint: bool):
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels or in_channels
+        self.chunk_size, self.checkpoint = chunk_size, checkpoint
+        self.record_attention = False
+        self.last_attention: Optional[RecordedAttention] = None
 
     def _pair_modules(self) -> Tuple[Optional[nn.Module], ...]:
         raise NotImplementedError

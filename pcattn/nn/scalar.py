@@ -71,22 +71,19 @@ class ScalarSelfAttention(NeighborhoodAttention):
         chunk_size: Optional[int] = None,
         checkpoint: bool = True,
     ):
-        super().__init__()
-        out_channels = out_channels or in_channels
         if k is not None and k < 1:
             raise ValueError(f"k must be >= 1 or None (whole cloud), got {k}")
         if heads < 1:
             raise ValueError(f"heads must be >= 1, got {heads}")
         if positional_encoding not in ("mlp", "none"):
             raise ValueError(f"positional_encoding must be mlp or none, got {positional_encoding!r}")
+        super().__init__(in_channels, out_channels, chunk_size, checkpoint)
+        out_channels = self.out_channels
         dq = qk_channels or max(1, out_channels // heads)
         dv = v_channels or max(1, out_channels // heads)
-        self.in_channels, self.out_channels, self.k, self.heads = in_channels, out_channels, k, heads
+        self.k, self.heads = k, heads
         self.qk_channels, self.v_channels = dq, dv
         self.positional_encoding = positional_encoding
-        self.chunk_size, self.checkpoint = chunk_size, checkpoint
-        self.record_attention = False
-        self.last_attention: Optional[RecordedAttention] = None
         self.to_query = nn.Linear(in_channels, heads * dq, bias=bias)
         self.to_key = nn.Linear(in_channels, heads * dq, bias=bias)
         self.to_value = nn.Linear(in_channels, heads * dv, bias=bias)

@@ -101,8 +101,8 @@ class VectorSelfAttention(NeighborhoodAttention):
         chunk_size: Optional[int] = None,
         checkpoint: bool = True,
     ):
-        super().__init__()
-        out_channels = out_channels or in_channels
+        super().__init__(in_channels, out_channels, chunk_size, checkpoint)
+        out_channels = self.out_channels
         groups = groups or out_channels
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -112,12 +112,9 @@ class VectorSelfAttention(NeighborhoodAttention):
             raise ValueError(f"relation must be subtraction, addition, hadamard or concat, got {relation!r}")
         if normalization not in ("softmax", "sigmoid", "l1relu"):
             raise ValueError(f"normalization must be softmax, sigmoid or l1relu, got {normalization!r}")
-        self.in_channels, self.out_channels, self.k, self.groups = in_channels, out_channels, k, groups
+        self.k, self.groups = k, groups
         self.relation, self.normalization = relation, normalization
-        self.chunk_size, self.checkpoint = chunk_size, checkpoint
         self.fold_linear_encoding = True
-        self.record_attention = False
-        self.last_attention: Optional[RecordedAttention] = None
 
         C = out_channels
         self.to_query = nn.Linear(in_channels, C, bias=bias)   # phi
