@@ -120,7 +120,7 @@ def run_train(args: argparse.Namespace) -> int:
             config.out = f"runs/{probe.dataset}-{probe.model}"
         config = merge_resume_config(config, explicit)
         summary = train(config)
-    except (OSError, ValueError, CheckpointError) as error:  # OSError: missing files, a failed download
+    except (OSError, ValueError, CheckpointError, FloatingPointError) as error:  # OSError: files, disk, lock
         print(f"pcattn train: error: {error}", file=sys.stderr)
         return 2
     evaluation = summary.get("eval")
@@ -149,19 +149,24 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .engine import CheckpointError, evaluate_checkpoint
+    from .engine import CheckpointError, check_writable, evaluate_checkpoint
 
     try:
+        if args.json:
+            check_writable(args.json)  # before the evaluation, not after it
         result = evaluate_checkpoint(args.checkpoint, votes=args.votes, device=args.device,
                                      batch_size=args.batch_size, num_workers=args.num_workers, seed=args.seed,
                                      data_root=args.data_root, progress=args.progress, precision=args.precision)
-    except (FileNotFoundError, ValueError, CheckpointError) as error:
+    except (OSError, ValueError, CheckpointError) as error:  # OSError: e.g. --data-root is a file
         print(f"pcattn eval: error: {error}", file=sys.stderr)
         return 2
     print(format_evaluation(result))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        try:
+            Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        except OSError as error:
+            print(f"pcattn eval: error: {args.json}: {error.strerror or error}", file=sys.stderr)
+            return 2
         print(f"wrote {args.json}")
     return 0
 
@@ -194,7 +199,7 @@ def run_plot(args: argparse.Namespace) -> int:
 
     try:
         written = plot_run(args.run_dir)
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:  # OSError: a read-only run folder
         print(f"pcattn plot: error: {error}", file=sys.stderr)
         return 2
     if not written:
@@ -248,8 +253,15 @@ def add_visualize_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
 def run_visualize(args: argparse.Namespace) -> int:
     from . import viz
 
+    from .engine import check_writable
+
     views = [tuple(v) for v in args.view] if args.view else args.views
+    if not Path(args.out).suffix:  # the picture is a PNG: name the file that is really written
+        args.out = f"{args.out}.png"
     try:
+        for path in (args.out, args.ply):
+            if path:
+                check_writable(path)
         classifiers = viz.load_classifiers([args.checkpoint] + ([args.compare] if args.compare else []))
         cloud = viz.checkpoint_input(classifiers[0], input_file=args.input, dataset=args.dataset, index=args.index,
                                      split=args.split, data_root=args.data_root, format=args.format,
@@ -257,7 +269,7 @@ def run_visualize(args: argparse.Namespace) -> int:
         result = viz.checkpoint_picture(classifiers, cloud, title=args.title, layers=args.layer or [None],
                                         mode=args.mode, query=args.query, reduce=args.reduce, views=views,
                                         size=(args.size, args.size), backend=args.renderer, path=args.out)
-    except (FileNotFoundError, ValueError, viz.RenderingUnavailable) as error:
+    except (OSError, ValueError, viz.RenderingUnavailable) as error:
         print(f"pcattn visualize: error: {error}", file=sys.stderr)
         return 2
 

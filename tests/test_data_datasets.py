@@ -386,7 +386,8 @@ def test_point_folder_bad_files(tmp_path):
     root = tmp_path / "folder"
     for category in ("a", "b"):
         (root / category / "train").mkdir(parents=True)
-        np.save(root / category / "train" / f"{category}_1.npy", np.ones((10, 3), dtype=np.float32))
+        np.save(root / category / "train" / f"{category}_1.npy",
+                np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32))
     (root / "b" / "train" / "b_2.obj").write_text("v 0 0 0")
     with pytest.raises(ValueError, match=r"b_2.obj: unknown extension '.obj'"):
         PointFolder(root, "train", num_points=8)

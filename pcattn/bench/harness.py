@@ -447,11 +447,18 @@ def run(args: argparse.Namespace) -> int:
         if list(args.allocators) != DEFAULT_ALLOCATORS:
             print("note: --allocators sets glibc's allocator of the CPU and is ignored with --device cuda "
                   f"(one '{CUDA_ALLOCATOR}' column)", flush=True)
+    cases = build_cases(args)
+    if not cases:
+        every = build_cases(argparse.Namespace(**{**vars(args), "cases": None}))
+        kinds = sorted({case.kind for case in every})
+        print(f"pcattn bench: error: --cases {' '.join(args.cases)} matches no case; give a word of a case name "
+              f"or a kind ({', '.join(kinds)}); names: " + "; ".join(case.name for case in every), file=sys.stderr)
+        return 2
     config = configuration(args)
     print("pcattn benchmark: " + ", ".join(f"{k}={v}" for k, v in config.items()), flush=True)
     start = time.perf_counter()
     results = []
-    for case in build_cases(args):
+    for case in cases:
         for allocator in case.allocators:
             t0 = time.perf_counter()
             record = run_case(case, allocator, args, print)

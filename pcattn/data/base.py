@@ -28,6 +28,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .io import check_link
+
 CACHE_VERSION = 1
 SAMPLING_METHODS = ("first", "fps", "random")
 
@@ -97,8 +99,14 @@ def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
 
 
 def visible_dirs(folder: Path) -> List[Path]:
-    """The sub-folders of ``folder`` in name order, leaving out hidden ones (``.git``, ``__MACOSX``)."""
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+    """The sub-folders of ``folder`` in name order, leaving out hidden ones (``.git``, ``__MACOSX``).
+
+    Files beside them are left out too; a symbolic link that leads nowhere (broken, or a loop) is
+    an error naming it, never a silently missing class."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith((".", "__")))
+    for entry in entries:
+        check_link(entry)
+    return [p for p in entries if p.is_dir()]
 
 
 def scan_class_folders(root: Path, classes: Sequence[str], split: str, extensions: Sequence[str],
@@ -106,7 +114,8 @@ def scan_class_folders(root: Path, classes: Sequence[str], split: str, extension
     """The shapes of the layout ``root/<class>/<split>/<name>.<ext>``, one :class:`Item` per file.
 
     The label of a file is its class's index in ``classes``; files come in name order, hidden
-    files and sub-folders are skipped. Every other file must have one of ``extensions``
+    files (``.name``) are skipped. A sub-folder, a broken symbolic link or a loop of links is an
+    error naming it; every other file must have one of ``extensions``
     (lower-case, with the dot). Errors name the folder or file: a class without a ``split``
     folder; a file of another extension (``"<path>: <unknown> '<ext>'; expected one of ..."``);
     a split folder without files (``"<folder>: class folder has no <files_name>"``).
@@ -116,8 +125,14 @@ def scan_class_folders(root: Path, classes: Sequence[str], split: str, extension
         folder = root / category / split
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: class folder {category!r} has no '{split}' folder")
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
         for path in files:
+            check_link(path)
+            if path.is_dir():
+                raise ValueError(f"{path}: a folder inside {folder}; sub-folders of a split folder are not read "
+                                 f"(move its files up, or remove it)")
+            if not path.is_file():
+                raise ValueError(f"{path}: not a regular file")
             if path.suffix.lower() not in extensions:
                 raise ValueError(f"{path}: {unknown} {path.suffix!r}; expected one of {tuple(extensions)}")
         if not files:

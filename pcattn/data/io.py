@@ -17,6 +17,7 @@ blank lines, and checks every count.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
@@ -35,38 +36,103 @@ __all__ = [
     "read_text_points",
     "sample_mesh_surface",
     "check_cloud",
+    "check_extent",
+    "check_link",
 ]
 
 
+def check_link(path: Path) -> None:
+    """Raise a named error for a symbolic link that leads nowhere: ``FileNotFoundError`` for a broken
+    link (naming its target), ``ValueError`` for a loop of links. Anything else passes."""
+    if not path.is_symlink() or path.exists():
+        return
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ValueError(f"{path}: symbolic link loop (the links lead back to themselves); remove it") from None
+    raise FileNotFoundError(f"{path}: broken symbolic link to {os.readlink(path)!r} (the target does not exist)")
+
+
 def _require_file(path: Path) -> None:
+    check_link(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
+    if path.is_dir():
+        raise ValueError(f"{path}: a folder, not a file")
     if not path.is_file():
         raise ValueError(f"{path}: not a regular file")
 
 
-def check_cloud(path: PathLike, points: np.ndarray, min_columns: int = 3) -> np.ndarray:
-    """Check a parsed cloud: 2-D, at least ``min_columns`` columns, non-empty, finite.
+# float32 arithmetic squares coordinates (distances, normalisation): above ~1.8e19 that overflows.
+MAX_COORDINATE = 1e18
+# A cloud whose median point is this much closer to the centre than its farthest point collapses to
+# one point when scaled to the unit sphere (one outlier coordinate): an error, not a silent result.
+DEGENERATE_RATIO = 1e-6
+
+
+def check_cloud(path: PathLike, points: np.ndarray, min_columns: int = 3, positions: bool = True) -> np.ndarray:
+    """Check a parsed cloud: 2-D real numbers, at least ``min_columns`` columns, non-empty, finite,
+    and (``positions``) coordinates that can be normalised (:func:`check_extent`).
 
     Args:
         path: the file the cloud came from (only used in messages).
         points: ``(P, C)`` array.
         min_columns: smallest acceptable ``C``.
+        positions: the first 3 columns are positions (``False`` for normals).
 
     Returns:
         ``points`` as float32 ``(P, C)``.
     """
     points = np.asarray(points)
+    if points.dtype.kind not in "fiu":
+        raise ValueError(f"{path}: values of type {points.dtype}, expected real numbers (float or int)")
     if points.ndim != 2 or points.shape[1] < min_columns:
         raise ValueError(f"{path}: expected an array of shape (P, >={min_columns}), got {tuple(points.shape)}")
     if points.shape[0] == 0:
         raise ValueError(f"{path}: empty point cloud (0 points)")
-    points = points.astype(np.float32, copy=False)
     finite = np.isfinite(points).all(axis=1)
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
         raise ValueError(f"{path}: non-finite value (NaN or inf) in point {row} (0-based)")
-    return points
+    with np.errstate(over="ignore"):
+        converted = points.astype(np.float32, copy=False)
+    overflow = ~np.isfinite(converted).all(axis=1)
+    if overflow.any():
+        row = int(np.flatnonzero(overflow)[0])
+        raise ValueError(f"{path}: value beyond float32's range (about 3.4e38) in point {row} (0-based)")
+    if positions:
+        check_extent(path, points)
+    return converted
+
+
+def check_extent(path: PathLike, points: np.ndarray, what: str = "point") -> None:
+    """Refuse positions (the first 3 columns of ``points``) that cannot be normalised to the unit
+    sphere: a coordinate above :data:`MAX_COORDINATE`, every point at the same place, or one point so
+    far out (:data:`DEGENERATE_RATIO`) that scaling would collapse the others into one.
+
+    Raises:
+        ValueError: naming ``path`` and the point (0-based) at fault.
+    """
+    xyz = np.asarray(points, dtype=np.float64)[:, :3]
+    magnitude = np.abs(xyz).max(axis=1)
+    too_large = np.flatnonzero(magnitude > MAX_COORDINATE)
+    if too_large.size:
+        row = int(too_large[0])
+        raise ValueError(f"{path}: coordinate {magnitude[row]:.3g} of {what} {row} (0-based) is too large (above "
+                         f"{MAX_COORDINATE:.0e}, float32 arithmetic overflows); fix or remove that {what}")
+    # Distances from the median point: an outlier pulls the mean towards itself, not the median.
+    distance = np.linalg.norm(xyz - np.median(xyz, axis=0), axis=1)
+    radius = float(distance.max())
+    if radius == 0:
+        raise ValueError(f"{path}: all {len(xyz)} {what}s are at the same position: the cloud has no extent to "
+                         f"normalise")
+    median = float(np.median(distance))
+    if median < radius * DEGENERATE_RATIO:
+        row = int(np.argmax(distance))
+        raise ValueError(f"{path}: {what} {row} (0-based) lies {radius:.3g} from the median {what}, over "
+                         f"{1 / DEGENERATE_RATIO:.0e} times farther than half of the {what}s; scaling to the unit "
+                         f"sphere would collapse the rest of the cloud into one point (an outlier coordinate?)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,6 +245,7 @@ def _parse_vertices(path: Path, rows, exact: bool = True) -> np.ndarray:
     if bad.any():
         number = rows[int(np.flatnonzero(bad)[0])][0]
         raise ValueError(f"{path}, line {number}: non-finite vertex coordinate (NaN or inf)")
+    check_extent(path, vertices, what="vertex")
     return vertices
 
 
@@ -338,11 +405,72 @@ def _raise_first_bad_line(path: Path, lines, width: int, min_columns: int) -> No
     raise ValueError(f"{path}: could not parse point file")  # pragma: no cover
 
 
+_PLY_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
+              "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+
+
+def _declared_size(path: Path, data: bytes) -> Optional[Tuple[str, int, int]]:
+    """From a PLY or PCD header: ``(encoding, points, bytes per point)`` of its points, or ``None``
+    when the header cannot tell (list properties, compressed data, an unreadable header)."""
+    if path.suffix.lower() == ".ply":
+        end = data.find(b"end_header")
+        lines = data[:end].decode("ascii", errors="replace").splitlines() if end >= 0 else []
+        fields = [line.split() for line in lines]
+        encoding = next((f[1] for f in fields if f[:1] == ["format"] and len(f) > 1), None)
+        elements = [f for f in fields if f[:1] in (["element"], ["property"])]
+        if not elements or elements[0][:2] != ["element", "vertex"] or len(elements[0]) < 3:
+            return None
+        row = 0
+        for field in elements[1:]:
+            if field[0] == "element":
+                break
+            if len(field) < 3 or field[1] == "list" or field[1] not in _PLY_SIZES:
+                return None
+            row += _PLY_SIZES[field[1]]
+        return (encoding or "?", int(elements[0][2]) if elements[0][2].isdigit() else -1, row)
+    header = {}
+    for line in data.decode("ascii", errors="replace").splitlines():
+        parts = line.split()
+        if parts and parts[0].isupper():
+            header[parts[0]] = parts[1:]
+        if parts[:1] == ["DATA"]:
+            break
+    try:
+        row = sum(int(s) * int(c) for s, c in zip(header["SIZE"], header.get("COUNT", ["1"] * len(header["SIZE"]))))
+        return header["DATA"][0], int(header["POINTS"][0]), row
+    except (KeyError, IndexError, ValueError):
+        return None
+
+
+def _check_complete(path: Path) -> None:
+    """Open3D fills the missing points of a truncated PLY/PCD with zeros: compare the data the header
+    declares with what the file holds, and name a truncated file."""
+    data = path.read_bytes()
+    declared = _declared_size(path, data)
+    if declared is None:
+        return
+    encoding, points, row = declared
+    if path.suffix.lower() == ".ply":
+        body = data[data.find(b"end_header") + len(b"end_header"):].split(b"\n", 1)[-1]
+    else:
+        start = data.find(b"\nDATA")
+        body = data[data.find(b"\n", start + 1) + 1:] if start >= 0 else b""
+    if encoding.startswith("binary") and encoding != "binary_compressed":
+        have = len(body) // row if row else points
+    elif encoding == "ascii":
+        have = sum(1 for line in body.splitlines() if line.strip())
+    else:
+        return
+    if have < points:
+        raise ValueError(f"{path}: truncated file, the header declares {points} points but the file holds {have}")
+
+
 def _read_open3d(path: Path) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     try:
         import open3d as o3d  # lazy: heavy, optional outside file reading
     except ImportError as error:  # pragma: no cover
         raise ImportError(f"reading {path.suffix} files needs open3d (pip install open3d)") from error
+    _check_complete(path)
     cloud = o3d.io.read_point_cloud(str(path), print_progress=False)
     pos = np.asarray(cloud.points, dtype=np.float32)
     if pos.shape[0] == 0:
@@ -358,7 +486,8 @@ def read_point_cloud(
 ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Read a point cloud from ``.npy``, ``.txt``, ``.xyz``, ``.ply``, ``.pcd`` or ``.off``.
 
-    * ``.npy``: array ``(P, 3)`` or ``(P, >=6)`` (columns 3:6 are normals).
+    * ``.npy``: real array ``(P, 3)`` or ``(P, >=6)`` (columns 3:6 are normals); 4 or 5 columns, a
+      complex or text array is an error.
     * ``.txt`` / ``.xyz``: one point per line, whitespace or comma separated, 3 or >=6 values.
     * ``.ply`` / ``.pcd``: through Open3D (imported here, lazily); normals if the file has them.
     * ``.off``: a mesh; ``num_mesh_points`` points are sampled on its surface (area-weighted)
@@ -374,7 +503,8 @@ def read_point_cloud(
 
     Raises:
         FileNotFoundError: missing file.
-        ValueError: unknown extension, bad content, empty cloud, NaN/inf coordinates.
+        ValueError: unknown extension, a directory, bad content, empty cloud, NaN/inf coordinates,
+            coordinates that overflow or cannot be normalised (:func:`check_extent`).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -397,10 +527,13 @@ def read_point_cloud(
         points = read_text_points(path)
     else:
         pos, normals = _read_open3d(path)
-        check_cloud(path, pos)
+        pos = check_cloud(path, pos)
         if normals is not None:
-            normals = check_cloud(path, normals)
+            normals = check_cloud(path, normals, positions=False)
         return pos, normals
+    if points.shape[1] in (4, 5):
+        raise ValueError(f"{path}: {points.shape[1]} values per point; expected 3 (x y z) or at least 6 "
+                         f"(x y z nx ny nz, further columns ignored)")
     pos = np.ascontiguousarray(points[:, :3])
     normals = np.ascontiguousarray(points[:, 3:6]) if points.shape[1] >= 6 else None
     return pos, normals

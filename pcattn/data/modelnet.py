@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .base import (Item, PointCloudDataset, normalize_unit_sphere, resample_rows, scan_class_folders,
                    visible_dirs)
-from .io import read_off, read_text_points, sample_mesh_surface
+from .io import check_extent, read_off, read_text_points, sample_mesh_surface
 
 __all__ = ["ModelNetOFF", "ModelNetNormalResampled", "ModelNetHDF5", "read_split_list"]
 
@@ -174,6 +174,38 @@ def _batched_fps(clouds: np.ndarray, count: int, chunk: int = 256) -> np.ndarray
     return np.concatenate(out)
 
 
+def _h5_numbers(handle, name: str, path: Path) -> np.ndarray:
+    """The HDF5 dataset ``name`` as a float32 (``label``: as stored) array, with named errors for a
+    group in its place, or values that are not real numbers."""
+    import h5py
+
+    node = handle[name]
+    if not isinstance(node, h5py.Dataset):
+        raise ValueError(f"{path}: {name!r} is an HDF5 {type(node).__name__.lower()}, expected a dataset of numbers")
+    values = node[()]
+    if not isinstance(values, np.ndarray) or values.dtype.kind not in "fiu":
+        kind = values.dtype if isinstance(values, np.ndarray) else type(values).__name__
+        raise ValueError(f"{path}: dataset {name!r} holds {kind} values, expected real numbers")
+    if name == "label":
+        return values
+    with np.errstate(over="ignore"):
+        converted = values.astype(np.float32)
+    if np.isfinite(values).all() and not np.isfinite(converted).all():
+        raise ValueError(f"{path}: dataset {name!r} holds values beyond float32's range")
+    return converted
+
+
+def _h5_labels(label: np.ndarray, path: Path) -> np.ndarray:
+    """Integer labels; float labels are accepted only when they are whole numbers (1.0, not 1.7)."""
+    if label.dtype.kind == "f":
+        fractional = np.flatnonzero(~np.isfinite(label) | (label != np.round(label)))
+        if fractional.size:
+            row = int(fractional[0])
+            raise ValueError(f"{path}: label {float(label[row])} of shape {row} is not a whole number (class labels are "
+                             f"integers)")
+    return label.astype(np.int64)
+
+
 class ModelNetHDF5(PointCloudDataset):
     """PointNet's ``modelnet40_ply_hdf5_2048`` HDF5 files, read with h5py.
 
@@ -221,9 +253,9 @@ class ModelNetHDF5(PointCloudDataset):
                 with h5py.File(path, "r") as handle:
                     if "data" not in handle or "label" not in handle:
                         raise ValueError(f"{path}: missing dataset 'data' or 'label' (found {sorted(handle.keys())})")
-                    data = np.asarray(handle["data"], dtype=np.float32)
-                    label = np.asarray(handle["label"]).reshape(-1).astype(np.int64)
-                    normal = np.asarray(handle["normal"], dtype=np.float32) if "normal" in handle else None
+                    data = _h5_numbers(handle, "data", path)
+                    label = _h5_labels(_h5_numbers(handle, "label", path).reshape(-1), path)
+                    normal = _h5_numbers(handle, "normal", path) if "normal" in handle else None
             except OSError as error:
                 raise ValueError(f"{path}: not a readable HDF5 file ({error})") from None
             if data.ndim != 3 or data.shape[2] != 3 or data.shape[1] == 0:
@@ -239,6 +271,8 @@ class ModelNetHDF5(PointCloudDataset):
             finite = np.isfinite(data).all(axis=(1, 2))
             if not finite.all():
                 raise ValueError(f"{path}: non-finite coordinates in shape {int(np.flatnonzero(~finite)[0])}")
+            for shape in range(len(data)):
+                check_extent(f"{path}, shape {shape}", data[shape])
             cloud = data if normal is None else np.concatenate([data, normal], axis=2)
             clouds.append(cloud)
             labels.append(label)

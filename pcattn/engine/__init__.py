@@ -31,18 +31,21 @@ epoch and every random stream (torch's global RNG, which drives augmentation and
 data loader's shuffling generator), so a run killed at any point and resumed gives the same weights
 and metrics as an uninterrupted run, on the same machine and thread count.
 """
-from .checkpoint import (CHECKPOINT_KIND, FORMAT_VERSION, CheckpointError, load_checkpoint, load_model,
-                         model_from_checkpoint, save_checkpoint)
+from .checkpoint import (CHECKPOINT_KIND, FORMAT_VERSION, CheckpointError, DiskFullError, load_checkpoint,
+                         load_model, model_from_checkpoint, save_checkpoint)
 from .config import TrainConfig, merge_resume_config
 from .device import PRECISIONS, resolve_device, resolve_precision
 from .evaluation import evaluate, evaluate_checkpoint
 from .loaders import build_loaders
 from .loop import train
+from .run_folder import RunFolderInUse, check_writable
 
 __all__ = [
     "CHECKPOINT_KIND",
     "FORMAT_VERSION",
     "CheckpointError",
+    "DiskFullError",
+    "RunFolderInUse",
     "PRECISIONS",
     "TrainConfig",
     "train",
@@ -54,6 +57,7 @@ __all__ = [
     "load_model",
     "model_from_checkpoint",
     "merge_resume_config",
+    "check_writable",
     "resolve_device",
     "resolve_precision",
 ]

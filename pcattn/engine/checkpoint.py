@@ -5,14 +5,26 @@ bit for bit.
 A checkpoint is a dictionary readable with ``torch.load(weights_only=True)``: ``kind``,
 ``format_version``, ``model_config``, ``model_state``, ``classes`` (always), and for a training
 run also ``optimizer``, ``scheduler``, ``scaler`` (fp16 only, else ``None``), ``epoch``,
-``rng_state``, ``best_acc``, ``best_epoch``, ``metrics``, ``train_config`` and ``torch_version``.
+``rng_state``, ``best_acc``, ``best_epoch``, ``metrics``, ``history`` (every epoch's metrics row so
+far: ``metrics.jsonl`` is rewritten from it on resume), ``run_id`` (the run folder's identity),
+``train_config`` and ``torch_version``.
+
+Integrity: ``checksum`` holds a SHA-256 of ``model_state`` and of ``optimizer`` (names, dtypes,
+shapes and bytes of every tensor, and the plain values), computed when the dictionary is built and
+verified by :func:`load_checkpoint`; a flipped bit in a weight is a :class:`CheckpointError`, and so
+are NaN or inf weights. Checkpoints of older versions, without ``checksum``, still load (with a
+warning that they cannot be verified).
 """
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import json
 import os
 import random
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Tuple, Union
 
@@ -23,8 +35,8 @@ from torch import Tensor, nn
 from ..models import PointTransformerClassifier, create_model
 from .device import resolve_device
 
-__all__ = ["CHECKPOINT_KIND", "FORMAT_VERSION", "CheckpointError", "classifier_checkpoint", "save_checkpoint",
-           "load_checkpoint", "model_from_checkpoint", "load_model", "seed_everything", "rng_state",
+__all__ = ["CHECKPOINT_KIND", "FORMAT_VERSION", "CheckpointError", "DiskFullError", "classifier_checkpoint",
+           "save_checkpoint", "state_checksum", "load_checkpoint", "model_from_checkpoint", "load_model", "seed_everything", "rng_state",
            "set_rng_state"]
 
 CHECKPOINT_KIND = "pcattn-classifier"
@@ -33,16 +45,69 @@ _REQUIRED_KEYS = ("kind", "format_version", "model_config", "model_state", "clas
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used: unreadable, truncated, or not a pcattn classifier."""
+    """A checkpoint file that cannot be used: unreadable, truncated, corrupt (checksum), non-finite
+    weights, or not a pcattn classifier."""
+
+
+class DiskFullError(OSError):
+    """A file could not be written for lack of space (or over a file-size limit); what was on disk
+    before is intact."""
+
+
+# The errors of a write that ran out of room: no space, over quota, over the file-size limit.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def raise_if_disk_full(error: OSError, path: Path, kept: str) -> None:
+    """Re-raise ``error`` (from writing ``path``) as a :class:`DiskFullError` saying ``kept`` is intact,
+    when it is a lack of space; otherwise return."""
+    if isinstance(error, OSError) and error.errno in _NO_ROOM:
+        raise DiskFullError(error.errno, f"{path}: the disk is full ({os.strerror(error.errno)}) while writing it; "
+                            f"{kept} is intact. Free some space and run again") from None
+
+
+def state_checksum(value: Any) -> str:
+    """SHA-256 of a nested structure of tensors and plain values (a ``state_dict``, an optimizer's
+    state): key names, dtypes, shapes and bytes, in a fixed order."""
+    digest = hashlib.sha256()
+    _update_digest(digest, value)
+    return digest.hexdigest()
+
+
+def _update_digest(digest, value: Any) -> None:
+    if isinstance(value, Tensor):
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"T{flat.dtype}{tuple(value.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    elif isinstance(value, dict):
+        digest.update(b"{")
+        for key in sorted(value, key=str):
+            digest.update(repr(key).encode())
+            _update_digest(digest, value[key])
+        digest.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        digest.update(b"[")
+        for item in value:
+            _update_digest(digest, item)
+        digest.update(b"]")
+    else:
+        digest.update(repr(value).encode())
+
+
+def _checksums(checkpoint: Dict[str, Any]) -> Dict[str, str]:
+    return {key: state_checksum(checkpoint[key]) for key in ("model_state", "optimizer")
+            if checkpoint.get(key) is not None}
 
 
 # ============================================================================ writing and reading
 def classifier_checkpoint(model: nn.Module, classes: List[str], **extra: Any) -> Dict[str, Any]:
     """The checkpoint dictionary of ``model`` (a :class:`PointTransformerClassifier`) and its class
     names, with ``extra`` entries (``epoch``, ``optimizer``, ...)."""
-    return {"kind": CHECKPOINT_KIND, "format_version": FORMAT_VERSION, "model_config": model.config,
-            "model_state": model.state_dict(), "classes": list(classes), **extra,
-            "torch_version": str(torch.__version__)}
+    checkpoint = {"kind": CHECKPOINT_KIND, "format_version": FORMAT_VERSION, "model_config": model.config,
+                  "model_state": model.state_dict(), "classes": list(classes), **extra,
+                  "torch_version": str(torch.__version__)}
+    checkpoint["checksum"] = _checksums(checkpoint)
+    return checkpoint
 
 
 def save_checkpoint(path, checkpoint: Dict[str, Any]) -> Path:
@@ -52,22 +117,32 @@ def save_checkpoint(path, checkpoint: Dict[str, Any]) -> Path:
     renamed over ``path``: a run killed mid-write leaves the previous checkpoint intact, never
     a truncated one. Everything in it must be loadable with ``torch.load(weights_only=True)``
     (tensors, numbers, strings, lists, dicts).
+
+    Raises:
+        DiskFullError: no space left (or a file-size limit): the message says so and that the
+            previous ``path`` is intact.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Serialise in memory first: torch's writer reports a full disk as an opaque RuntimeError
+    # ("unexpected pos"), a plain write() raises OSError with its errno.
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint is an ordinary file
         with os.fdopen(handle, "wb") as stream:
-            torch.save(checkpoint, stream)
+            stream.write(buffer.getbuffer())
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         try:
             os.unlink(temporary)
         except FileNotFoundError:
             pass
+        if isinstance(error, OSError):
+            raise_if_disk_full(error, path, f"the previous {path.name}" if path.exists() else "nothing else")
         raise
     try:  # make the rename itself durable
         directory = os.open(path.parent, os.O_RDONLY)
@@ -128,7 +203,30 @@ def load_checkpoint(path, map_location: Union[str, torch.device] = "cpu") -> Dic
     missing = [key for key in _REQUIRED_KEYS if key not in checkpoint]
     if missing:
         raise CheckpointError(f"{path}: incomplete pcattn checkpoint, missing {missing}")
+    verify_checkpoint(checkpoint, path)
     return checkpoint
+
+
+def verify_checkpoint(checkpoint: Dict[str, Any], path) -> None:
+    """Check the stored checksums and that every floating-point weight is finite.
+
+    Raises:
+        CheckpointError: a checksum that does not match (the file was damaged after it was written),
+            or a weight holding NaN or inf.
+    """
+    stored = checkpoint.get("checksum")
+    if stored is None:
+        warnings.warn(f"{path}: written by an older pcattn without a checksum; its integrity cannot be verified "
+                      f"(saving it again adds one)")
+    else:
+        for key, value in _checksums(checkpoint).items():
+            if key in stored and stored[key] != value:
+                raise CheckpointError(f"{path}: checksum mismatch in {key!r}: the file was damaged after it was "
+                                      f"written (a changed byte); use another checkpoint (last.pt / best.pt)")
+    for name, tensor in checkpoint["model_state"].items():
+        if isinstance(tensor, Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: weight {name!r} holds NaN or inf values; the model cannot be used "
+                                  f"(a diverged run or a damaged file)")
 
 
 def model_from_checkpoint(checkpoint: Dict[str, Any], path="checkpoint") -> PointTransformerClassifier:

@@ -4,6 +4,8 @@ the options given again)."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
@@ -12,7 +14,7 @@ from ..models import MODEL_CONFIGS
 from .checkpoint import load_checkpoint
 from .device import check_precision_name
 
-__all__ = ["TrainConfig", "RESULT_FIELDS", "check_resume_settings", "merge_resume_config"]
+__all__ = ["TrainConfig", "RESULT_FIELDS", "check_resume_settings", "merge_resume_config", "read_run_config"]
 
 # TrainConfig fields that change what a run computes: a resumed run must not change them.
 RESULT_FIELDS = ("dataset", "format", "data_root", "model", "attention", "batch_size", "num_points", "use_normals",
@@ -58,7 +60,9 @@ class TrainConfig:
         num_workers: data-loading processes.
         threads: ``torch.set_num_threads`` for the run (``None`` keeps torch's default).
         out: the run folder.
-        resume: continue the run in ``out`` from ``last.pt`` (starts afresh if there is none).
+        resume: continue the run in ``out`` from ``last.pt``; without one, start it again from its
+            ``config.json`` when it was killed before recording an epoch, refuse when it recorded
+            some, and start a new run in an empty folder.
         progress: show progress bars.
         plots: draw ``curves.png`` and ``confusion.png`` at the end.
     """
@@ -125,8 +129,15 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "num_points"):
             if int(getattr(config, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
+        for name in ("lr", "weight_decay", "momentum", "warmup", "label_smoothing"):
+            if not math.isfinite(float(getattr(config, name))):
+                raise ValueError(f"{name} must be a finite number, got {getattr(config, name)}")
         if not config.lr > 0:
             raise ValueError(f"lr must be > 0, got {config.lr}")
+        if config.weight_decay < 0 or config.momentum < 0:
+            raise ValueError(f"weight_decay and momentum must be >= 0, got {config.weight_decay} and {config.momentum}")
+        if config.threads is not None and int(config.threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {config.threads}")
         if not 0 <= config.warmup < 1:
             raise ValueError(f"warmup is a fraction of the iterations in [0, 1), got {config.warmup}")
         if not 0 <= config.label_smoothing < 1:
@@ -154,15 +165,48 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# Arguments of the attention layers that the model sets itself, stage by stage.
+_MODEL_SET_OPTIONS = ("in_channels", "out_channels", "k", "groups", "heads")
+
+
 def _check_attention_options(attention: str, options: Dict[str, Any]) -> None:
-    """Build one layer with ``options`` so a bad name or value fails before any data is loaded."""
+    """Build one layer with ``options`` and run it on a small cloud, so a bad name or value fails
+    (as a ``ValueError`` naming the options) before any data is loaded or the run folder is touched."""
+    import torch
+
     from ..nn import ScalarSelfAttention, VectorSelfAttention
 
+    taken = [key for key in options if key in _MODEL_SET_OPTIONS]
+    if taken:
+        raise ValueError(f"attention option {', '.join(map(repr, taken))} is set by the model itself (stage by "
+                         f"stage: its widths, k, groups/group_size, heads); choose another --model, or build one "
+                         f"with pcattn.models.create_model(..., groups=..., heads=..., k=...)")
     layer = VectorSelfAttention if attention == "vector" else ScalarSelfAttention
     try:
-        layer(8, 8, k=4, **({"groups": 2} if attention == "vector" else {"heads": 2}), **options)
-    except TypeError as error:
-        raise ValueError(f"attention option not accepted by {layer.__name__}: {error}") from None
+        module = layer(8, 8, k=4, **({"groups": 2} if attention == "vector" else {"heads": 2}), **options)
+        with torch.no_grad():
+            module(torch.randn(1, 6, 8), torch.randn(1, 6, 3))
+    except Exception as error:  # whatever a bad value raises, inside the layer or later in its forward
+        raise ValueError(f"attention options {options} not accepted by {layer.__name__}: "
+                         f"{type(error).__name__}: {error}") from None
+
+
+def read_run_config(out) -> Optional[Dict[str, Any]]:
+    """The saved settings of the run in the folder ``out`` (its ``config.json``), or ``None``.
+
+    Raises:
+        ValueError: ``config.json`` exists but is not a JSON object.
+    """
+    path = Path(out) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not readable JSON ({error}); the run's settings are unknown") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: expected a JSON object of settings, found {type(saved).__name__}")
+    return saved
 
 
 def check_resume_settings(config: TrainConfig, saved: Mapping[str, Any], path) -> None:
@@ -177,12 +221,20 @@ def check_resume_settings(config: TrainConfig, saved: Mapping[str, Any], path) -
 
 
 def merge_resume_config(config: TrainConfig, explicit: Sequence[str]) -> TrainConfig:
-    """For ``--resume``: the saved run's settings, overridden only by the options given explicitly
-    (``explicit`` names the :class:`TrainConfig` fields the user set)."""
-    last = Path(config.out) / "last.pt"
-    if not config.resume or not last.exists():
+    """For ``--resume``: the saved run's settings (from ``last.pt``, else from ``config.json``, which a
+    run writes before its first epoch), overridden only by the options given explicitly
+    (``explicit`` names the :class:`TrainConfig` fields the user set). A folder with neither is
+    returned as given (a new run)."""
+    out = Path(config.out)
+    if not config.resume:
         return config
-    merged = TrainConfig.from_dict(load_checkpoint(last).get("train_config") or {})
+    if (out / "last.pt").exists():
+        saved = load_checkpoint(out / "last.pt").get("train_config") or {}
+    else:
+        saved = read_run_config(out)
+        if saved is None:
+            return config
+    merged = TrainConfig.from_dict(saved)
     for name in explicit:
         setattr(merged, name, getattr(config, name))
     merged.out, merged.resume = config.out, True

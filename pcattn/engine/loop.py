@@ -1,6 +1,7 @@
 """The training loop, in the steps :func:`train` reads as:
 
-1. resolve the config, the device and the precision; check the run folder (a checkpoint to resume?);
+1. resolve the config, the device and the precision; lock the run folder and check it (a checkpoint
+   to resume?);
 2. seed every random stream and build the loaders (:mod:`~pcattn.engine.loaders`);
 3. :func:`build_training`: the model, its optimizer, the learning-rate schedule and the fp16 scaler,
    held together in a :class:`TrainingState`; :func:`restore` loads them from the checkpoint;
@@ -32,7 +33,8 @@ from .config import TrainConfig
 from .device import autocast, grad_scaler, resolve_device, resolve_precision
 from .evaluation import evaluate
 from .loaders import batch_inputs, build_loaders
-from .run_folder import append_metrics, prepare_run_folder, start_metrics, write_json
+from .run_folder import (CONFIG, METRICS, RunFolderLock, append_metrics, prepare_run_folder, remove_temporary_files,
+                         start_metrics, write_json)
 
 __all__ = ["TrainingState", "train", "build_training", "restore", "run_epoch", "train_one_epoch", "end_epoch",
            "finish_run", "lr_schedule"]
@@ -51,13 +53,15 @@ class TrainingState:
     epoch: int = 0  # the last finished epoch
     best_oa: float = -1.0
     best_epoch: int = 0
+    history: Optional[List[Dict[str, Any]]] = None  # every epoch's metrics row (metrics.jsonl is rebuilt from it)
+    run_id: str = ""  # the run folder's identity (config.json and every checkpoint carry it)
 
     def checkpoint(self, config: TrainConfig, metrics: Dict[str, Any]) -> Dict[str, Any]:
         return classifier_checkpoint(
             self.model, self.classes, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler is not None else None, epoch=self.epoch,
             rng_state=rng_state(self.generator), best_acc=self.best_oa, best_epoch=self.best_epoch,
-            metrics=metrics, train_config=config.to_dict())
+            metrics=metrics, history=list(self.history or []), run_id=self.run_id, train_config=config.to_dict())
 
 
 def train(config: TrainConfig) -> Dict[str, Any]:
@@ -67,13 +71,25 @@ def train(config: TrainConfig) -> Dict[str, Any]:
 
     Raises:
         FileExistsError: ``out`` already holds a run and ``resume`` is off.
+        RunFolderInUse: another process is training in ``out``.
         ValueError: bad settings, or ``resume`` with settings that differ from the saved run's.
+        DiskFullError: no space left for a checkpoint (the previous one is intact).
+        FloatingPointError: the training diverged (the last good checkpoint is kept).
     """
-    config = config.resolved()
+    config = config.resolved()  # every setting is checked before the run folder is touched
     device = resolve_device(config.device)
     config.precision = resolve_precision(config.precision, device)
     out = Path(config.out)
-    checkpoint = prepare_run_folder(config, out)
+    with RunFolderLock(out):
+        return _train_locked(config, device, out)
+
+
+def _train_locked(config: TrainConfig, device: torch.device, out: Path) -> Dict[str, Any]:
+    removed = remove_temporary_files(out)
+    if removed:
+        _log(f"removed {len(removed)} temporary file(s) left by an interrupted save: "
+             f"{', '.join(p.name for p in removed)}", config.progress)
+    checkpoint, run_id = prepare_run_folder(config, out)
     if config.threads is not None:
         torch.set_num_threads(int(config.threads))
     seed_everything(config.seed)
@@ -81,12 +97,14 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     train_loader, test_loader = build_loaders(config, generator)
     config.up_axis = int(train_loader.dataset.up_axis)
     state = build_training(config, list(train_loader.dataset.classes), len(train_loader), device, generator)
+    state.run_id = run_id
     if checkpoint is not None:
         restore(state, checkpoint, out / "last.pt")
         _log(f"resuming {out} after epoch {state.epoch} (best test OA so far {state.best_oa:.4f})", config.progress)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", config.to_dict())
-    metrics_path = start_metrics(out, state.epoch)
+    write_json(out / CONFIG, {**config.to_dict(), "run_id": run_id})
+    state.history = start_metrics(out, state.epoch, state.history)
+    metrics_path = out / METRICS
     parameters = sum(p.numel() for p in state.model.parameters())
     _log(f"training {config.model} ({parameters / 1e6:.2f} M parameters) on {config.dataset} "
          f"({len(train_loader.dataset)} train / {len(test_loader.dataset)} test shapes, {len(state.classes)} classes, "
@@ -96,7 +114,12 @@ def train(config: TrainConfig) -> Dict[str, Any]:
     started = time.perf_counter()
     metrics: Dict[str, Any] = {}
     for epoch in range(state.epoch + 1, config.epochs + 1):
-        metrics = run_epoch(state, epoch, train_loader, test_loader, config, device)
+        try:
+            metrics = run_epoch(state, epoch, train_loader, test_loader, config, device)
+        except FloatingPointError as error:
+            kept = f"last.pt keeps epoch {state.epoch}" if state.epoch else "no epoch was saved"
+            raise FloatingPointError(f"{error}. The run diverged: {kept}; a resume would diverge again with the "
+                                     f"same settings, so start a new run in another --out (or delete {out})") from None
         end_epoch(state, metrics, config, out, metrics_path)
     return finish_run(state, config, out, test_loader, device, metrics, time.perf_counter() - started)
 
@@ -156,6 +179,7 @@ def restore(state: TrainingState, checkpoint: Dict[str, Any], path: Path) -> Non
     set_rng_state(checkpoint["rng_state"], state.generator)
     state.epoch = int(checkpoint["epoch"])
     state.best_oa, state.best_epoch = float(checkpoint.get("best_acc", -1.0)), int(checkpoint.get("best_epoch", 0))
+    state.history = checkpoint.get("history")  # None in checkpoints of older versions: metrics.jsonl is kept
 
 
 # ============================================================================ one epoch
@@ -228,9 +252,11 @@ def end_epoch(state: TrainingState, metrics: Dict[str, Any], config: TrainConfig
     improved = metrics["test_oa"] > state.best_oa
     if improved:
         state.best_oa, state.best_epoch = metrics["test_oa"], state.epoch
+    state.history = list(state.history or []) + [metrics]
     checkpoint = state.checkpoint(config, metrics)
     # best first: a kill between the two writes then resumes from the previous last.pt and
-    # redoes this epoch, which rewrites the same best.pt.
+    # redoes this epoch, which rewrites the same best.pt. The metrics row is inside last.pt too:
+    # a kill before the append below is repaired on resume.
     if improved:
         save_checkpoint(out / "best.pt", checkpoint)
     save_checkpoint(out / "last.pt", checkpoint)

@@ -1,63 +1,206 @@
-"""The run folder on disk: the check before a run starts (a new run never overwrites one, a resumed one
-keeps its settings), ``config.json``, ``metrics.jsonl`` (one line per epoch, trimmed back to the
-resumed epoch) and the atomic JSON writer."""
+"""The run folder on disk: its lock, the check before a run starts (a new run never overwrites one, a
+resumed one keeps its settings and its identity), ``config.json``, ``metrics.jsonl`` and the atomic
+JSON writer.
+
+What a run folder guarantees:
+
+* **one run at a time**: :class:`RunFolderLock` holds an OS lock (``fcntl.flock``) on
+  ``<out>/.lock`` for the whole run; a second run on the same folder gets :class:`RunFolderInUse`
+  naming the holder's process id. The kernel drops the lock when its process dies, so a lock left
+  by a killed run never blocks.
+* **nothing overwritten**: a folder holding any of :data:`RUN_FILES` is refused without
+  ``resume``; ``resume`` without ``last.pt`` continues from ``config.json`` only when no epoch has
+  been recorded yet, and refuses (naming what is missing) otherwise.
+* **one consistent state**: each checkpoint carries every metrics row so far (``history``);
+  ``metrics.jsonl`` is rewritten from it on resume, so a kill between the checkpoint and the log
+  loses no line.
+* **identity**: ``config.json`` and every checkpoint carry the run's ``run_id``; a ``last.pt``
+  from another run is refused.
+* temporary files of a killed save (``.*.tmp``) are removed at the next start.
+"""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-from .checkpoint import load_checkpoint
-from .config import TrainConfig, check_resume_settings
+from .checkpoint import CheckpointError, load_checkpoint, raise_if_disk_full
+from .config import TrainConfig, check_resume_settings, read_run_config
 
-__all__ = ["prepare_run_folder", "write_json", "start_metrics", "append_metrics"]
+__all__ = ["check_writable", "RUN_FILES", "RunFolderInUse", "RunFolderLock", "prepare_run_folder", "read_run_config", "write_json",
+           "start_metrics", "append_metrics", "remove_temporary_files"]
 
 METRICS = "metrics.jsonl"
+CONFIG = "config.json"
+LOCK = ".lock"
+# The files a run writes: a folder holding any of them is never started afresh without resume.
+RUN_FILES = ("last.pt", "best.pt", METRICS, CONFIG, "eval.json")
 
 
-def prepare_run_folder(config: TrainConfig, out: Path) -> Optional[Dict[str, Any]]:
-    """Check the run folder; return the checkpoint to resume from (or ``None`` for a new run).
+class RunFolderInUse(OSError):
+    """Another process holds the run folder's lock."""
+
+
+class RunFolderLock:
+    """An exclusive OS lock on ``<folder>/.lock`` (``fcntl.flock``), held while the context is open.
+
+    The lock file holds the holder's process id, for the error message of the next one. The lock
+    itself lives in the kernel and goes with its process, so a killed run leaves no stale lock (the
+    file stays, harmless). Where ``fcntl`` does not exist (Windows) no lock is taken.
+
+    Raises:
+        RunFolderInUse: another process holds the lock.
+    """
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self._descriptor: Optional[int] = None
+
+    def __enter__(self) -> "RunFolderLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / LOCK
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(descriptor)
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunFolderInUse(errno.EBUSY, f"{self.folder} is in use by another pcattn run (process {holder}); "
+                                 f"wait for it to finish or choose another --out") from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        self._descriptor = descriptor
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)  # closing the last descriptor releases the flock
+            self._descriptor = None
+
+
+def check_writable(path) -> Path:
+    """Fail early, before a long computation, when the file ``path`` could not be written: its folder
+    is not a writable directory (it is created when missing). Returns ``path``.
+
+    Raises:
+        PermissionError / NotADirectoryError naming the path.
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{path}: cannot write it, {folder} is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PermissionError(f"{path}: cannot create its folder {folder} ({error.strerror})") from None
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise PermissionError(f"{path}: cannot write it, {folder if not path.exists() else path} is read-only")
+    return path
+
+
+def remove_temporary_files(out: Path) -> List[Path]:
+    """Delete the ``.*.tmp`` files that killed saves left in ``out`` (call with the lock held)."""
+    removed = []
+    for path in sorted(out.glob(".*.tmp")) if out.is_dir() else []:
+        try:
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def prepare_run_folder(config: TrainConfig, out: Path) -> Tuple[Optional[Dict[str, Any]], str]:
+    """Check the run folder (call with its lock held): ``(checkpoint to resume from or None, run_id)``.
 
     Raises:
         FileExistsError: ``out`` holds a run and ``config.resume`` is off.
+        FileNotFoundError: ``resume`` on a folder that recorded epochs but has no ``last.pt``.
         ValueError: resuming with settings that change the run's results.
+        CheckpointError: ``last.pt`` is unusable or belongs to another run.
     """
-    last = out / "last.pt"
+    present = [name for name in RUN_FILES if (out / name).exists()]
     if not config.resume:
-        if last.exists() or (out / METRICS).exists():
-            raise FileExistsError(f"{out} already holds a training run: pass --resume to continue it, or choose "
-                                  f"another --out")
-        return None
-    if not last.exists():
-        return None
-    checkpoint = load_checkpoint(last)
-    check_resume_settings(config, checkpoint.get("train_config") or {}, last)
-    return checkpoint
+        if present:
+            raise FileExistsError(f"{out} already holds a training run ({', '.join(present)}): pass --resume to "
+                                  f"continue it, or choose another --out")
+        return None, uuid.uuid4().hex
+    saved = read_run_config(out)
+    last = out / "last.pt"
+    if last.exists():
+        checkpoint = load_checkpoint(last)
+        check_resume_settings(config, checkpoint.get("train_config") or {}, last)
+        return checkpoint, _run_identity(checkpoint, saved, last)
+    progress = [name for name in present if name not in (CONFIG, METRICS)] + \
+        ([METRICS] if _metrics_rows(out / METRICS, None) else [])
+    if progress:
+        raise FileNotFoundError(f"cannot resume {out}: last.pt is missing, but the folder holds {', '.join(progress)} "
+                                f"of epochs already run; put last.pt back, or start a new run in another --out")
+    if saved is None:
+        return None, uuid.uuid4().hex  # an empty folder: nothing to resume, a new run
+    # Killed before its first checkpoint: start again with the settings it was started with.
+    check_resume_settings(config, saved, out / CONFIG)
+    return None, str(saved.get("run_id") or uuid.uuid4().hex)
+
+
+def _run_identity(checkpoint: Dict[str, Any], saved: Optional[Dict[str, Any]], path: Path) -> str:
+    """The run id shared by ``last.pt`` and ``config.json`` (older runs carry none: a new one is made)."""
+    from_checkpoint, from_folder = checkpoint.get("run_id"), (saved or {}).get("run_id")
+    if from_checkpoint and from_folder and from_checkpoint != from_folder:
+        raise CheckpointError(f"{path}: belongs to another run (run id {from_checkpoint}) than this folder's "
+                              f"config.json (run id {from_folder}), e.g. a last.pt copied from another run; put "
+                              f"this run's last.pt back or resume the other run in its own folder")
+    return str(from_checkpoint or from_folder or uuid.uuid4().hex)
 
 
 def write_json(path: Path, value: Any) -> None:
     """Write ``value`` as JSON through a temporary file, so a kill never leaves half a file."""
+    _write_text_atomic(path, json.dumps(value, indent=1) + "\n",
+                       f"the previous {path.name}" if path.exists() else "every other file")
+
+
+def _write_text_atomic(path: Path, text: str, kept: str) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise_if_disk_full(error, path, kept)
+        raise
 
 
-def start_metrics(out: Path, last_epoch: int) -> Path:
-    """Keep the ``metrics.jsonl`` lines of epochs <= ``last_epoch`` (a resumed run rewrites what came
-    after); returns the file's path."""
+def start_metrics(out: Path, last_epoch: int, history: Optional[List[Dict[str, Any]]] = None) -> List[Dict]:
+    """Rewrite ``metrics.jsonl`` as the rows of epochs <= ``last_epoch``: ``history`` (the resumed
+    checkpoint's rows) when given, else the file's own rows (checkpoints of older versions).
+    Returns the rows written."""
     path = out / METRICS
-    kept = _metrics_lines_upto(path, last_epoch)
-    path.write_text("".join(line + "\n" for line in kept))
-    return path
+    rows = list(history) if history is not None else _metrics_rows(path, last_epoch)
+    _write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows), "every checkpoint")
+    return rows
 
 
 def append_metrics(path: Path, metrics: Dict[str, Any]) -> None:
-    with path.open("a") as stream:
-        stream.write(json.dumps(metrics) + "\n")
+    try:
+        with path.open("a") as stream:
+            stream.write(json.dumps(metrics) + "\n")
+    except OSError as error:
+        raise_if_disk_full(error, path, f"the checkpoint of epoch {metrics.get('epoch')} (which holds this line too)")
+        raise
 
 
-def _metrics_lines_upto(path: Path, epoch: int) -> List[str]:
+def _metrics_rows(path: Path, epoch: Optional[int]) -> List[Dict[str, Any]]:
+    """The rows of ``metrics.jsonl`` with an integer epoch (<= ``epoch`` unless ``None``); a line cut
+    by a kill is dropped."""
     if not path.is_file():
         return []
     kept = []
@@ -66,6 +209,6 @@ def _metrics_lines_upto(path: Path, epoch: int) -> List[str]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by the kill
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] <= epoch:
-            kept.append(line)
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and (epoch is None or row["epoch"] <= epoch):
+            kept.append(row)
     return kept
