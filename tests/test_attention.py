@@ -1,5 +1,4 @@
 import copy
-import math
 
 import pytest
 import torch
@@ -7,6 +6,7 @@ from torch import nn
 
 from pcattn import ScalarSelfAttention, VectorSelfAttention
 from pcattn.nn import AttentionMap
+from pcattn.bench.reference import scalar_attention_reference, vector_attention_reference
 from pcattn.nn.geometry import knn
 
 
@@ -20,31 +20,9 @@ def make_batch(sizes=(40, 25), channels=8, dtype=torch.float32, seed=0):
 
 
 def reference_vector(layer, x, pos, neighbors):
-    """The Point Transformer formula written point by point, for the default configuration."""
-    q, k, v = layer.to_query(x), layer.to_key(x), layer.to_value(x)
-    out = []
-    for i in range(x.shape[0]):
-        js = neighbors[i][neighbors[i] >= 0]
-        delta = layer.pos_encoder(pos[i] - pos[js])                 # theta(p_i - p_j): (K, C)
-        logits = layer.mapping(q[i] - k[js] + delta)                # gamma(...): (K, G)
-        w = torch.softmax(logits, dim=0)                            # over the neighbours
-        vals = (v[js] + delta).view(len(js), layer.groups, -1)
-        out.append((w[:, :, None] * vals).sum(0).reshape(-1))
-    return torch.stack(out)
-
-
-def reference_scalar(layer, x, pos, neighbors):
-    H, d, dv = layer.heads, layer.qk_channels, layer.v_channels
-    q, k, v = layer.to_query(x), layer.to_key(x), layer.to_value(x)
-    out = []
-    for i in range(x.shape[0]):
-        js = neighbors[i][neighbors[i] >= 0]
-        delta = layer.pos_encoder(pos[i] - pos[js])
-        kj = (k[js] + delta[:, :H * d]).view(-1, H, d)
-        vj = (v[js] + delta[:, H * d:]).view(-1, H, dv)
-        w = torch.softmax((q[i].view(H, d) * kj).sum(-1) / math.sqrt(d), dim=0)   # (K, H)
-        out.append((w[:, :, None] * vj).sum(0).reshape(-1))
-    return layer.proj(torch.stack(out))
+    """The Point Transformer formula with all pairs at once (pcattn.bench.reference), from the layer's modules."""
+    return vector_attention_reference(x, pos, neighbors, layer.to_query, layer.to_key, layer.to_value,
+                                      layer.pos_encoder, layer.mapping)
 
 
 @pytest.mark.parametrize("groups", [None, 4, 1])
@@ -63,7 +41,7 @@ def test_scalar_attention_matches_formula():
     neighbors = knn(pos, 10, batch)
     out = layer(x, pos, batch, neighbors=neighbors)
     assert out.shape == (65, 12)
-    assert torch.allclose(out, reference_scalar(layer, x, pos, neighbors), atol=1e-10)
+    assert torch.allclose(out, scalar_attention_reference(layer, x, pos, neighbors), atol=1e-10)
 
 
 def test_softmax_runs_over_neighbours():
