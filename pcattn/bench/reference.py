@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn.geometry import farthest_point_sampling, knn
+from ..nn.geometry import farthest_point_sampling, knn, neighbors_to_edge_index
 
 __all__ = [
     "vector_attention_reference",
@@ -60,7 +60,8 @@ def vector_attention_reference(x: Tensor, pos: Tensor, neighbors: Tensor, to_que
             (``-1`` = empty slot, left out of the softmax).
         to_query, to_key, to_value: :math:`\varphi, \psi, \alpha`, ``C_in -> C``.
         pos_nn: :math:`\theta` (``3 -> C``) or ``None`` (no positional encoding).
-        attn_nn: :math:`\gamma` (``C -> C`` or ``C -> 1``) or ``None`` (identity).
+        attn_nn: :math:`\gamma` (``C -> G`` weights, ``G`` dividing ``C``: each weight is shared by
+            ``C / G`` channels) or ``None`` (identity).
 
     Returns:
         ``(N, C)``. The softmax runs over the K neighbours (dim 1), per channel.
@@ -74,8 +75,11 @@ def vector_attention_reference(x: Tensor, pos: Tensor, neighbors: Tensor, to_que
     if attn_nn is not None:
         logits = attn_nn(logits)
     logits = logits.masked_fill(~valid[..., None], float("-inf"))
-    weights = torch.softmax(logits, dim=1)
-    return (weights * (value[index] + delta)).sum(dim=1)
+    weights = torch.softmax(logits, dim=1)                     # (N, K, G): one weight per group of channels
+    values = value[index] + delta                              # (N, K, C)
+    n, k, c = values.shape
+    groups = weights.shape[-1]
+    return (weights[..., None] * values.view(n, k, groups, c // groups)).sum(dim=1).reshape(n, c)
 
 
 class DenseVectorAttention(nn.Module):
@@ -193,16 +197,6 @@ def pyg_mlp(channels: Sequence[int]) -> nn.Module:
     from torch_geometric.nn import MLP
 
     return MLP(list(channels), norm=None, plain_last=False)
-
-
-def neighbors_to_edge_index(neighbors: Tensor) -> Tensor:
-    """``(N, K)`` neighbour rows -> PyG ``edge_index (2, E)``: row 0 the neighbour j (source),
-    row 1 the centre i (target); ``-1`` slots dropped."""
-    n, k = neighbors.shape
-    target = torch.arange(n, device=neighbors.device).repeat_interleave(k)
-    source = neighbors.reshape(-1)
-    keep = source >= 0
-    return torch.stack([source[keep], target[keep]])
 
 
 class PyGTransformerBlock(nn.Module):

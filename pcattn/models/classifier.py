@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.blocks import PointTransformerBlock, TransitionDown
-from ..nn.geometry import check_batch, check_positions, checked_inputs, knn, to_flat
+from ..nn.geometry import check_batch, check_positions, checked_inputs, knn, knn_equal_clouds, to_flat, tracing
 
 __all__ = ["PointTransformerClassifier"]
 
@@ -112,7 +112,8 @@ class PointTransformerClassifier(nn.Module):
         if x.shape[:-1] != pos.shape[:-1] or x.shape[-1] != self.in_channels:
             raise ValueError(f"x must be {tuple(pos.shape[:-1]) + (self.in_channels,)} to match pos "
                              f"{tuple(pos.shape)}, got {tuple(x.shape)}")
-        if pos.dim() == 3:
+        dense = pos.dim() == 3
+        if dense:
             if batch is not None:
                 raise ValueError("batch is only for flat (N, 3) positions; dense (B, P, 3) input needs none")
             if pos.shape[1] == 0:
@@ -127,12 +128,14 @@ class PointTransformerClassifier(nn.Module):
             check_batch(batch, pos.shape[0], pos.device)
             B = int(batch[-1]) + 1
 
+        # Recorded by torch.compile / export, dense input is B equal-sized clouds: static-shape kNN and FPS.
+        clouds = B if tracing() and dense else None
         with checked_inputs():  # checked above: the layers below skip their checks (no host syncs)
             x = self.stem(x)
             for s, blocks in enumerate(self.stages):
                 if s > 0:
-                    x, pos, batch, _ = self.transitions[s - 1](x, pos, batch)
-                neighbors = knn(pos, self.k, batch)
+                    x, pos, batch, _ = self.transitions[s - 1](x, pos, batch, clouds)
+                neighbors = knn(pos, self.k, batch) if clouds is None else knn_equal_clouds(pos, self.k, clouds)
                 for block in blocks:
                     x = block(x, pos, batch, neighbors)
         # Average per cloud, summed in at least float32 (a bf16 sum of 1024 points would round).

@@ -1,9 +1,11 @@
 """Layers on point clouds: geometry (kNN, FPS, batch layouts), vector and scalar self-attention,
-Point Transformer blocks. Imports point one way: geometry <- chunked <- vector/scalar <- blocks.
+Point Transformer blocks, PyG drop-ins (:mod:`pcattn.nn.pyg`). Imports point one way: geometry <-
+chunked <- vector/scalar <- blocks, vector <- pyg.
 """
 from .blocks import Downsampled, PointTransformerBlock, TransitionDown, TransitionUp, make_attention
 from .chunked import AttentionMap, RecordedAttention
 from .geometry import farthest_point_sampling, knn, to_dense, to_flat
+from .pyg import PointTransformerConv, fps, knn_graph, radius_graph
 from .scalar import ScalarSelfAttention
 from .vector import VectorSelfAttention
 
@@ -21,6 +23,10 @@ __all__ = [
     "TransitionUp",
     "Downsampled",
     "make_attention",
+    "PointTransformerConv",
+    "knn_graph",
+    "radius_graph",
+    "fps",
     "knn",
     "farthest_point_sampling",
     "to_flat",

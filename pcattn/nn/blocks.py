@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .chunked import gather
 from .scalar import ScalarSelfAttention
 from .vector import VectorSelfAttention
-from .geometry import farthest_point_sampling, knn
+from .geometry import farthest_point_sampling, fps_equal_clouds, knn, knn_equal_clouds
 
 __all__ = ["make_attention", "PointTransformerBlock", "TransitionDown", "TransitionUp", "Downsampled"]
 
@@ -103,10 +103,18 @@ class TransitionDown(nn.Module):
         self.linear = nn.Linear(in_channels + 3, out_channels, bias=False)
         self.norm = nn.BatchNorm1d(out_channels)
 
-    def forward(self, x: Tensor, pos: Tensor, batch: Tensor) -> Downsampled:
-        index = farthest_point_sampling(pos, ratio=1.0 / self.stride, batch=batch)
+    def forward(self, x: Tensor, pos: Tensor, batch: Tensor, clouds: Optional[int] = None) -> Downsampled:
+        """``clouds``: the rows are that many equal-sized clouds back to back (static shapes for
+        ``torch.compile`` and export; see :func:`~pcattn.nn.geometry.knn_equal_clouds`)."""
+        if clouds is None:
+            index = farthest_point_sampling(pos, ratio=1.0 / self.stride, batch=batch)
+        else:
+            index = fps_equal_clouds(pos, 1.0 / self.stride, clouds)
         pos_out, batch_out = pos[index], batch[index]
-        neighbors = knn(pos, self.k, batch, query=pos_out, query_batch=batch_out)     # (M, k)
+        if clouds is None:
+            neighbors = knn(pos, self.k, batch, query=pos_out, query_batch=batch_out)     # (M, k)
+        else:
+            neighbors = knn_equal_clouds(pos, self.k, clouds, query=pos_out)
         neighbors = torch.where(neighbors >= 0, neighbors, neighbors[:, :1])
         projected = self.linear(torch.cat([pos, x], dim=1))                           # W [p_j, x_j]: (N, C_out)
         centre = F.linear(pos_out, self.linear.weight[:, :3])                          # W_p p_i: (M, C_out)

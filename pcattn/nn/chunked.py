@@ -20,8 +20,8 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .geometry import (check_batch, check_positions, global_to_local, inputs_checked, knn, local_to_global,
-                       to_flat)
+from .geometry import (check_batch, check_positions, global_to_local, inputs_checked, knn, knn_equal_clouds,
+                       local_to_global, to_flat, tracing)
 
 __all__ = [
     "AttentionMap",
@@ -117,6 +117,7 @@ class Points(NamedTuple):
     pos: Tensor
     batch: Tensor
     dense_shape: Optional[Tuple[int, int]]  # (B, P) for dense input
+    clouds: Optional[int] = None            # equal-sized clouds the rows hold, when known without looking (B, or 1)
 
 
 def prepare(layer: nn.Module, x: Tensor, pos: Tensor, batch: Optional[Tensor]) -> Points:
@@ -134,9 +135,9 @@ def prepare(layer: nn.Module, x: Tensor, pos: Tensor, batch: Optional[Tensor]) -
         pos = pos.float()
     if pos.dim() == 3:
         flat_pos, flat_x, flat_batch = to_flat(pos, x)
-        return Points(flat_x, flat_pos, flat_batch, tuple(pos.shape[:2]))
+        return Points(flat_x, flat_pos, flat_batch, tuple(pos.shape[:2]), pos.shape[0])
     if batch is None:
-        batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+        return Points(x, pos, torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device), None, 1)
     return Points(x, pos, batch.long(), None)
 
 
@@ -175,6 +176,8 @@ def _check_layer_inputs(layer: nn.Module, x: Tensor, pos: Tensor, batch: Optiona
 def resolve_neighbors(points: Points, k: int, neighbors: Optional[Tensor]) -> Tensor:
     """The ``(N, K)`` flat neighbour index: computed by kNN, or the user's, checked and made global."""
     if neighbors is None:
+        if tracing() and points.clouds is not None:   # static shapes for torch.compile / export
+            return knn_equal_clouds(points.pos, k, points.clouds)
         return knn(points.pos, k, points.batch)
     if inputs_checked():  # a model's own kNN: already global, in range and within each cloud
         return neighbors
@@ -271,7 +274,7 @@ def gather_chunk(key: Tensor, value: Tensor, pos: Optional[Tensor], neighbors: T
     valid = neighbors >= 0
     # Masking costs an extra pass, asking whether it is needed costs a host synchronisation:
     # on the CPU asking is free, on an accelerator always masking is cheaper (same values).
-    if neighbors.device.type == "cpu" and bool(valid.all()):
+    if neighbors.device.type == "cpu" and not tracing() and bool(valid.all()):
         valid = None
     else:
         neighbors = neighbors.clamp(min=0)
@@ -312,7 +315,10 @@ class NeighborhoodAttention(nn.Module):
         # update them twice. Those modules use plain autograd (see the layers' ``_attend``).
         batchnorm_training = self.training and any(isinstance(sub, nn.modules.batchnorm._BatchNorm)
                                                    for module in modules for sub in module.modules())
-        if needs_grad and self.checkpoint and not want_weights and not batchnorm_training:
+        if tracing() and not self.chunk_size:  # compile/export: one chunk (any batch size), plain autograd
+            out, w = self._pairs(query, gather_chunk(key, value, pos, neighbors, 0, neighbors.shape[0]))
+            return out, (w if want_weights else None)
+        if needs_grad and not tracing() and self.checkpoint and not want_weights and not batchnorm_training:
             verify = not all(type(sub) in _DETERMINISTIC_MODULES for module in modules for sub in module.modules())
             return RecomputedChunks.apply(self, rows, verify, query, key, value, pos, neighbors, *params), None
         outs, weights = [], []

@@ -23,16 +23,21 @@ from torch import Tensor
 __all__ = [
     "knn",
     "farthest_point_sampling",
+    "knn_equal_clouds",
+    "fps_equal_clouds",
     "to_flat",
     "to_dense",
     "batch_ptr",
     "local_to_global",
     "global_to_local",
     "ragged_index",
+    "neighbors_to_edge_index",
+    "edge_index_to_neighbors",
     "check_positions",
     "check_batch",
     "checked_inputs",
     "inputs_checked",
+    "tracing",
     "OPEN3D_MIN_POINTS",
 ]
 
@@ -69,6 +74,16 @@ def inputs_checked() -> bool:
     return getattr(_CHECKED, "active", False)
 
 
+def tracing() -> bool:
+    """Whether ``torch.compile``, ``torch.export`` or ``torch.jit.trace`` is recording the call.
+
+    While recording, pcattn takes paths without host synchronisations or data-dependent Python
+    branches: no ``bool(...)`` shortcuts or finiteness check, kNN of equal-sized clouds as one
+    batched ``cdist`` + ``topk`` (never Open3D), one chunk per layer, plain autograd.
+    """
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def check_positions(pos: Tensor, name: str = "pos") -> None:
     """Raise a clear error unless ``pos`` is a finite floating ``(N, 3)`` or ``(B, P, 3)`` tensor."""
     if inputs_checked():
@@ -79,7 +94,7 @@ def check_positions(pos: Tensor, name: str = "pos") -> None:
         raise ValueError(f"{name} must be (N, 3) or (B, P, 3), got {tuple(pos.shape)}")
     if not pos.is_floating_point():
         raise TypeError(f"{name} must be a floating point tensor, got {pos.dtype}")
-    if pos.numel() > 0 and not bool(torch.isfinite(pos).all()):
+    if pos.numel() > 0 and not tracing() and not bool(torch.isfinite(pos).all()):
         bad = int((~torch.isfinite(pos)).any(-1).sum())
         raise ValueError(f"{name} contains NaN or infinite values ({bad} points)")
 
@@ -170,6 +185,41 @@ def ragged_index(sizes: Tensor, starts: Optional[Tensor] = None) -> Tensor:
     return torch.where(local < sizes[:, None], starts[:, None] + local, torch.full_like(local, -1))
 
 
+def neighbors_to_edge_index(neighbors: Tensor, flow: str = "source_to_target") -> Tensor:
+    """``(N, K)`` neighbour rows -> PyG ``edge_index (2, E)``, ``-1`` slots dropped, grouped by centre.
+
+    ``flow="source_to_target"`` (PyG's default): row 0 the neighbour ``j`` (source), row 1 the centre
+    ``i`` (target), so a message passes from each neighbour to its centre; ``"target_to_source"``
+    swaps the rows.
+    """
+    if flow not in ("source_to_target", "target_to_source"):
+        raise ValueError(f"flow must be 'source_to_target' or 'target_to_source', got {flow!r}")
+    n, k = neighbors.shape
+    centre = torch.arange(n, device=neighbors.device).repeat_interleave(k)
+    neighbour = neighbors.reshape(-1)
+    keep = neighbour >= 0
+    pair = (neighbour[keep], centre[keep])
+    return torch.stack(pair if flow == "source_to_target" else pair[::-1])
+
+
+def edge_index_to_neighbors(source: Tensor, target: Tensor, num_targets: int) -> Tensor:
+    """Edges ``source[e] -> target[e]`` as a padded ``(num_targets, K)`` neighbour index.
+
+    Row ``i`` lists the sources of the edges into ``i`` in edge order, then ``-1``; ``K`` is the
+    largest in-degree (at least 1, so a graph without edges gives one ``-1`` column). Duplicate
+    edges stay duplicates, as in message passing.
+    """
+    order = torch.argsort(target, stable=True)
+    source, target = source[order], target[order]
+    degree = torch.bincount(target, minlength=num_targets)
+    width = max(1, int(degree.max())) if degree.numel() else 1
+    first = torch.cumsum(degree, 0) - degree                        # first edge of each target
+    slot = torch.arange(target.numel(), device=target.device) - first[target]
+    neighbors = torch.full((num_targets, width), -1, dtype=torch.long, device=target.device)
+    neighbors[target, slot] = source.long()
+    return neighbors
+
+
 # ----------------------------------------------------------------------------- kNN
 def knn(
     pos: Tensor,
@@ -214,7 +264,7 @@ def knn(
             raise ValueError("batch/query_batch are only for flat (N, 3) positions, got dense (B, P, 3)")
         if not self_query and query.shape[0] != pos.shape[0]:
             raise ValueError(f"query has {query.shape[0]} clouds but pos has {pos.shape[0]}")
-        if pos.device.type != "cpu" and pos.shape[1] > 0:
+        if (pos.device.type != "cpu" or tracing()) and pos.shape[1] > 0:
             return _knn_batched(pos, k, None if self_query else query)
         out = []
         for b in range(pos.shape[0]):
@@ -321,13 +371,16 @@ def _self_first(index: Tensor, rows: Optional[Tensor] = None) -> Tensor:
     n, k = index.shape
     if rows is None:
         rows = torch.arange(n, device=index.device)
-    if n == 0 or (index.device.type == "cpu" and bool((index[:, 0] == rows).all())):
+    if n == 0 or (index.device.type == "cpu" and not tracing() and bool((index[:, 0] == rows).all())):
         return index
     missing = ~(index == rows[:, None]).any(1)
     index = torch.cat([index[:, :-1], torch.where(missing, rows, index[:, -1])[:, None]], dim=1)
-    # the neighbours of a row are distinct points, so exactly one slot is the point itself
-    order = torch.argsort((index != rows[:, None]).to(torch.uint8), dim=1, stable=True)
-    return index.gather(1, order)
+    # the neighbours of a row are distinct points, so exactly one slot is the point itself: move it
+    # first, the others keep their order (a gather, not a stable sort: ONNX has no stable sort)
+    own_slot = (index == rows[:, None]).to(torch.uint8).argmax(dim=1, keepdim=True)
+    others = torch.arange(k - 1, device=index.device)[None, :]
+    others = others + (others >= own_slot).to(others.dtype)
+    return torch.cat([rows[:, None].to(index.dtype), index.gather(1, others)], dim=1)
 
 
 def _knn_batched(points: Tensor, k: int, queries: Optional[Tensor] = None) -> Tensor:
@@ -343,10 +396,14 @@ def _knn_batched(points: Tensor, k: int, queries: Optional[Tensor] = None) -> Te
     kk = min(k, P)
     if points.dtype in (torch.float16, torch.bfloat16):
         points, queries = points.float(), queries.float()
-    chunk = max(1, _MAX_PAIRS // max(1, B * P))
+    chunk = M if tracing() else max(1, _MAX_PAIRS // max(1, B * P))   # (recorded: one search, any batch size)
     parts = []
     for start in range(0, M, chunk):
-        dist = torch.cdist(queries[:, start:start + chunk], points, compute_mode="donot_use_mm_for_euclid_dist")
+        if tracing():  # squared differences axis by axis: what every exporter (ONNX too) has, no (B, M, P, 3)
+            dist = sum((queries[:, start:start + chunk, None, axis] - points[:, None, :, axis]).square()
+                       for axis in range(3))
+        else:
+            dist = torch.cdist(queries[:, start:start + chunk], points, compute_mode="donot_use_mm_for_euclid_dist")
         parts.append(dist.topk(kk, dim=2, largest=False, sorted=True).indices)
     index = torch.cat(parts, dim=1) if parts else queries.new_zeros((B, 0, kk), dtype=torch.long)
     if self_query:
@@ -355,6 +412,19 @@ def _knn_batched(points: Tensor, k: int, queries: Optional[Tensor] = None) -> Te
     if kk < k:
         index = torch.cat([index, index.new_full((B, M, k - kk), -1)], dim=2)
     return index
+
+
+def knn_equal_clouds(pos: Tensor, k: int, clouds: int, query: Optional[Tensor] = None) -> Tensor:
+    """:func:`knn` of flat rows that hold ``clouds`` equal-sized clouds back to back, with static shapes:
+    one batched ``cdist`` + ``topk``, no host synchronisation (what ``torch.compile`` and export record).
+
+    ``pos (clouds * P, 3)``, ``query (clouds * M, 3)`` (default ``pos``, each point first) -> global
+    rows ``(clouds * M, k)``, ``-1`` padded when ``P < k``.
+    """
+    points = pos.view(clouds, -1, 3)
+    if query is None:
+        return local_to_global(_knn_batched(points, k))
+    return _offset_rows(_knn_batched(points, k, query.view(clouds, -1, 3)), points.shape[1])
 
 
 # ----------------------------------------------------------------------------- FPS
@@ -453,3 +523,11 @@ def _fps_padded(pos: Tensor, sizes: Tensor, m: int, random_start: bool,
         torch.minimum(dist, step, out=dist).scatter_(1, current[:, None], -1.0)
         current = dist.argmax(dim=1)
     return chosen
+
+
+def fps_equal_clouds(pos: Tensor, ratio: float, clouds: int) -> Tensor:
+    """:func:`farthest_point_sampling` of flat rows holding ``clouds`` equal-sized clouds back to back,
+    with static shapes (see :func:`knn_equal_clouds`): ``(clouds * M,)`` global rows, cloud by cloud."""
+    points = pos.view(clouds, -1, 3)
+    local = farthest_point_sampling(points, ratio=ratio)                                     # (B, M)
+    return (local + torch.arange(clouds, device=pos.device)[:, None] * points.shape[1]).reshape(-1)

@@ -198,21 +198,27 @@ class VectorSelfAttention(NeighborhoodAttention):
         neighbors = resolve_neighbors(points, self.k, neighbors)
         query, key, value = self.to_query(points.x), self.to_key(points.x), self.to_value(points.x)
         want_weights = return_attention or self.record_attention
+        out, weights = self._attention(query, key, value, points.pos, neighbors, want_weights)
+        return finish(self, out, weights, neighbors, points, return_attention)
+
+    def _attention(self, query: Tensor, key: Tensor, value: Tensor, pos: Tensor, neighbors: Tensor,
+                   want_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """Projected rows to outputs: ``query (M, C)`` for the first ``M`` rows of ``key``/``value``/``pos
+        (N, ...)`` (``M = N`` for self-attention), ``neighbors (M, K)`` rows of ``key``."""
         if self._folds_encoding:
             # A linear encoding splits: delta_ij = (W p_i + b) - W p_j. Its parts join the per-point
             # query, key and value, and since the weights of a group sum to one over the neighbours,
             # sum_j w_ij (v_j - W p_j + W p_i + b) = sum_j w_ij (v_j - W p_j) + (W p_i + b).
             # No pairwise positions remain: the same function with fewer per-pair operations.
-            projected = F.linear(points.pos, self.pos_encoder.weight)                        # W p, (N, C)
+            projected = F.linear(pos, self.pos_encoder.weight)                               # W p, (N, C)
             own = projected if self.pos_encoder.bias is None else projected + self.pos_encoder.bias.to(projected.dtype)
+            own = own[:query.shape[0]]
             query = query + own
             key = key + projected if self.relation == "subtraction" else key - projected
             out, weights = self._attend(query, key, value - projected, None, neighbors, want_weights)
-            out = out + own
-        else:
-            pos = None if self.pos_encoder is None else points.pos   # (no encoding: no relative positions)
-            out, weights = self._attend(query, key, value, pos, neighbors, want_weights)
-        return finish(self, out, weights, neighbors, points, return_attention)
+            return out + own, weights
+        pos = None if self.pos_encoder is None else pos   # (no encoding: no relative positions)
+        return self._attend(query, key, value, pos, neighbors, want_weights)
 
     @property
     def _folds_encoding(self) -> bool:

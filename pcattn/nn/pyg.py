@@ -1,0 +1,244 @@
+"""Drop-in replacements for PyTorch Geometric: ``PointTransformerConv`` and the graph builders.
+
+Change the imports of a PyG model and nothing else::
+
+    from pcattn.nn.pyg import PointTransformerConv, fps, knn, knn_graph, radius_graph
+
+:class:`PointTransformerConv` takes PyG's constructor, call and parameter names (a PyG conv's
+``state_dict`` loads as it is) and computes what PyG's computes, through pcattn's chunked kernel.
+``knn_graph``, ``radius_graph``, ``knn`` and ``fps`` have torch_cluster's signatures and
+semantics, built on pcattn's exact kNN and farthest point sampling (PyG 2.8 from PyPI raises
+for them without pyg-lib or torch_cluster). Positions are ``(N, 3)``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import geometry
+from .chunked import has_batchnorm
+from .geometry import edge_index_to_neighbors, farthest_point_sampling, neighbors_to_edge_index
+from .vector import VectorSelfAttention
+
+__all__ = ["PointTransformerConv", "knn_graph", "radius_graph", "knn", "fps"]
+
+_IDENTITY = nn.Identity()
+
+
+class PointTransformerConv(VectorSelfAttention):
+    r"""PyG's ``PointTransformerConv`` (same arguments, call and parameter names), computed by pcattn.
+
+    .. math::
+        \mathbf{x}^{\prime}_i = \sum_{j \in \mathcal{N}(i) \cup \{ i \}} \alpha_{i,j}
+            \left(\mathbf{W}_3 \mathbf{x}_j + \delta_{ij} \right),\qquad
+        \alpha_{i,j} = \operatorname{softmax}_j \left( \gamma_\mathbf{\Theta}
+            (\mathbf{W}_1 \mathbf{x}_i - \mathbf{W}_2 \mathbf{x}_j + \delta_{i,j}) \right),\qquad
+        \delta_{i,j} = h_{\mathbf{\Theta}}(\mathbf{p}_i - \mathbf{p}_j)
+
+    The softmax runs over the sources ``j`` of the edges into ``i``, per channel. ``W_1`` is
+    ``lin_dst``, ``W_2`` ``lin_src``, ``W_3`` ``lin``, :math:`h` ``pos_nn`` (default
+    ``Linear(3, out_channels)``, folded into the per-point projections as in
+    :class:`~pcattn.VectorSelfAttention`), :math:`\gamma` ``attn_nn`` (default none; its output
+    has ``1`` or ``out_channels`` channels). ``N(i)`` are the sources of the edges into ``i``;
+    with ``add_self_loops`` self loops are removed and exactly one added per node, as PyG does.
+    A node with no incoming edge gets zeros. The variable-degree graph is turned into a padded
+    ``(N, K)`` neighbour index (``-1`` slots) for pcattn's chunked kernel.
+
+    Args:
+        in_channels: input size, ``-1`` for lazy initialisation at the first call, or a tuple
+            ``(source, target)`` for bipartite graphs.
+        out_channels: output size.
+        pos_nn: :math:`h`, maps ``(E, 3)`` relative positions ``p_i - p_j`` to ``(E, out_channels)``.
+        attn_nn: :math:`\gamma`, maps ``(E, out_channels)`` to ``(E, out_channels)`` or ``(E, 1)``.
+        add_self_loops: remove self loops and add one per node (default ``True``).
+        checkpoint, chunk_size: as :class:`~pcattn.VectorSelfAttention`.
+
+    Shapes:
+        - x: ``(N, C_in)``, or ``((N_s, C_s), (N_t, C_t))`` for a bipartite graph.
+        - pos: ``(N, 3)``, or ``((N_s, 3), (N_t, 3))``.
+        - edge_index: ``(2, E)`` (row 0 source ``j``, row 1 target ``i``), a PyG ``EdgeIndex``,
+          a ``SparseTensor`` or a torch sparse ``adj_t`` (``adj_t[i, j]``: edge ``j -> i``).
+        - returns ``(N, out_channels)`` or ``(N_t, out_channels)``.
+    """
+
+    def __init__(self, in_channels: Union[int, Tuple[int, int]], out_channels: int,
+                 pos_nn: Optional[Callable] = None, attn_nn: Optional[Callable] = None,
+                 add_self_loops: bool = True, chunk_size: Optional[int] = None, checkpoint: bool = True):
+        nn.Module.__init__(self)  # VectorSelfAttention's attributes are set here under PyG's names
+        self.in_channels, self.out_channels, self.add_self_loops = in_channels, out_channels, add_self_loops
+        source_channels, target_channels = (in_channels, in_channels) if isinstance(in_channels, int) else in_channels
+        self.relation, self.normalization, self.k, self.groups = "subtraction", "softmax", None, None
+        self.chunk_size, self.checkpoint = chunk_size, checkpoint
+        self.fold_linear_encoding = True
+        self.record_attention = False
+        self.last_attention = None
+        self.pos_nn = pos_nn if pos_nn is not None else nn.Linear(3, out_channels)
+        self.attn_nn = attn_nn
+        self.lin = _linear(source_channels, out_channels)
+        self.lin_src = _linear(source_channels, out_channels)
+        self.lin_dst = _linear(target_channels, out_channels)
+        self._batchnorm = has_batchnorm(self.pos_nn, self.attn_nn)
+
+    # VectorSelfAttention's names for PyG's modules (properties, so the state_dict keeps PyG's keys)
+    @property
+    def pos_encoder(self) -> nn.Module:
+        return self.pos_nn
+
+    @property
+    def mapping(self) -> nn.Module:
+        return self.attn_nn if self.attn_nn is not None else _IDENTITY
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.in_channels}, {self.out_channels})"
+
+    def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], pos: Union[Tensor, Tuple[Tensor, Tensor]],
+                edge_index) -> Tensor:
+        """See the class docstring for shapes."""
+        x_src, x_dst = (x, x) if isinstance(x, Tensor) else x
+        pos_src, pos_dst = (pos, pos) if isinstance(pos, Tensor) else pos
+        _check_features(x_src, pos_src, "source")
+        _check_features(x_dst, pos_dst, "target")
+        n_src, n_dst = pos_src.shape[0], pos_dst.shape[0]
+        source, target = _edges(edge_index, n_src, n_dst)
+        if self.add_self_loops:
+            loop = source == target
+            nodes = torch.arange(min(n_src, n_dst), device=source.device)
+            source, target = torch.cat([source[~loop], nodes]), torch.cat([target[~loop], nodes])
+        query, key, value = self.lin_dst(x_dst), self.lin_src(x_src), self.lin(x_src)
+        if n_src == 0 or n_dst == 0:
+            return query.new_zeros(n_dst, self.out_channels)
+        neighbors = edge_index_to_neighbors(source, target, n_dst)
+        connected = neighbors[:, 0] >= 0
+        # A node without incoming edges attends to a stand-in (row 0) and its output is zeroed below.
+        neighbors[:, 0].clamp_(min=0)
+        if pos_src is pos_dst and n_src == n_dst:
+            rows = pos_src
+        else:  # bipartite: one table of rows, the targets' first (the chunk loop's queries), then the sources'
+            rows = torch.cat([pos_dst, pos_src.to(pos_dst.dtype)])
+            key, value = torch.cat([key.new_zeros(n_dst, key.shape[1]), key]), torch.cat(
+                [value.new_zeros(n_dst, value.shape[1]), value])
+            neighbors = torch.where(neighbors >= 0, neighbors + n_dst, neighbors)
+        out, _ = self._attention(query, key, value, rows, neighbors, want_weights=False)
+        return torch.where(connected[:, None], out, out.new_zeros(()))
+
+
+def _linear(in_channels: int, out_channels: int) -> nn.Module:
+    """PyG's ``Linear(in_channels, out_channels, bias=False)``: lazy (``LazyLinear``) for ``-1``."""
+    if in_channels == -1:
+        return nn.LazyLinear(out_channels, bias=False)
+    return nn.Linear(in_channels, out_channels, bias=False)
+
+
+def _check_features(x: Tensor, pos: Tensor, side: str) -> None:
+    geometry.check_positions(pos, f"pos ({side})")
+    if pos.dim() != 2:
+        raise ValueError(f"pos ({side}) must be (N, 3), got {tuple(pos.shape)}")
+    if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[0] != pos.shape[0]:
+        raise ValueError(f"x ({side}) must be (N, C) with N = {pos.shape[0]} as pos, "
+                         f"got {tuple(getattr(x, 'shape', ())) or type(x).__name__}")
+
+
+def _edges(edge_index, n_src: int, n_dst: int) -> Tuple[Tensor, Tensor]:
+    """``(source, target)`` long vectors from a ``(2, E)`` tensor, an ``EdgeIndex``, a ``SparseTensor``
+    or a torch sparse ``adj_t``; checked to lie in range."""
+    if hasattr(edge_index, "coo") and not isinstance(edge_index, Tensor):   # torch_sparse.SparseTensor (adj_t)
+        target, source, _ = edge_index.coo()
+    elif isinstance(edge_index, Tensor) and edge_index.layout != torch.strided:   # torch sparse adj_t
+        target, source = edge_index.to_sparse_coo().coalesce().indices()
+    elif isinstance(edge_index, Tensor):
+        if hasattr(edge_index, "as_tensor"):   # PyG's EdgeIndex
+            edge_index = edge_index.as_tensor()
+        if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+            raise ValueError(f"edge_index must be (2, E), got {tuple(edge_index.shape)}")
+        if edge_index.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"edge_index must be an integer tensor, got {edge_index.dtype}")
+        source, target = edge_index.long()
+    else:
+        raise TypeError(f"edge_index must be a (2, E) tensor or a sparse adjacency, got {type(edge_index).__name__}")
+    for name, index, size in (("source", source, n_src), ("target", target, n_dst)):
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= size):
+            raise ValueError(f"edge_index {name} nodes must lie in [0, {size}), got "
+                             f"[{int(index.min())}, {int(index.max())}]")
+    return source, target
+
+
+# ----------------------------------------------------------------------------- graph builders
+def _clouds(batch_x: Optional[Tensor], batch_y: Optional[Tensor], x: Tensor, y: Tensor):
+    """torch_cluster accepts one batch vector without the other: the missing one is all zeros."""
+    if batch_x is None and batch_y is None:
+        return None, None
+    if batch_x is None:
+        batch_x = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    if batch_y is None:
+        batch_y = torch.zeros(y.shape[0], dtype=torch.long, device=y.device)
+    return batch_x, batch_y
+
+
+def _self_neighbors(x: Tensor, k: int, batch: Optional[Tensor], loop: bool) -> Tensor:
+    """pcattn's kNN, each point first: ``(N, k)`` without the point itself, or with it (``loop``)."""
+    _check_flat(x)
+    neighbors = geometry.knn(x, k if loop else k + 1, batch)
+    return neighbors if loop else neighbors[:, 1:]
+
+
+def _check_flat(x: Tensor) -> None:
+    if isinstance(x, Tensor) and x.dim() != 2:
+        raise ValueError(f"x must be (N, 3), got {tuple(x.shape)}")
+
+
+def knn_graph(x: Tensor, k: int, batch: Optional[Tensor] = None, loop: bool = False,
+              flow: str = "source_to_target", cosine: bool = False, num_workers: int = 1,
+              batch_size: Optional[int] = None) -> Tensor:
+    """The ``k``-nearest-neighbour graph of ``x (N, 3)``, as torch_cluster's ``knn_graph``.
+
+    Each point receives edges from its ``k`` nearest points of its cloud (``batch``), itself
+    excluded unless ``loop``. Returns ``edge_index (2, N * k)`` (fewer when a cloud has at most
+    ``k`` points), grouped by centre, nearest first; ``flow`` as in PyG. Exact (pcattn's kNN).
+    ``num_workers`` and ``batch_size`` are accepted and unused; ``cosine=True`` is not supported.
+    """
+    if cosine:
+        raise ValueError("knn_graph(cosine=True) is not supported by pcattn (Euclidean distance only)")
+    return neighbors_to_edge_index(_self_neighbors(x, k, batch, loop), flow)
+
+
+def radius_graph(x: Tensor, r: float, batch: Optional[Tensor] = None, loop: bool = False,
+                 max_num_neighbors: int = 32, flow: str = "source_to_target", num_workers: int = 1,
+                 batch_size: Optional[int] = None) -> Tensor:
+    """Edges between points of one cloud closer than ``r``, as torch_cluster's ``radius_graph``.
+
+    Each point receives edges from at most ``max_num_neighbors`` points of its cloud at distance
+    ``< r`` (itself only if ``loop``); where more are in range, the nearest are kept (torch_cluster
+    keeps an arbitrary subset). Returns ``edge_index (2, E)`` grouped by centre, nearest first.
+    """
+    neighbors = _self_neighbors(x, max_num_neighbors, batch, loop)
+    distance2 = (x[:, None, :] - x[neighbors.clamp(min=0)]).square().sum(-1)
+    neighbors = torch.where(distance2 < r * r, neighbors, neighbors.new_full((), -1))
+    return neighbors_to_edge_index(neighbors, flow)
+
+
+def knn(x: Tensor, y: Tensor, k: int, batch_x: Optional[Tensor] = None, batch_y: Optional[Tensor] = None,
+        cosine: bool = False, num_workers: int = 1, batch_size: Optional[int] = None) -> Tensor:
+    """For each point of ``y (M, 3)`` its ``k`` nearest points of ``x (N, 3)`` in the same cloud, as
+    torch_cluster's ``knn``: ``(2, M * k)`` with row 0 the index into ``y``, row 1 the index into ``x``.
+
+    (:func:`pcattn.knn` is pcattn's own ``(M, k)`` form; this is PyG's.)
+    """
+    if cosine:
+        raise ValueError("knn(cosine=True) is not supported by pcattn (Euclidean distance only)")
+    _check_flat(x)
+    _check_flat(y)
+    batch_x, batch_y = _clouds(batch_x, batch_y, x, y)
+    neighbors = geometry.knn(x, k, batch_x, query=y, query_batch=batch_y)
+    return neighbors_to_edge_index(neighbors, "target_to_source")
+
+
+def fps(x: Tensor, batch: Optional[Tensor] = None, ratio: Union[float, Tensor] = 0.5, random_start: bool = True,
+        batch_size: Optional[int] = None, ptr=None) -> Tensor:
+    """Farthest point sampling, as torch_cluster's ``fps``: ``ceil(ratio * n)`` points of each cloud of
+    ``x (N, 3)``, returned as global row indices grouped by cloud in the order chosen. The first point of
+    each cloud is random (``random_start``, torch's generator) or the cloud's first row."""
+    _check_flat(x)
+    ratio = float(ratio) if ratio is not None else 0.5
+    return farthest_point_sampling(x, ratio=ratio, batch=batch, random_start=random_start)

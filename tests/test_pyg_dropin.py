@@ -1,0 +1,249 @@
+"""pcattn.nn.pyg: the drop-in PointTransformerConv against PyG's, and knn_graph / radius_graph / knn / fps
+against brute force; PyG's classification example with only its imports changed trains."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch_geometric.nn import MLP
+from torch_geometric.nn import PointTransformerConv as PyGConv
+
+from pcattn.bench.reference import brute_fps
+from pcattn.nn import PointTransformerConv, fps, knn_graph, radius_graph
+from pcattn.nn import pyg as dropin
+
+
+def _random_graph(n_src, n_dst, generator, max_degree=9, isolated=3, self_loops=True):
+    """Edges with in-degrees 0..max_degree (the first ``isolated`` targets get none), duplicates and
+    (when ``self_loops``) some self loops."""
+    degree = torch.randint(0, max_degree + 1, (n_dst,), generator=generator)
+    degree[:isolated] = 0
+    target = torch.arange(n_dst).repeat_interleave(degree)
+    source = torch.randint(0, n_src, (target.numel(),), generator=generator)
+    if self_loops:
+        loops = torch.arange(isolated, min(n_src, n_dst), 4)
+        source, target = torch.cat([source, loops, loops]), torch.cat([target, loops, loops])  # doubled loops too
+    order = torch.randperm(target.numel(), generator=generator)
+    return torch.stack([source[order], target[order]])
+
+
+def _pair(in_channels, out_channels, pos_nn, attn_nn, add_self_loops):
+    torch.manual_seed(0)
+    reference = PyGConv(in_channels, out_channels, pos_nn=pos_nn, attn_nn=attn_nn, add_self_loops=add_self_loops)
+    ours = PointTransformerConv(in_channels, out_channels, pos_nn=pos_nn, attn_nn=attn_nn,
+                                add_self_loops=add_self_loops)
+    ours.load_state_dict(reference.state_dict())     # PyG's parameter names
+    return reference, ours
+
+
+@pytest.mark.parametrize("add_self_loops", [True, False])
+@pytest.mark.parametrize("maths", ["default", "mlps", "scalar-weight"])
+def test_conv_equals_pyg_on_random_graphs(add_self_loops, maths):
+    g = torch.Generator().manual_seed(1)
+    C = 16
+    pos_nn = MLP([3, 8, C], norm=None, plain_last=False) if maths == "mlps" else None
+    attn_nn = {"default": None, "mlps": MLP([C, 8, C], norm=None, plain_last=False),
+               "scalar-weight": torch.nn.Linear(C, 1)}[maths]
+    reference, ours = _pair(8, C, pos_nn, attn_nn, add_self_loops)
+    x = torch.randn(60, 8, generator=g, requires_grad=True)
+    pos = torch.randn(60, 3, generator=g, requires_grad=True)
+    edge_index = _random_graph(60, 60, g)
+    expected, got = reference(x, pos, edge_index), ours(x, pos, edge_index)
+    assert (got - expected).abs().max() < 1e-5
+    if not add_self_loops:
+        assert got[:3].abs().max() == 0                        # isolated nodes get zeros, as in PyG
+    weights = torch.randn_like(expected)
+    grads_expected = torch.autograd.grad((expected * weights).sum(), [x, pos, *reference.parameters()])
+    grads_got = torch.autograd.grad((got * weights).sum(), [x, pos, *ours.parameters()])
+    for a, b in zip(grads_expected, grads_got):
+        assert (a - b).abs().max() < 1e-4
+
+
+def test_conv_bipartite_lazy_edge_index_types_and_repr():
+    g = torch.Generator().manual_seed(2)
+    reference, ours = _pair((8, 5), 16, None, None, True)
+    x = (torch.randn(30, 8, generator=g), torch.randn(20, 5, generator=g))
+    pos = (torch.randn(30, 3, generator=g), torch.randn(20, 3, generator=g))
+    edge_index = _random_graph(30, 20, g)
+    assert (ours(x, pos, edge_index) - reference(x, pos, edge_index)).abs().max() < 1e-5
+
+    reference = PyGConv(8, 16)
+    lazy = PointTransformerConv(-1, 16)
+    x, pos = torch.randn(40, 8, generator=g), torch.randn(40, 3, generator=g)
+    edge_index = knn_graph(pos, 6)
+    lazy(x, pos, edge_index)                                   # the first call fixes in_channels
+    assert lazy.lin.weight.shape == (16, 8)
+    lazy.load_state_dict(reference.state_dict())
+    expected = reference(x, pos, edge_index)
+    assert (lazy(x, pos, edge_index) - expected).abs().max() < 1e-5
+    adj_t = torch.sparse_coo_tensor(edge_index.flip(0), torch.ones(edge_index.shape[1]), (40, 40),
+                                    check_invariants=True)
+    assert (lazy(x, pos, adj_t) - expected).abs().max() < 1e-5             # torch sparse adj_t
+    from torch_geometric import EdgeIndex
+    assert (lazy(x, pos, EdgeIndex(edge_index, sparse_size=(40, 40))) - expected).abs().max() < 1e-5
+    assert repr(lazy) == "PointTransformerConv(-1, 16)"
+    with pytest.raises(ValueError, match="edge_index source nodes must lie in"):
+        lazy(x, pos, torch.tensor([[40], [0]]))
+
+
+def test_conv_equals_pyg_on_knn_and_radius_graphs():
+    g = torch.Generator().manual_seed(3)
+    pos = torch.rand(300, 3, generator=g)
+    batch = torch.tensor([0] * 120 + [1] * 180)
+    x = torch.randn(300, 8, generator=g)
+    reference, ours = _pair(8, 32, MLP([3, 16, 32], norm=None, plain_last=False), None, True)
+    for edge_index in (knn_graph(pos, 16, batch), radius_graph(pos, 0.15, batch, max_num_neighbors=24)):
+        assert (ours(x, pos, edge_index) - reference(x, pos, edge_index)).abs().max() < 1e-5
+
+
+def _brute_pairs(x, y, batch_x, batch_y):
+    distance = torch.cdist(y.double(), x.double())
+    return distance.masked_fill(batch_y[:, None] != batch_x[None, :], float("inf"))
+
+
+def test_graph_builders_match_brute_force():
+    g = torch.Generator().manual_seed(4)
+    pos = torch.rand(250, 3, generator=g)
+    batch = torch.tensor([0] * 100 + [1] * 7 + [2] * 143)      # cloud 1 is smaller than k + 1
+    distance = _brute_pairs(pos, pos, batch, batch)
+    k = 10
+    for loop in (False, True):
+        source, target = knn_graph(pos, k, batch, loop=loop)
+        d = distance.clone()
+        if not loop:
+            d.fill_diagonal_(float("inf"))
+        for i in range(250):
+            got = set(source[target == i].tolist())
+            count = min(k, int(torch.isfinite(d[i]).sum()))
+            assert got == set(d[i].topk(count, largest=False).indices.tolist())
+            assert loop == (i in got)
+    target, source = knn_graph(pos, k, batch, flow="target_to_source")
+    assert torch.equal(torch.stack([source, target]), knn_graph(pos, k, batch))
+
+    r, cap = 0.2, 12
+    source, target = radius_graph(pos, r, batch, max_num_neighbors=cap)
+    d = distance.clone().fill_diagonal_(float("inf"))
+    for i in range(250):
+        within = (d[i] < r).nonzero().flatten()
+        got = set(source[target == i].tolist())
+        if within.numel() <= cap:
+            assert got == set(within.tolist())
+        else:                                                    # the nearest ones are kept
+            assert got == set(d[i].topk(cap, largest=False).indices.tolist())
+
+    query, query_batch = torch.rand(30, 3, generator=g), torch.tensor([0] * 10 + [2] * 20)
+    y_index, x_index = dropin.knn(pos, query, 5, batch, query_batch)
+    d = _brute_pairs(pos, query, batch, query_batch)
+    for i in range(30):
+        assert set(x_index[y_index == i].tolist()) == set(d[i].topk(5, largest=False).indices.tolist())
+
+    kept = fps(pos, batch, ratio=0.3, random_start=False)
+    counts = torch.ceil(torch.tensor([100.0, 7.0, 143.0]) * 0.3).long().tolist()     # float32, as torch_cluster
+    expected = [brute_fps(pos[a:b], m) + a for (a, b), m in zip(((0, 100), (100, 107), (107, 250)), counts)]
+    assert torch.equal(kept, torch.cat(expected))
+    torch.manual_seed(0)
+    assert fps(pos, batch, ratio=0.3).shape == kept.shape
+
+
+# ----------------------------------------------------------------------------- PyG's example, imports changed
+# torch_geometric/examples/point_transformer_classification.py, model part, as published, except the
+# import line (was: `from torch_cluster import fps, knn_graph` and PyG's PointTransformerConv and knn).
+from torch.nn import Linear as Lin  # noqa: E402
+from torch_geometric.nn import global_mean_pool  # noqa: E402
+from torch_geometric.utils import scatter  # noqa: E402
+
+from pcattn.nn.pyg import PointTransformerConv as ExampleConv, fps as example_fps  # noqa: E402
+from pcattn.nn.pyg import knn as example_knn, knn_graph as example_knn_graph  # noqa: E402
+
+
+class TransformerBlock(torch.nn.Module):
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.lin_in = Lin(in_channels, in_channels)
+        self.lin_out = Lin(out_channels, out_channels)
+
+        self.pos_nn = MLP([3, 64, out_channels], norm=None, plain_last=False)
+
+        self.attn_nn = MLP([out_channels, 64, out_channels], norm=None, plain_last=False)
+
+        self.transformer = ExampleConv(in_channels, out_channels, pos_nn=self.pos_nn, attn_nn=self.attn_nn)
+
+    def forward(self, x, pos, edge_index):
+        x = self.lin_in(x).relu()
+        x = self.transformer(x, pos, edge_index)
+        x = self.lin_out(x).relu()
+        return x
+
+
+class TransitionDown(torch.nn.Module):
+    def __init__(self, in_channels, out_channels, ratio=0.25, k=16):
+        super().__init__()
+        self.k = k
+        self.ratio = ratio
+        self.mlp = MLP([in_channels, out_channels], plain_last=False)
+
+    def forward(self, x, pos, batch):
+        id_clusters = example_fps(pos, ratio=self.ratio, batch=batch)
+        sub_batch = batch[id_clusters] if batch is not None else None
+        id_k_neighbor = example_knn(pos, pos[id_clusters], k=self.k, batch_x=batch, batch_y=sub_batch)
+        x = self.mlp(x)
+        x_out = scatter(x[id_k_neighbor[1]], id_k_neighbor[0], dim=0, dim_size=id_clusters.size(0), reduce='max')
+        sub_pos, out = pos[id_clusters], x_out
+        return out, sub_pos, sub_batch
+
+
+class Net(torch.nn.Module):
+    def __init__(self, in_channels, out_channels, dim_model, k=16):
+        super().__init__()
+        self.k = k
+        in_channels = max(in_channels, 1)
+        self.mlp_input = MLP([in_channels, dim_model[0]], plain_last=False)
+        self.transformer_input = TransformerBlock(in_channels=dim_model[0], out_channels=dim_model[0])
+        self.transformers_down = torch.nn.ModuleList()
+        self.transition_down = torch.nn.ModuleList()
+        for i in range(len(dim_model) - 1):
+            self.transition_down.append(
+                TransitionDown(in_channels=dim_model[i], out_channels=dim_model[i + 1], k=self.k))
+            self.transformers_down.append(
+                TransformerBlock(in_channels=dim_model[i + 1], out_channels=dim_model[i + 1]))
+        self.mlp_output = MLP([dim_model[-1], 64, out_channels], norm=None)
+
+    def forward(self, x, pos, batch=None):
+        if x is None:
+            x = torch.ones((pos.shape[0], 1), device=pos.get_device())
+        out = self.mlp_input(x)
+        edge_index = example_knn_graph(pos, k=self.k, batch=batch)
+        out = self.transformer_input(out, pos, edge_index)
+        for i in range(len(self.transformers_down)):
+            out, pos, batch = self.transition_down[i](out, pos, batch=batch)
+            edge_index = example_knn_graph(pos, k=self.k, batch=batch)
+            out = self.transformers_down[i](out, pos, edge_index)
+        out = global_mean_pool(out, batch)
+        out = self.mlp_output(out)
+        return F.log_softmax(out, dim=-1)
+
+
+def test_pyg_example_network_with_pcattn_imports_learns(tiny_builtin_root):
+    from conftest import TINY_BUILTIN
+
+    from pcattn.data import BuiltinShapes
+
+    data = BuiltinShapes(tiny_builtin_root, "train", num_points=128, **TINY_BUILTIN)
+    samples = [data[i] for i in range(len(data)) if int(data[i]["label"]) < 4]      # 4 classes, 16 shapes
+    pos = torch.cat([s["pos"] for s in samples])
+    labels = torch.stack([s["label"] for s in samples])
+    batch = torch.arange(len(samples)).repeat_interleave(128)
+    torch.manual_seed(0)
+    model = Net(3, 4, dim_model=[32, 64, 128], k=8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = F.nll_loss(model(pos, pos, batch), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    with torch.no_grad():      # batch statistics: 15 steps are too few for BatchNorm's running averages
+        accuracy = (model(pos, pos, batch).argmax(1) == labels).float().mean()
+    assert losses[-1] < 0.5 * losses[0]
+    assert accuracy >= 0.75                                     # chance is 0.25
