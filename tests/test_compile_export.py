@@ -1,0 +1,115 @@
+"""torch.compile(fullgraph=True) of layers and a model, layers traced / exported in inference, and
+``pcattn export`` round trips (ONNX through onnxruntime, TorchScript, torch.export) against eager."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from pcattn import ScalarSelfAttention, VectorSelfAttention
+from pcattn.models import create_model
+
+TINY = dict(widths=(16, 32), depths=(1, 1), head_channels=(16,), dropout=0.0, k=8)
+
+
+def _tiny_model(num_classes=3):
+    torch.manual_seed(0)
+    return create_model("pt-tiny-vector", num_classes=num_classes, **TINY)
+
+
+def _compare_training(module, compiled, *inputs):
+    """Outputs and every parameter's gradient of a compiled module equal eager's."""
+    grads = []
+    for run in (compiled, module):
+        module.zero_grad()
+        out = run(*inputs)
+        out.square().sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in module.parameters()]))
+    (a, grads_a), (b, grads_b) = grads
+    assert (a - b).abs().max() < 1e-5
+    assert all((u - v).abs().max() < 1e-4 for u, v in zip(grads_a, grads_b))
+
+
+@pytest.mark.parametrize("layer", [VectorSelfAttention(8, 16, k=8), ScalarSelfAttention(8, 16, k=8)],
+                         ids=["vector", "scalar"])
+def test_layer_compiles_fullgraph_inference_and_training(layer):
+    """No graph break (fullgraph=True) in inference and training; aot_eager records forward and backward
+    as inductor would, in a second instead of a minute (inductor: the slow test below)."""
+    torch._dynamo.reset()
+    x, pos = torch.randn(2, 40, 8), torch.randn(2, 40, 3)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        assert (compiled(x, pos) - layer(x, pos)).abs().max() < 1e-5
+    _compare_training(layer, compiled, x, pos)
+
+
+def test_model_compiles_fullgraph_inference_and_training():
+    torch._dynamo.reset()
+    model = _tiny_model()
+    pos = torch.randn(2, 64, 3)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    model.eval()
+    with torch.no_grad():
+        assert (compiled(None, pos) - model(None, pos)).abs().max() < 1e-5
+    model.train()
+    _compare_training(model, compiled, None, pos)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("PCATTN_SLOW_TESTS"), reason="inductor compiles take minutes on the CPU "
+                    "(set PCATTN_SLOW_TESTS=1)")
+def test_model_compiles_with_inductor():
+    torch._dynamo.reset()
+    model = _tiny_model().eval()
+    pos = torch.randn(2, 64, 3)
+    with torch.no_grad():
+        assert (torch.compile(model, fullgraph=True)(None, pos) - model(None, pos)).abs().max() < 1e-5
+
+
+def test_layers_trace_and_export_in_inference():
+    """Parameters requiring grad, grad mode on: the trace still sees plain ops (no autograd function
+    holding the module), with kNN inside; the traced and exported layers equal eager on new clouds."""
+    torch.manual_seed(0)
+    layer = VectorSelfAttention(8, 16, k=8).eval()
+    x, pos = torch.randn(2, 40, 8), torch.randn(2, 40, 3)
+    traced = torch.jit.trace(layer, (x, pos), check_trace=False)
+    x2, pos2 = torch.randn(2, 40, 8), torch.randn(2, 40, 3)
+    with torch.no_grad():
+        expected = layer(x2, pos2)
+    assert (traced(x2, pos2) - expected).abs().max() < 1e-5
+    with torch.no_grad():
+        program = torch.export.export(layer, (x, pos))
+    assert (program.module()(x2, pos2) - expected).abs().max() < 1e-5
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from pcattn.engine.checkpoint import classifier_checkpoint, save_checkpoint
+
+    model = _tiny_model()
+    model.train()
+    with torch.no_grad():        # running statistics that are not the initial ones
+        model(None, torch.randn(4, 32, 3))
+    path = tmp_path_factory.mktemp("export") / "best.pt"
+    save_checkpoint(path, classifier_checkpoint(model.eval(), ["a", "b", "c"]))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "torch-export", "onnx"])
+def test_export_command_round_trips(checkpoint, fmt, tmp_path, capsys):
+    from pcattn.cli import main
+    from pcattn.engine import load_model
+    from pcattn.export import example_clouds, run_exported
+
+    out = tmp_path / f"model.{fmt}"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--num-points", "32",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "max abs difference from eager" in printed and out.exists()
+    model, _, _ = load_model(checkpoint)
+    batch = 2 if fmt == "torchscript" else 5                      # torch-export and ONNX: dynamic batch
+    clouds = example_clouds(batch, 32, seed=7)
+    with torch.no_grad():
+        expected = model(None, clouds)
+    assert (run_exported(out, fmt, clouds) - expected).abs().max() <= 1e-4
