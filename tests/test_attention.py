@@ -318,3 +318,35 @@ def test_input_errors_name_the_problem():
         VectorSelfAttention(8, k=0)
     with pytest.raises(ValueError, match="k must"):
         ScalarSelfAttention(8, k=0)
+
+
+def test_bad_library_input_names_the_argument():
+    x, pos, _ = make_batch(sizes=(20,))
+    layer = VectorSelfAttention(8, k=4)
+    with pytest.raises(ValueError, match="batch is empty"):
+        layer(torch.zeros(0, 10, 8), torch.zeros(0, 10, 3))
+    bad_x = x.clone()
+    bad_x[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="x contains NaN"):
+        layer(bad_x, pos)
+    for value, error in ((2.5, TypeError), ("7", TypeError), (-1, ValueError), (0, ValueError)):
+        with pytest.raises(error, match="chunk_size"):
+            VectorSelfAttention(8, chunk_size=value)
+        with pytest.raises(error, match="chunk_size"):
+            ScalarSelfAttention(8, chunk_size=value)
+    with pytest.raises(TypeError, match="k must be a positive integer"):
+        VectorSelfAttention(8, k=None)
+    for name in ("in_channels", "out_channels", "groups"):
+        arguments = dict(in_channels=8, out_channels=8, groups=None)
+        arguments[name] = 0
+        with pytest.raises(ValueError, match=name):
+            VectorSelfAttention(**arguments)
+    with pytest.raises(ValueError, match="heads"):
+        ScalarSelfAttention(8, heads=0)
+    from pcattn.models import create_model
+
+    model = create_model("pt-tiny-vector", num_classes=3, in_channels=6)
+    features = torch.zeros(1, 16, 6)
+    features[0, 4, 5] = float("inf")
+    with pytest.raises(ValueError, match="x contains NaN or infinite"):
+        model(features, torch.randn(1, 16, 3))

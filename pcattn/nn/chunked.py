@@ -29,6 +29,7 @@ __all__ = [
     "NeighborhoodAttention",
     "RecomputedChunks",
     "gather",
+    "check_count",
 ]
 
 # Rows of a chunk hold about this many (pair, channel) elements: 1 MiB in float32, small
@@ -110,6 +111,17 @@ def normalize(logits: Tensor, valid: Optional[Tensor], how: str) -> Tensor:
     return weights.to(dtype)
 
 
+def check_count(name: str, value, allow_none: bool = False) -> None:
+    """Raise a ``TypeError``/``ValueError`` naming ``name`` unless ``value`` is a positive int (or ``None`` if allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive integer{' or None' if allow_none else ''}, "
+                        f"got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+
+
 class Points(NamedTuple):
     """Validated flat inputs plus what is needed to give the output the input's layout."""
 
@@ -165,8 +177,13 @@ def _check_layer_inputs(layer: nn.Module, x: Tensor, pos: Tensor, batch: Optiona
                             f"(or run under torch.autocast)")
         if weight.dtype != x.dtype:
             raise TypeError(f"the layer's parameters are {weight.dtype} but x is {x.dtype}: call layer.to({x.dtype})")
+    if pos.dim() == 3 and pos.shape[0] == 0:
+        raise ValueError(f"the batch is empty: x {tuple(x.shape)} holds no cloud (B = 0)")
     if x.shape[-2] == 0:
         raise ValueError("the point cloud is empty (0 points)")
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).any(-1).sum())
+        raise ValueError(f"x contains NaN or infinite values ({bad} points)")
     if pos.dim() == 3 and batch is not None:
         raise ValueError("batch is only for flat (N, C) input; dense (B, P, C) input needs none")
     if pos.dim() == 2 and batch is not None:
@@ -290,6 +307,11 @@ class NeighborhoodAttention(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: Optional[int], chunk_size: Optional[int], checkpoint: bool):
+        check_count("in_channels", in_channels)
+        if out_channels is not None:
+            check_count("out_channels", out_channels)
+        if chunk_size is not None:
+            check_count("chunk_size", chunk_size)
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels or in_channels
         self.chunk_size, self.checkpoint = chunk_size, checkpoint

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .chunked import (NeighborhoodAttention, Neighbourhood, Points, finish, mlp, normalize, pairwise, prepare,
-                      resolve_neighbors, chunk_rows)
+from .chunked import (NeighborhoodAttention, Neighbourhood, Points, check_count, chunk_rows, finish, mlp, normalize,
+                      pairwise, prepare, resolve_neighbors)
 from .geometry import ragged_index
 
 __all__ = ["ScalarSelfAttention"]
@@ -71,10 +71,10 @@ class ScalarSelfAttention(NeighborhoodAttention):
         chunk_size: Optional[int] = None,
         checkpoint: bool = True,
     ):
-        if k is not None and k < 1:
-            raise ValueError(f"k must be >= 1 or None (whole cloud), got {k}")
-        if heads < 1:
-            raise ValueError(f"heads must be >= 1, got {heads}")
+        check_count("k", k, allow_none=True)   # None: the whole cloud
+        check_count("heads", heads)
+        check_count("qk_channels", qk_channels, allow_none=True)
+        check_count("v_channels", v_channels, allow_none=True)
         if positional_encoding not in ("mlp", "none"):
             raise ValueError(f"positional_encoding must be mlp or none, got {positional_encoding!r}")
         super().__init__(in_channels, out_channels, chunk_size, checkpoint)

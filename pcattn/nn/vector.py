@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .chunked import (NeighborhoodAttention, Neighbourhood, finish, mlp, normalize, pairwise, prepare,
-                      resolve_neighbors, has_batchnorm, chunk_rows)
+from .chunked import (NeighborhoodAttention, Neighbourhood, check_count, chunk_rows, finish, has_batchnorm, mlp,
+                      normalize, pairwise, prepare, resolve_neighbors)
 
 __all__ = ["VectorSelfAttention"]
 
@@ -103,9 +103,9 @@ class VectorSelfAttention(NeighborhoodAttention):
     ):
         super().__init__(in_channels, out_channels, chunk_size, checkpoint)
         out_channels = self.out_channels
+        check_count("k", k)
+        check_count("groups", groups, allow_none=True)
         groups = groups or out_channels
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
         if out_channels % groups:
             raise ValueError(f"groups ({groups}) must divide out_channels ({out_channels})")
         if relation not in ("subtraction", "addition", "hadamard", "concat"):
