@@ -1,7 +1,8 @@
-"""The ``pcattn`` command: ``train``, ``eval``, ``plot``, ``visualize``, ``ablate``, ``bench``.
+"""The ``pcattn`` command: ``train``, ``eval``, ``plot``, ``visualize``, ``ablate``, ``bench``, ``export``.
 
     pcattn train --dataset builtin --attention vector --out runs/builtin-vector
     pcattn train --out runs/builtin-vector --resume          # continue a killed run
+    torchrun --nproc_per_node 2 -m pcattn train ...          # DistributedDataParallel, --batch-size is global
     pcattn eval --checkpoint runs/builtin-vector/best.pt --votes 3
     pcattn plot runs/builtin-vector
     pcattn visualize --checkpoint runs/builtin-vector/best.pt --dataset builtin --index 7 --out attention.png
@@ -39,7 +40,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     data.add_argument("--up-axis", type=_axis, help="vertical axis x, y or z (default: the dataset's)")
     data.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                       help="switch the training augmentation off")
-    data.add_argument("--num-workers", type=int, help="data-loading processes (default 0)")
+    data.add_argument("--num-workers", type=int, help="data-loading processes (default 0; per process under torchrun)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", help="named configuration (default pt-tiny-<attention> for builtin, "
                                        "pt-<attention> for ModelNet); see pcattn.models.list_models()")
@@ -49,7 +50,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                        "positional_encoding=none, relation=addition, normalization=sigmoid, mapping=linear, ...")
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, help="default 15")
-    optim.add_argument("--batch-size", type=int, help="default 32")
+    optim.add_argument("--batch-size", type=int, help="default 32; under torchrun the global batch, split evenly "
+                                                       "over the processes")
     optim.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
     optim.add_argument("--weight-decay", type=float, help="default 1e-4")
     optim.add_argument("--optimizer", choices=("adamw", "sgd"), help="default adamw")
@@ -62,7 +64,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     run.add_argument("--precision", choices=("32", "bf16", "fp16"),
                      help="float32, or autocast to bfloat16 / float16 (fp16 with a gradient scaler) in training "
                           "and evaluation (default fp16 on CUDA, 32 on the CPU)")
-    run.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    run.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                     help="under torchrun with several processes: SyncBatchNorm, statistics of the global batch "
+                          "(default on when there are several processes; --no-sync-bn: per-process statistics)")
+    run.add_argument("--threads", type=int, help="torch threads (default: torch's choice; per process under torchrun)")
     run.add_argument("--out", help="run folder (default runs/<dataset>-<model>)")
     run.add_argument("--resume", action="store_true", default=None,
                      help="continue the run in --out from its last checkpoint (with its own settings)")
@@ -107,6 +112,7 @@ def _option(text: str):
 
 def run_train(args: argparse.Namespace) -> int:
     from .engine import CheckpointError, TrainConfig, merge_resume_config, train
+    from .engine.distributed import is_main_process
 
     fields = {name: value for name, value in vars(args).items()
               if value is not None and name in TrainConfig.__dataclass_fields__}
@@ -121,10 +127,10 @@ def run_train(args: argparse.Namespace) -> int:
         config = merge_resume_config(config, explicit)
         summary = train(config)
     except (OSError, ValueError, CheckpointError, FloatingPointError) as error:  # OSError: files, disk, lock
-        print(f"pcattn train: error: {error}", file=sys.stderr)
+        print(f"pcattn train: error{_rank_tag()}: {error}", file=sys.stderr)
         return 2
     evaluation = summary.get("eval")
-    if evaluation:
+    if evaluation and is_main_process():
         print(f"best checkpoint {summary['run_dir']}/best.pt (epoch {summary['best_epoch']}): "
               f"test OA {evaluation['oa']:.4f}, mAcc {evaluation['macc']:.4f}; trained in {summary['seconds']:.0f} s")
     return 0
@@ -150,6 +156,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 def run_eval(args: argparse.Namespace) -> int:
     from .engine import CheckpointError, check_writable, evaluate_checkpoint
+    from .engine.distributed import is_main_process
 
     try:
         if args.json:
@@ -158,8 +165,10 @@ def run_eval(args: argparse.Namespace) -> int:
                                      batch_size=args.batch_size, num_workers=args.num_workers, seed=args.seed,
                                      data_root=args.data_root, progress=args.progress, precision=args.precision)
     except (OSError, ValueError, CheckpointError) as error:  # OSError: e.g. --data-root is a file
-        print(f"pcattn eval: error: {error}", file=sys.stderr)
+        print(f"pcattn eval: error{_rank_tag()}: {error}", file=sys.stderr)
         return 2
+    if not is_main_process():  # under torchrun every process has the whole result; rank 0 reports it
+        return 0
     print(format_evaluation(result))
     if args.json:
         try:
@@ -169,6 +178,14 @@ def run_eval(args: argparse.Namespace) -> int:
             return 2
         print(f"wrote {args.json}")
     return 0
+
+
+def _rank_tag() -> str:
+    """`` (rank R of N)`` in a torchrun job of several processes (each prints its own error), else ``""``."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return f" (rank {os.environ.get('RANK')} of {world})" if world > 1 else ""
 
 
 def format_evaluation(result) -> str:
@@ -299,6 +316,35 @@ def run_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+# ============================================================================ export
+def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by pcattn train")
+    parser.add_argument("--format", required=True, choices=("onnx", "torchscript", "torch-export"))
+    parser.add_argument("--num-points", type=int, default=1024, help="points per cloud, fixed in the export")
+    parser.add_argument("--batch-size", type=int, default=2, help="batch of the example input (default 2; "
+                        "onnx and torch-export take any batch size)")
+    parser.add_argument("--out", required=True, help="file to write (.onnx, .pt, .pt2)")
+    return parser
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .engine import CheckpointError, load_model
+    from .export import export_classifier
+
+    try:
+        model, _, _ = load_model(args.checkpoint)
+        result = export_classifier(model, args.out, args.format, num_points=args.num_points,
+                                   batch_size=args.batch_size)
+    except (FileNotFoundError, ValueError, ImportError, RuntimeError, CheckpointError) as error:
+        print(f"pcattn export: error: {error}", file=sys.stderr)
+        return 2
+    batch = "any batch size" if result.dynamic_batch else f"batch size {args.batch_size}"
+    print(f"wrote {result.path} ({result.format}, input points ({'B' if result.dynamic_batch else args.batch_size}, "
+          f"{args.num_points}, {model.in_channels}), {batch}); max abs difference from eager "
+          f"{result.max_abs_diff:.2e} on {result.checked_batch_size} clouds")
+    return 0
+
+
 # ============================================================================ main
 def _lazy(module: str, function: str):
     def call(args):
@@ -332,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_arguments(ablate).set_defaults(handler=_lazy("bench.ablation", "run"))
     benchmark = commands.add_parser("bench", help="speed and memory against PyG and other implementations")
     harness.add_arguments(benchmark).set_defaults(handler=_lazy("bench.harness", "run"))
+    export = commands.add_parser("export", help="export a trained classifier (ONNX, TorchScript, torch.export)",
+                                 description="Export a checkpoint for inference, checked against eager.")
+    add_export_arguments(export).set_defaults(handler=run_export)
     return parser
 
 

@@ -21,6 +21,7 @@ prefix ``builtin`` (``builtin_shape_names.txt``, ``builtin_train.txt``, ``builti
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -382,6 +383,21 @@ def _info(seed, train_per_class, test_per_class, points_per_shape, noise) -> Dic
     }
 
 
+@contextlib.contextmanager
+def _generation_lock(root: Path):
+    """An exclusive OS lock (``fcntl.flock``) on ``.<root name>.lock`` beside ``root``; none where
+    ``fcntl`` does not exist (the generation itself stays atomic: staged, then renamed)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 _GENERATION_KEYS = ("generator_version", "seed", "train_per_class", "test_per_class", "points_per_shape", "noise",
                     "classes")
 
@@ -429,6 +445,13 @@ class BuiltinShapes(ModelNetNormalResampled):
 
     @staticmethod
     def _ensure(root: Path, settings: Dict, regenerate: bool) -> Dict:
+        # One process at a time checks, deletes or generates the folder (the ranks of a torchrun job,
+        # two runs started together): the others wait, then find it ready.
+        with _generation_lock(root):
+            return BuiltinShapes._ensure_locked(root, settings, regenerate)
+
+    @staticmethod
+    def _ensure_locked(root: Path, settings: Dict, regenerate: bool) -> Dict:
         info_path = root / INFO_FILE
         if info_path.is_file():
             info = json.loads(info_path.read_text())

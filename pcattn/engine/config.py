@@ -37,7 +37,8 @@ class TrainConfig:
         attention_options: options of every attention layer of the model, e.g.
             ``{"positional_encoding": "none"}`` or ``{"relation": "addition"}`` (see
             :class:`pcattn.VectorSelfAttention` / :class:`pcattn.ScalarSelfAttention`).
-        epochs, batch_size, num_points: the usual; ``num_points=None`` is 512 for the built-in
+        epochs, batch_size, num_points: the usual (``batch_size`` is the global batch under
+            ``torchrun``: each of N processes takes ``batch_size / N``); ``num_points=None`` is 512 for the built-in
             dataset and 1024 for ModelNet.
         lr, weight_decay, optimizer (``"adamw"`` or ``"sgd"``), momentum (SGD only).
         warmup: fraction of the iterations with a linear learning-rate warm-up, followed by a
@@ -57,7 +58,10 @@ class TrainConfig:
         precision: ``"32"``, ``"bf16"`` (autocast) or ``"fp16"`` (autocast and a gradient scaler),
             for training and evaluation; ``None`` is ``"fp16"`` on CUDA and ``"32"`` on the CPU (the
             run records the value it used). See :mod:`pcattn.engine.device`.
-        num_workers: data-loading processes.
+        num_workers: data-loading processes (per process of a ``torchrun`` job).
+        sync_bn: under ``torchrun`` with several processes, replace BatchNorm by SyncBatchNorm (batch
+            statistics of the global batch); ``None`` is on with several processes. Not a result
+            setting: a resume may change it (with the number of processes).
         threads: ``torch.set_num_threads`` for the run (``None`` keeps torch's default).
         out: the run folder.
         resume: continue the run in ``out`` from ``last.pt``; without one, start it again from its
@@ -90,6 +94,7 @@ class TrainConfig:
     device: str = "auto"
     precision: Optional[str] = None
     num_workers: int = 0
+    sync_bn: Optional[bool] = None
     threads: Optional[int] = None
     out: str = "runs/run"
     resume: bool = False

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from .checkpoint import load_model
 from .config import TrainConfig
 from .device import autocast, resolve_device, resolve_precision
+from .distributed import Distributed, ShardedBatches, distributed_session, sum_over_ranks
 from .loaders import batch_inputs, build_loaders
 
 __all__ = ["vote_augment", "evaluate", "evaluate_checkpoint"]
@@ -54,6 +55,10 @@ def evaluate(model: nn.Module, loader, device: Union[str, torch.device, None] = 
         label_smoothing: of the reported cross-entropy ``loss`` (of the first pass).
         precision: ``"32"``, ``"bf16"`` or ``"fp16"``: the forward runs under that autocast, as in training.
 
+    A ``loader`` whose batch sampler is a :class:`~pcattn.engine.distributed.ShardedBatches` holds this
+    rank's share of the test set: the counts are summed over the ranks (call it on every rank), and
+    the voting augmentation skips the other ranks' batches, so the result is the one-process result.
+
     Returns:
         ``{"oa", "macc", "loss", "per_class": {name: acc}, "confusion": [[...]] (rows = true class),
         "classes", "votes", "samples"}``. ``macc`` averages the classes present in the data.
@@ -72,7 +77,10 @@ def evaluate(model: nn.Module, loader, device: Union[str, torch.device, None] = 
     loss_sum, count = 0.0, 0
     from tqdm.auto import tqdm
 
-    for batch in tqdm(loader, desc="evaluating", leave=False, disable=not progress, unit="batch"):
+    sharded = isinstance(getattr(loader, "batch_sampler", None), ShardedBatches)
+    for number, batch in enumerate(tqdm(loader, desc="evaluating", leave=False, disable=not progress, unit="batch")):
+        for size in loader.batch_sampler.skipped[number] if sharded else ():
+            _skip_votes(generator, size, votes)
         pos, x = batch_inputs(batch, device, use_normals)
         labels = batch["label"].to(device)
         probabilities = torch.zeros(pos.shape[0], num_classes, device=device)
@@ -90,6 +98,10 @@ def evaluate(model: nn.Module, loader, device: Union[str, torch.device, None] = 
                                     minlength=num_classes * num_classes).view(num_classes, num_classes)
         count += pos.shape[0]
     model.train(was_training)
+    if sharded:
+        totals = sum_over_ranks(torch.tensor([loss_sum, count], dtype=torch.float64), device)
+        loss_sum, count = float(totals[0]), int(totals[1])
+        confusion = sum_over_ranks(confusion, device)
     if count == 0:
         raise ValueError("evaluate: the loader yielded no samples")
     support = confusion.sum(1)
@@ -109,13 +121,30 @@ def evaluate(model: nn.Module, loader, device: Union[str, torch.device, None] = 
     }
 
 
+def _skip_votes(generator: torch.Generator, size: int, votes: int) -> None:
+    """Advance ``generator`` past the draws :func:`vote_augment` makes for a batch of ``size`` clouds."""
+    for _ in range(votes - 1):
+        torch.rand(size, generator=generator)
+        torch.rand(size, generator=generator)
+
+
 def evaluate_checkpoint(checkpoint_path, votes: int = 1, device: str = "auto", batch_size: Optional[int] = None,
                         num_workers: int = 0, seed: int = 0, data_root: Optional[str] = None,
                         progress: bool = True, precision: Optional[str] = None) -> Dict[str, Any]:
     """Evaluate a checkpoint on the test split of the data it was trained on (from the checkpoint
     alone; ``data_root`` overrides where the data is, ``precision`` the precision of its training
-    run). Returns :func:`evaluate`'s dictionary plus ``"checkpoint"`` and ``"epoch"``."""
-    resolved_device = resolve_device(device)
+    run). Returns :func:`evaluate`'s dictionary plus ``"checkpoint"`` and ``"epoch"``.
+
+    Under ``torchrun`` every process evaluates its share of the test set and every process returns
+    the whole result (equal to a one-process evaluation's)."""
+    with distributed_session(resolve_device(device)) as distributed:
+        return _evaluate_checkpoint(checkpoint_path, distributed, votes, batch_size, num_workers, seed, data_root,
+                                    progress and distributed.is_main, precision)
+
+
+def _evaluate_checkpoint(checkpoint_path, distributed: Distributed, votes, batch_size, num_workers, seed, data_root,
+                         progress, precision) -> Dict[str, Any]:
+    resolved_device = distributed.device
     model, classes, checkpoint = load_model(checkpoint_path, resolved_device)
     config = TrainConfig.from_dict(checkpoint.get("train_config") or {})
     if data_root is not None:
@@ -126,7 +155,7 @@ def evaluate_checkpoint(checkpoint_path, votes: int = 1, device: str = "auto", b
         config.precision = precision
     config.num_workers = num_workers
     config = config.resolved()
-    _, test_loader = build_loaders(config, torch.Generator(), with_train=False)
+    _, test_loader = build_loaders(config, torch.Generator(), with_train=False, distributed=distributed)
     if list(test_loader.dataset.classes) != classes:
         raise ValueError(f"{checkpoint_path} was trained on classes {classes} but the test data at "
                          f"{test_loader.dataset.root} has {test_loader.dataset.classes}")

@@ -2,18 +2,33 @@
 model inputs of one batch."""
 from __future__ import annotations
 
+import functools
 from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .config import TrainConfig
+from .distributed import Distributed, GlobalBatchSampler, ShardedBatches, rank_worker_init
 
 __all__ = ["build_loaders", "batch_inputs"]
 
 
-def build_loaders(config: TrainConfig, generator: torch.Generator, with_train: bool = True):
-    """Train and test datasets and loaders for a resolved config: ``(train_loader, test_loader)``."""
+def build_loaders(config: TrainConfig, generator: torch.Generator, with_train: bool = True,
+                  distributed: Optional[Distributed] = None):
+    """Train and test datasets and loaders for a resolved config: ``(train_loader, test_loader)``.
+
+    With ``distributed`` (a job of several processes) rank 0 reads (or generates, or caches) the data
+    first while the others wait; the train loader gives this rank its share of each global batch of
+    ``config.batch_size`` (:class:`~pcattn.engine.distributed.GlobalBatchSampler`), the test loader its
+    share of the one-process test batches (:class:`~pcattn.engine.distributed.ShardedBatches`).
+    """
+    distributed = distributed or Distributed()
+    with distributed.main_first():
+        return _build_loaders(config, generator, with_train, distributed)
+
+
+def _build_loaders(config: TrainConfig, generator: torch.Generator, with_train: bool, distributed: Distributed):
     from torch.utils.data import DataLoader
 
     from ..data import build_dataset, seed_worker, test_transforms, train_transforms
@@ -27,9 +42,14 @@ def build_loaders(config: TrainConfig, generator: torch.Generator, with_train: b
     test_set = build_dataset(config.dataset, split="test", transform=test_transforms(), **common)
     if config.up_axis is not None:
         test_set.up_axis = config.up_axis
-    loader_options = dict(batch_size=config.batch_size, num_workers=config.num_workers,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=False)
-    test_loader = DataLoader(test_set, shuffle=False, drop_last=False, **loader_options)
+    loader_options = dict(num_workers=config.num_workers, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=False)
+    if distributed.enabled:
+        batches = ShardedBatches(len(test_set), config.batch_size, distributed.rank, distributed.world_size)
+        test_loader = DataLoader(test_set, batch_sampler=batches, **loader_options)
+    else:
+        test_loader = DataLoader(test_set, batch_size=config.batch_size, shuffle=False, drop_last=False,
+                                 **loader_options)
     if not with_train:
         return None, test_loader
     train_set = build_dataset(config.dataset, split="train", **common)
@@ -42,8 +62,16 @@ def build_loaders(config: TrainConfig, generator: torch.Generator, with_train: b
     if len(train_set) < config.batch_size:
         raise ValueError(f"the training split has {len(train_set)} shapes, fewer than batch_size={config.batch_size}")
     # drop_last: BatchNorm cannot take a batch of one cloud.
-    train_loader = DataLoader(train_set, shuffle=True, drop_last=True, generator=generator,
-                              worker_init_fn=seed_worker, **loader_options)
+    if distributed.enabled:
+        sampler = GlobalBatchSampler(len(train_set), config.batch_size, distributed.rank, distributed.world_size,
+                                     generator)
+        train_loader = DataLoader(train_set, sampler=sampler, batch_size=config.batch_size // distributed.world_size,
+                                  drop_last=True, generator=generator,
+                                  worker_init_fn=functools.partial(rank_worker_init, distributed.rank),
+                                  **loader_options)
+    else:
+        train_loader = DataLoader(train_set, shuffle=True, drop_last=True, generator=generator,
+                                  batch_size=config.batch_size, worker_init_fn=seed_worker, **loader_options)
     return train_loader, test_loader
 
 

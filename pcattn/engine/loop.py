@@ -9,12 +9,15 @@
    :func:`end_epoch` (checkpoints, ``metrics.jsonl``, a log line);
 5. :func:`finish_run`: ``best.pt`` evaluated into ``eval.json``, the plots.
 
-Distributed training slots in without changing this shape: :func:`build_training` is where a model
-would be wrapped, :func:`~pcattn.engine.build_loaders` where the train sampler would be set, and
-:func:`end_epoch` / :func:`finish_run` hold everything only one process should do.
+Under ``torchrun`` (:mod:`~pcattn.engine.distributed`) the shape is the same: every process runs
+these steps; :func:`build_training` wraps the model in ``DistributedDataParallel`` (SyncBatchNorm
+with ``sync_bn``), :func:`~pcattn.engine.build_loaders` gives each rank its share of every global
+batch and of the test set, and rank 0 alone holds the run folder's lock, prints and writes
+(checkpoints, ``metrics.jsonl``, ``eval.json``, plots) while the others wait at a barrier.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -27,10 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import create_model
-from .checkpoint import CheckpointError, classifier_checkpoint, load_model, rng_state, save_checkpoint, \
-    seed_everything, set_rng_state
+from .checkpoint import CheckpointError, classifier_checkpoint, load_checkpoint, load_model, rng_state, \
+    save_checkpoint, seed_everything, set_rng_state
 from .config import TrainConfig
 from .device import autocast, grad_scaler, resolve_device, resolve_precision
+from .distributed import (SYNC_BATCHNORMS, Distributed, broadcast_buffers, convert_sync_batchnorm, distributed_session,
+                          is_main_process, reseed_rank, sum_over_ranks)
 from .evaluation import evaluate
 from .loaders import batch_inputs, build_loaders
 from .run_folder import (CONFIG, METRICS, RunFolderLock, append_metrics, prepare_run_folder, remove_temporary_files,
@@ -55,6 +60,11 @@ class TrainingState:
     best_epoch: int = 0
     history: Optional[List[Dict[str, Any]]] = None  # every epoch's metrics row (metrics.jsonl is rebuilt from it)
     run_id: str = ""  # the run folder's identity (config.json and every checkpoint carry it)
+    network: Optional[nn.Module] = None  # what the training forward calls: DistributedDataParallel(model) or None
+
+    @property
+    def forward(self) -> nn.Module:
+        return self.network if self.network is not None else self.model
 
     def checkpoint(self, config: TrainConfig, metrics: Dict[str, Any]) -> Dict[str, Any]:
         return classifier_checkpoint(
@@ -77,43 +87,63 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         FloatingPointError: the training diverged (the last good checkpoint is kept).
     """
     config = config.resolved()  # every setting is checked before the run folder is touched
-    device = resolve_device(config.device)
-    config.precision = resolve_precision(config.precision, device)
-    out = Path(config.out)
-    with RunFolderLock(out):
-        return _train_locked(config, device, out)
+    with distributed_session(resolve_device(config.device)) as distributed:
+        if config.batch_size % distributed.world_size:
+            raise ValueError(f"batch_size {config.batch_size} is the global batch and does not split evenly over "
+                             f"{distributed.world_size} processes; use a multiple of {distributed.world_size}")
+        device = distributed.device
+        config.precision = resolve_precision(config.precision, device)
+        if not distributed.is_main:
+            config.progress = False  # one progress bar, rank 0's
+        out = Path(config.out)
+        with RunFolderLock(out) if distributed.is_main else contextlib.nullcontext():
+            return _train_locked(config, device, out, distributed)
 
 
-def _train_locked(config: TrainConfig, device: torch.device, out: Path) -> Dict[str, Any]:
-    removed = remove_temporary_files(out)
+def _train_locked(config: TrainConfig, device: torch.device, out: Path, distributed: Distributed) -> Dict[str, Any]:
+    found: Dict[str, Any] = {}
+
+    def prepare() -> Tuple[List[str], bool, str]:  # rank 0 checks the folder; its error stops every rank
+        removed = [path.name for path in remove_temporary_files(out)]
+        found["checkpoint"], run_id = prepare_run_folder(config, out)
+        return removed, found["checkpoint"] is not None, run_id
+
+    removed, resuming, run_id = distributed.on_main(prepare)
+    checkpoint = found.get("checkpoint") if distributed.is_main else \
+        (load_checkpoint(out / "last.pt") if resuming else None)
     if removed:
-        _log(f"removed {len(removed)} temporary file(s) left by an interrupted save: "
-             f"{', '.join(p.name for p in removed)}", config.progress)
-    checkpoint, run_id = prepare_run_folder(config, out)
+        _log(f"removed {len(removed)} temporary file(s) left by an interrupted save: {', '.join(removed)}",
+             config.progress)
     if config.threads is not None:
         torch.set_num_threads(int(config.threads))
     seed_everything(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    train_loader, test_loader = build_loaders(config, generator)
+    train_loader, test_loader = build_loaders(config, generator, distributed=distributed)
     config.up_axis = int(train_loader.dataset.up_axis)
-    state = build_training(config, list(train_loader.dataset.classes), len(train_loader), device, generator)
+    state = build_training(config, list(train_loader.dataset.classes), len(train_loader), device, generator,
+                           distributed)
     state.run_id = run_id
     if checkpoint is not None:
         restore(state, checkpoint, out / "last.pt")
         _log(f"resuming {out} after epoch {state.epoch} (best test OA so far {state.best_oa:.4f})", config.progress)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / CONFIG, {**config.to_dict(), "run_id": run_id})
-    state.history = start_metrics(out, state.epoch, state.history)
     metrics_path = out / METRICS
+    if distributed.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / CONFIG, {**config.to_dict(), "run_id": run_id})
+        state.history = start_metrics(out, state.epoch, state.history)
     parameters = sum(p.numel() for p in state.model.parameters())
     _log(f"training {config.model} ({parameters / 1e6:.2f} M parameters) on {config.dataset} "
          f"({len(train_loader.dataset)} train / {len(test_loader.dataset)} test shapes, {len(state.classes)} classes, "
-         f"{config.num_points} points) on {device}, precision {config.precision}, {torch.get_num_threads()} threads",
-         config.progress)
+         f"{config.num_points} points) on {device}, precision {config.precision}, {torch.get_num_threads()} threads"
+         + (f", {distributed.world_size} processes (DistributedDataParallel, global batch {config.batch_size}, "
+            f"{_count_sync_bn(state.model)} SyncBatchNorm layers)" if distributed.enabled else ""), config.progress)
 
     started = time.perf_counter()
     metrics: Dict[str, Any] = {}
     for epoch in range(state.epoch + 1, config.epochs + 1):
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        reseed_rank(config.seed, epoch, distributed.rank)
         try:
             metrics = run_epoch(state, epoch, train_loader, test_loader, config, device)
         except FloatingPointError as error:
@@ -121,7 +151,10 @@ def _train_locked(config: TrainConfig, device: torch.device, out: Path) -> Dict[
             raise FloatingPointError(f"{error}. The run diverged: {kept}; a resume would diverge again with the "
                                      f"same settings, so start a new run in another --out (or delete {out})") from None
         end_epoch(state, metrics, config, out, metrics_path)
-    return finish_run(state, config, out, test_loader, device, metrics, time.perf_counter() - started)
+        distributed.barrier()  # rank 0 has written the epoch's files
+    summary = finish_run(state, config, out, test_loader, device, metrics, time.perf_counter() - started)
+    distributed.barrier()
+    return summary
 
 
 # ============================================================================ set-up
@@ -151,15 +184,33 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 
 def build_training(config: TrainConfig, classes: List[str], steps_per_epoch: int, device: torch.device,
-                   generator: torch.Generator) -> TrainingState:
-    """A fresh model on ``device`` with its optimizer, schedule and (fp16) gradient scaler."""
+                   generator: torch.Generator, distributed: Optional[Distributed] = None) -> TrainingState:
+    """A fresh model on ``device`` with its optimizer, schedule and (fp16) gradient scaler; in a job of
+    several processes with ``config.sync_bn`` (default on there) its BatchNorm layers synchronised,
+    and wrapped in ``DistributedDataParallel`` (``state.network``; ``state.model`` stays the plain
+    module that checkpoints save)."""
+    distributed = distributed or Distributed(device=device)
     options = {"attention_kwargs": dict(config.attention_options)} if config.attention_options else {}
     model = create_model(config.model, num_classes=len(classes), in_channels=6 if config.use_normals else 3,
-                         **options).to(device)
+                         **options)
+    sync_bn = config.sync_bn if config.sync_bn is not None else distributed.world_size > 1
+    if sync_bn and distributed.world_size > 1:
+        model = convert_sync_batchnorm(model, device)
+    model = model.to(device)
+    network = None
+    if distributed.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        network = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(config.epochs * steps_per_epoch,
                                                                          config.warmup))
-    return TrainingState(model, optimizer, scheduler, grad_scaler(device, config.precision), generator, classes)
+    return TrainingState(model, optimizer, scheduler, grad_scaler(device, config.precision), generator, classes,
+                         network=network)
+
+
+def _count_sync_bn(model: nn.Module) -> int:
+    return sum(isinstance(module, SYNC_BATCHNORMS) for module in model.modules())
 
 
 def restore(state: TrainingState, checkpoint: Dict[str, Any], path: Path) -> None:
@@ -188,6 +239,7 @@ def run_epoch(state: TrainingState, epoch: int, train_loader, test_loader, confi
     """Train one epoch and evaluate on the test loader: the epoch's ``metrics.jsonl`` row."""
     started = time.perf_counter()
     trained = train_one_epoch(state, epoch, train_loader, config, device)
+    broadcast_buffers(state.model)  # every rank evaluates rank 0's BatchNorm statistics, the ones saved
     result = evaluate(state.model, test_loader, device, classes=state.classes,
                       label_smoothing=config.label_smoothing, precision=config.precision)
     return {"epoch": epoch, "train_loss": trained["loss"], "train_acc": trained["acc"],
@@ -218,6 +270,8 @@ def train_one_epoch(state: TrainingState, epoch: int, loader, config: TrainConfi
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                         rate=f"{seen / max(elapsed, 1e-9):.1f}/s")
     bar.close()
+    totals = sum_over_ranks(torch.tensor([loss_sum, correct, seen], dtype=torch.float64), device)  # the global batch's
+    loss_sum, correct, seen = float(totals[0]), int(totals[1]), int(totals[2])
     return {"loss": loss_sum / seen, "acc": correct / seen, "samples": seen, "seconds": time.perf_counter() - started}
 
 
@@ -226,7 +280,7 @@ def train_step(state: TrainingState, x: Optional[Tensor], pos: Tensor, labels: T
     """Forward (under the run's autocast), backward and one optimizer and schedule step:
     ``(loss, logits)``, both detached."""
     with autocast(device, config.precision):
-        logits = state.model(x, pos)
+        logits = state.forward(x, pos)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
     if not torch.isfinite(loss.detach()):
         raise FloatingPointError(f"epoch {epoch}: the training loss became {float(loss.detach())}; lower --lr "
@@ -253,6 +307,8 @@ def end_epoch(state: TrainingState, metrics: Dict[str, Any], config: TrainConfig
     if improved:
         state.best_oa, state.best_epoch = metrics["test_oa"], state.epoch
     state.history = list(state.history or []) + [metrics]
+    if not is_main_process():
+        return  # rank 0 writes; the others wait at the barrier after this
     checkpoint = state.checkpoint(config, metrics)
     # best first: a kill between the two writes then resumes from the previous last.pt and
     # redoes this epoch, which rewrites the same best.pt. The metrics row is inside last.pt too:
@@ -279,9 +335,10 @@ def finish_run(state: TrainingState, config: TrainConfig, out: Path, test_loader
         evaluation = evaluate(best_model, test_loader, device, classes=state.classes, up_axis=config.up_axis,
                               precision=config.precision)
         evaluation.update(checkpoint=str(best_path), epoch=state.best_epoch)
-        write_json(out / "eval.json", evaluation)
+        if is_main_process():
+            write_json(out / "eval.json", evaluation)
         summary["eval"] = evaluation
-    if config.plots:
+    if config.plots and is_main_process():
         try:
             from ..viz import plot_run
 
@@ -294,6 +351,8 @@ def finish_run(state: TrainingState, config: TrainConfig, out: Path, test_loader
 
 
 def _log(message: str, progress: bool) -> None:
+    if not is_main_process():
+        return
     if progress:
         from tqdm.auto import tqdm
 
