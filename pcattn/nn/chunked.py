@@ -181,7 +181,7 @@ def _check_layer_inputs(layer: nn.Module, x: Tensor, pos: Tensor, batch: Optiona
         raise ValueError(f"the batch is empty: x {tuple(x.shape)} holds no cloud (B = 0)")
     if x.shape[-2] == 0:
         raise ValueError("the point cloud is empty (0 points)")
-    if not bool(torch.isfinite(x).all()):
+    if not tracing() and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).any(-1).sum())
         raise ValueError(f"x contains NaN or infinite values ({bad} points)")
     if pos.dim() == 3 and batch is not None:
