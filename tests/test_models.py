@@ -156,3 +156,17 @@ def test_tiny_training_run_learns(attention):
     accuracy = (model(None, pos).argmax(1) == labels).float().mean()
     assert accuracy >= 0.9
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_the_static_equal_clouds_path_gives_the_eager_result(monkeypatch):
+    """GPUs (and torch.compile/export) take the batched kNN/FPS of equal-sized clouds: same logits."""
+    import pcattn.models.classifier as classifier_module
+
+    torch.manual_seed(0)
+    model = create_model("pt-tiny-vector", num_classes=5).eval()
+    pos = torch.randn(3, 200, 3)
+    with torch.no_grad():
+        eager = model(None, pos)
+        monkeypatch.setattr(classifier_module, "tracing", lambda: True)
+        static = model(None, pos)
+    assert torch.allclose(static, eager, atol=1e-5)

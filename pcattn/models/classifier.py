@@ -130,8 +130,13 @@ class PointTransformerClassifier(nn.Module):
             check_batch(batch, pos.shape[0], pos.device)
             B = int(batch[-1]) + 1
 
-        # Recorded by torch.compile / export, dense input is B equal-sized clouds: static-shape kNN and FPS.
-        clouds = B if tracing() and dense else None
+        # B equal-sized clouds take the static-shape kNN and FPS (one batched search, no host
+        # synchronisation): always while torch.compile / export records, and on accelerators, where
+        # reading cloud sizes per stage would stall the device (the results are the same).
+        clouds = B if dense and (tracing() or pos.device.type != "cpu") else None
+        if clouds is None and not dense and pos.device.type != "cpu" and not tracing():
+            counts = torch.bincount(batch, minlength=B)
+            clouds = B if bool((counts == counts[0]).all()) and int(counts[0]) > 0 else None  # once, at the entry
         with checked_inputs():  # checked above: the layers below skip their checks (no host syncs)
             x = self.stem(x)
             for s, blocks in enumerate(self.stages):

@@ -486,8 +486,8 @@ def farthest_point_sampling(
     valid = index >= 0
     dense = pos[index.clamp(min=0).to(pos.device)]
     chosen = _fps_padded(dense, sizes_ne.to(pos.device), int(keep.max()), random_start, generator, valid.to(pos.device))
-    take = torch.arange(chosen.shape[1])[None, :] < keep[:, None]
-    return (chosen.cpu() + starts[:, None])[take].to(pos.device)
+    take = (torch.arange(chosen.shape[1])[None, :] < keep[:, None]).to(pos.device)
+    return (chosen + starts[:, None].to(pos.device))[take]      # (stays on the device)
 
 
 def _fps_padded(pos: Tensor, sizes: Tensor, m: int, random_start: bool,
