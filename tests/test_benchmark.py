@@ -291,3 +291,24 @@ def test_report_names_the_device_and_precision():
     assert "device=cuda (NVIDIA H100 80GB HBM3" in config_line and "precision=bf16" in config_line
     assert "max_memory_allocated" in table and "autocast" in table
     assert "resident size" in markdown([], {"device": "cpu", "precision": "32"})
+
+
+def test_dropin_version_of_the_example_network_swaps_only_the_conv_class():
+    """The benchmark's drop-in row: PyG's example with pcattn.nn.pyg.PointTransformerConv by import."""
+    from pcattn.bench.reference import dropin_version
+    from pcattn.nn.pyg import PointTransformerConv
+
+    torch.manual_seed(0)
+    theirs = PyGPointTransformerNet(3, 5, dim_model=(32, 64), k=8).eval()
+    ours = dropin_version(theirs).eval()
+    convs = [m.transformer for m in ours.modules() if hasattr(m, "transformer")]
+    assert convs and all(type(conv) is PointTransformerConv for conv in convs)
+    for conv in convs:   # PyG's parameter names: the state dict loaded as it is
+        assert {"lin.weight", "lin_src.weight", "lin_dst.weight"} <= set(conv.state_dict())
+    pos = torch.rand(2 * 64, 3)
+    batch = torch.arange(2).repeat_interleave(64)
+    x = torch.randn(2 * 64, 32)    # the first block's width
+    with torch.no_grad():
+        block_theirs, block_ours = theirs.transformer_input, ours.transformer_input
+        nbr = knn(pos, 9, batch)
+        assert torch.allclose(block_ours(x, pos, nbr), block_theirs(x, pos, nbr), atol=1e-5)

@@ -379,7 +379,7 @@ def _build_classifier(p: Dict[str, Any]) -> Built:
     torch = _torch()
     import torch.nn.functional as F
 
-    from pcattn.bench.reference import PyGPointTransformerNet, pcattn_version
+    from pcattn.bench.reference import PyGPointTransformerNet, dropin_version, pcattn_version
 
     B, P, classes = p["B"], p["P"], p["classes"]
     dev, precision = _device(p), p.get("precision", "32")
@@ -389,7 +389,9 @@ def _build_classifier(p: Dict[str, Any]) -> Built:
     flat = pos.reshape(-1, 3)
     batch = torch.arange(B, device=dev).repeat_interleave(P)
     theirs = PyGPointTransformerNet(3, classes, layer="pyg").train()
-    ours = pcattn_version(theirs).train()
+    # "layer": pcattn's VectorSelfAttention in the conv's place; "dropin": pcattn.nn.pyg.PointTransformerConv,
+    # the network's code unchanged but for the import
+    ours = (dropin_version(theirs) if p.get("variant") == "dropin" else pcattn_version(theirs)).train()
     theirs, ours = theirs.to(dev), ours.to(dev)       # before the optimizers take their parameters
     opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-3)
     opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-3)
@@ -526,6 +528,9 @@ def build_cases(args: argparse.Namespace) -> List[Case]:
         cases.append(Case("classifier train step (PyG example network) B=16 P=1024 classes=40", "classifier",
                           dict(B=16, P=1024, classes=40), ["ours", "pyg-example"], both, 2, 1, 3,
                           "classifier", unit="samples/s"))
+        cases.append(Case("classifier train step (PyG example network, pcattn's PointTransformerConv by import) "
+                          "B=16 P=1024 classes=40", "classifier", dict(B=16, P=1024, classes=40, variant="dropin"),
+                          ["ours", "pyg-example"], both, 2, 1, 3, "classifier", unit="samples/s"))
         cases.append(Case("scale: VectorSelfAttention C=32 k=16 inference N=1M", "scale",
                           dict(N=1_000_000, C=32, k=16, mode="fwd"), ["ours"], single, 1, 1, 1, "scale"))
         cases.append(Case("scale: VectorSelfAttention C=32 k=16 fwd+bwd N=100k", "scale",

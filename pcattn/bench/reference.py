@@ -42,6 +42,7 @@ __all__ = [
     "PyGTransformerBlock",
     "PyGPointTransformerNet",
     "pcattn_version",
+    "dropin_version",
     "neighbors_to_edge_index",
 ]
 
@@ -293,4 +294,21 @@ def pcattn_version(net: PyGPointTransformerNet) -> PyGPointTransformerNet:
         if isinstance(block, PyGTransformerBlock) and block.layer == "pyg":
             block.transformer = VectorSelfAttention.from_pyg(block.transformer, k=copied.k + 1)
             block.layer = "pcattn"
+    return copied
+
+
+def dropin_version(net: PyGPointTransformerNet) -> PyGPointTransformerNet:
+    """A copy of ``net`` (built with ``layer="pyg"``) whose ``torch_geometric.nn.PointTransformerConv``
+    modules are :class:`pcattn.nn.pyg.PointTransformerConv` with the same state dict: what a PyG user
+    gets by changing the import (called with ``edge_index``, as PyG's conv is)."""
+    from ..nn.pyg import PointTransformerConv
+
+    copied = copy.deepcopy(net)
+    for block in copied.modules():
+        if isinstance(block, PyGTransformerBlock) and block.layer == "pyg":
+            theirs = block.transformer
+            ours = PointTransformerConv(theirs.in_channels, theirs.out_channels, pos_nn=copy.deepcopy(theirs.pos_nn),
+                                        attn_nn=copy.deepcopy(theirs.attn_nn)).to(theirs.lin.weight.device)
+            ours.load_state_dict(theirs.state_dict())
+            block.transformer = ours
     return copied
