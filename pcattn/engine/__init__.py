@@ -12,6 +12,7 @@ Modules:
 * :mod:`~pcattn.engine.loaders`: the train and test loaders of a config;
 * :mod:`~pcattn.engine.loop`: :func:`train`, built from small steps (set-up, restore, one epoch, save);
 * :mod:`~pcattn.engine.evaluation`: metrics, test-time voting, :func:`evaluate_checkpoint`;
+* :mod:`~pcattn.engine.metrics`: part-segmentation accuracy, instance and class mIoU;
 * :mod:`~pcattn.engine.checkpoint`: the checkpoint format, atomic writing, reading with named
   errors, random-state serialisation;
 * :mod:`~pcattn.engine.run_folder`: the run folder's files.
@@ -38,6 +39,7 @@ from .device import PRECISIONS, resolve_device, resolve_precision
 from .evaluation import evaluate, evaluate_checkpoint
 from .loaders import build_loaders
 from .loop import train
+from .metrics import PartSegmentationMetrics, restrict_to_parts, shape_part_ious
 from .run_folder import RunFolderInUse, check_writable
 
 __all__ = [
@@ -60,4 +62,7 @@ __all__ = [
     "check_writable",
     "resolve_device",
     "resolve_precision",
+    "PartSegmentationMetrics",
+    "restrict_to_parts",
+    "shape_part_ious",
 ]

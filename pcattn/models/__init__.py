@@ -4,6 +4,8 @@
 >>> logits = model(None, torch.randn(16, 1024, 3))          # (16, 40): x=None uses the positions
 """
 from .classifier import PointTransformerClassifier
-from .registry import MODEL_CONFIGS, create_model, list_models
+from .registry import MODEL_CONFIGS, SEGMENTER_CONFIGS, create_model, create_segmenter, list_models
+from .segmenter import PointTransformerSegmenter
 
-__all__ = ["PointTransformerClassifier", "create_model", "list_models", "MODEL_CONFIGS"]
+__all__ = ["PointTransformerClassifier", "PointTransformerSegmenter", "create_model", "create_segmenter",
+           "list_models", "MODEL_CONFIGS", "SEGMENTER_CONFIGS"]

@@ -1,11 +1,12 @@
 """Named model configurations (timm-style): one place to see every variant, and ``create_model``."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Union
 
 from .classifier import PointTransformerClassifier
+from .segmenter import PointTransformerSegmenter
 
-__all__ = ["MODEL_CONFIGS", "create_model", "list_models"]
+__all__ = ["MODEL_CONFIGS", "SEGMENTER_CONFIGS", "create_model", "create_segmenter", "list_models"]
 
 
 _TINY = dict(widths=(32, 64, 128, 256), depths=(1, 1, 1, 1), head_channels=(128,))
@@ -23,23 +24,66 @@ MODEL_CONFIGS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def list_models() -> list:
-    """Names accepted by :func:`create_model`."""
-    return sorted(MODEL_CONFIGS)
+# Segmentation U-Nets (PointTransformerSegmenter): the paper's five levels, one block per encoder
+# and decoder stage; the tiny ones have four levels for CPU work.
+_TINY_SEG = dict(widths=(32, 64, 128, 256), depths=(1, 1, 1, 1), head_channels=(32,))
+
+SEGMENTER_CONFIGS: Dict[str, Dict[str, Any]] = {
+    "pt-seg-vector": dict(attention="vector"),
+    "pt-seg-scalar": dict(attention="scalar"),
+    "pt-seg-tiny-vector": dict(attention="vector", **_TINY_SEG),
+    "pt-seg-tiny-scalar": dict(attention="scalar", **_TINY_SEG),
+}
 
 
-def create_model(name: str, num_classes: int = 40, in_channels: int = 3, **overrides: Any) -> PointTransformerClassifier:
+def list_models(task: str = "classification") -> list:
+    """Names accepted by :func:`create_model`: the classifiers (default) or, with
+    ``task="segmentation"``, the segmenters (also accepted by :func:`create_segmenter`)."""
+    if task == "classification":
+        return sorted(MODEL_CONFIGS)
+    if task == "segmentation":
+        return sorted(SEGMENTER_CONFIGS)
+    raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
+
+
+def _recorded(name: str, fixed: Dict[str, Any], kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """``model.config``: the name, the fixed arguments and every other argument (tuples as lists)."""
+    config = {"name": name, **fixed}
+    for key, value in kwargs.items():
+        config[key] = list(value) if isinstance(value, tuple) else value
+    return config
+
+
+def create_segmenter(name: str, num_classes: int, num_categories: Optional[int] = None, in_channels: int = 3,
+                     **overrides: Any) -> PointTransformerSegmenter:
+    """Build a named segmenter (:data:`SEGMENTER_CONFIGS`), with any constructor argument overridden.
+
+    ``model.config`` records the name and every argument: ``create_segmenter(**model.config)`` and
+    ``create_model(**model.config)`` rebuild the same architecture.
+    """
+    if name not in SEGMENTER_CONFIGS:
+        raise ValueError(f"unknown segmenter {name!r}; available: {', '.join(list_models('segmentation'))}")
+    kwargs: Dict[str, Any] = {**SEGMENTER_CONFIGS[name], **overrides}
+    model = PointTransformerSegmenter(num_classes=num_classes, in_channels=in_channels,
+                                      num_categories=num_categories, **kwargs)
+    fixed = {"num_classes": num_classes, "num_categories": num_categories, "in_channels": in_channels}
+    model.config = _recorded(name, fixed, kwargs)
+    return model
+
+
+def create_model(name: str, num_classes: int = 40, in_channels: int = 3,
+                 **overrides: Any) -> Union[PointTransformerClassifier, PointTransformerSegmenter]:
     """Build a named configuration, with any constructor argument overridden.
 
     ``model.config`` records the name and every argument, so ``create_model(**model.config)``
-    rebuilds the same architecture (checkpoints store it).
+    rebuilds the same architecture (checkpoints store it). Segmenter names (``pt-seg-*``) build a
+    :class:`PointTransformerSegmenter` through :func:`create_segmenter`.
     """
+    if name in SEGMENTER_CONFIGS:
+        return create_segmenter(name, num_classes, in_channels=in_channels, **overrides)
     if name not in MODEL_CONFIGS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     kwargs: Dict[str, Any] = {**MODEL_CONFIGS[name], **overrides}
     model = PointTransformerClassifier(num_classes=num_classes, in_channels=in_channels, **kwargs)
-    config = {"name": name, "num_classes": num_classes, "in_channels": in_channels}
-    for key, value in kwargs.items():
-        config[key] = list(value) if isinstance(value, tuple) else value
-    model.config = config
+    model.config = _recorded(name, {"num_classes": num_classes, "in_channels": in_channels}, kwargs)
     return model

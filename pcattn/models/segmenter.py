@@ -1,0 +1,188 @@
+"""The Point Transformer segmenter: a U-Net of Point Transformer blocks with a per-point head."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..nn.blocks import PointTransformerBlock, TransitionDown, TransitionUp
+from ..nn.geometry import check_batch, check_positions, checked_inputs, knn, to_flat, tracing
+
+__all__ = ["PointTransformerSegmenter"]
+
+
+def _stage(width: int, depth: int, attention: str, k: int, group_size: int, groups: Optional[int],
+           heads: int, attention_kwargs: Dict[str, Any]) -> nn.ModuleList:
+    """``depth`` Point Transformer blocks of ``width`` channels (groups as in the classifier)."""
+    stage_groups = max(1, width // group_size) if not groups else min(groups, width)
+    blocks = [PointTransformerBlock(width, attention, k=k, groups=stage_groups, heads=heads, **attention_kwargs)
+              for _ in range(depth)]
+    return nn.ModuleList(blocks)
+
+
+class PointTransformerSegmenter(nn.Module):
+    r"""Point Transformer segmentation U-Net (Zhao et al. 2021, Sec. 4.3 / Fig. 4).
+
+    Encoder: stem MLP, stage 1 (``depths[0]`` blocks at ``widths[0]`` channels), then for each
+    further stage a :class:`~pcattn.nn.blocks.TransitionDown` (farthest point sampling to
+    ``1/stride`` of each cloud, kNN max-pooling) and ``depths[s]`` blocks. Decoder: for each level
+    from the coarsest up, a :class:`~pcattn.nn.blocks.TransitionUp` (inverse-distance
+    interpolation from the 3 nearest coarse points, plus the encoder's features at that level as a
+    skip connection) and ``decoder_depths[s]`` blocks. Head: a per-point MLP on the finest
+    features, to which the one-hot object category is concatenated when ``num_categories`` is set
+    (part segmentation, as the PointNet++ and Point Transformer part-segmentation code does):
+
+    .. math::
+        \mathbf{y}_i = \mathrm{MLP}\big([\mathbf{f}_i, \mathrm{onehot}(c_{b(i)})]\big)
+
+    Args:
+        num_classes: labels per point (all part labels of all categories for part segmentation).
+        in_channels: input feature size: 3 (xyz, the default) or 6 (xyz + normals).
+        num_categories: number of object categories; ``None`` (default) for semantic
+            segmentation without a category input.
+        attention: ``"vector"`` or ``"scalar"`` self-attention in every block.
+        widths: channels per level (default the paper's 32, 64, 128, 256, 512).
+        depths: encoder blocks per level.
+        decoder_depths: decoder blocks per level below the coarsest (``len(widths) - 1`` entries,
+            finest first); default one each.
+        k: neighbours for attention and for transition down.
+        stride: downsampling factor of each transition down.
+        group_size, groups, heads, attention_kwargs: as in
+            :class:`~pcattn.models.classifier.PointTransformerClassifier`.
+        head_channels: hidden sizes of the per-point MLP.
+        dropout: dropout in the per-point MLP (0, as the official code, by default).
+
+    Shapes:
+        - call: ``model(x, pos, batch=None, category=None)``, the classifier's order.
+        - x: ``(B, P, in_channels)`` / ``(N, in_channels)``; ``None`` uses ``pos`` (``in_channels == 3``).
+        - pos: ``(B, P, 3)``, or flat ``(N, 3)`` with a sorted ``batch (N,)`` (clouds may differ in size).
+        - category: int64 ``(B,)``, one per cloud id ``0..batch.max()``; required iff ``num_categories``.
+        - returns per-point logits ``(B, P, num_classes)`` for dense input, ``(N, num_classes)`` for flat.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        num_categories: Optional[int] = None,
+        attention: str = "vector",
+        widths: Sequence[int] = (32, 64, 128, 256, 512),
+        depths: Sequence[int] = (1, 1, 1, 1, 1),
+        decoder_depths: Optional[Sequence[int]] = None,
+        k: int = 16,
+        stride: int = 4,
+        group_size: int = 8,
+        groups: Optional[int] = None,
+        heads: int = 4,
+        head_channels: Sequence[int] = (32,),
+        dropout: float = 0.0,
+        attention_kwargs: Optional[Dict[str, Any]] = None,
+    ):
+        super().__init__()
+        if not widths or len(widths) != len(depths):
+            raise ValueError(f"widths and depths must have the same non-zero length, got {widths} and {depths}")
+        if decoder_depths is None:
+            decoder_depths = (1,) * (len(widths) - 1)
+        if len(decoder_depths) != len(widths) - 1:
+            raise ValueError(f"decoder_depths needs len(widths) - 1 = {len(widths) - 1} entries, got {decoder_depths}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if num_categories is not None and num_categories < 1:
+            raise ValueError(f"num_categories must be None or >= 1, got {num_categories}")
+        self.num_classes, self.in_channels, self.k = num_classes, in_channels, k
+        self.num_categories = num_categories
+        options = (attention, k, group_size, groups, heads, dict(attention_kwargs or {}))
+
+        self.stem = nn.Sequential(nn.Linear(in_channels, widths[0], bias=False), nn.BatchNorm1d(widths[0]), nn.ReLU())
+        self.encoder = nn.ModuleList(_stage(w, d, *options) for w, d in zip(widths, depths))
+        self.down = nn.ModuleList(TransitionDown(fine, coarse, stride=stride, k=k)
+                                  for fine, coarse in zip(widths[:-1], widths[1:]))
+        # up[s] and decoder[s] bring level s + 1 back to level s (index 0 is the finest level)
+        self.up = nn.ModuleList(TransitionUp(coarse, fine, fine) for fine, coarse in zip(widths[:-1], widths[1:]))
+        self.decoder = nn.ModuleList(_stage(w, d, *options) for w, d in zip(widths[:-1], decoder_depths))
+
+        layers = []
+        channels = widths[0] + (num_categories or 0)
+        for hidden in head_channels:
+            layers += [nn.Linear(channels, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            channels = hidden
+        layers.append(nn.Linear(channels, num_classes))
+        self.head = nn.Sequential(*layers)
+        self.config: Dict[str, Any] = {}
+
+    def forward(self, x: Optional[Tensor], pos: Tensor, batch: Optional[Tensor] = None,
+                category: Optional[Tensor] = None) -> Tensor:
+        """Per-point logits; see the class docstring for shapes."""
+        x, pos, batch, clouds, dense_shape = self._flat_inputs(x, pos, batch)
+        onehot = self._category_features(category, batch, clouds)
+        with checked_inputs():  # checked above: the layers skip their own checks
+            levels = []  # (x, pos, batch, neighbors) of each encoder level, finest first
+            x = self.stem(x)
+            for level, blocks in enumerate(self.encoder):
+                if level > 0:
+                    x, pos, batch, _ = self.down[level - 1](x, pos, batch)
+                neighbors = knn(pos, self.k, batch)
+                for block in blocks:
+                    x = block(x, pos, batch, neighbors)
+                levels.append((x, pos, batch, neighbors))
+            for level in reversed(range(len(self.decoder))):
+                skip, pos, batch, neighbors = levels[level]
+                x = self.up[level](x, levels[level + 1][1], levels[level + 1][2], skip, pos, batch)
+                for block in self.decoder[level]:
+                    x = block(x, pos, batch, neighbors)
+        if onehot is not None:
+            x = torch.cat([x, onehot.to(x.dtype)], dim=1)
+        logits = self.head(x)
+        return logits if dense_shape is None else logits.reshape(*dense_shape, self.num_classes)
+
+    def _flat_inputs(self, x: Optional[Tensor], pos: Tensor, batch: Optional[Tensor]
+                     ) -> Tuple[Tensor, Tensor, Tensor, int, Optional[Tuple[int, int]]]:
+        """Check the inputs once and return flat ``x, pos, batch``, the number of clouds and, for
+        dense input, its ``(B, P)``."""
+        check_positions(pos)
+        if x is None and self.in_channels != 3:
+            raise ValueError(f"the model takes {self.in_channels} input channels: pass x "
+                             f"(e.g. torch.cat([pos, normals], -1)); x=None only works for in_channels=3")
+        x = pos if x is None else x
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor or None, got {type(x).__name__}")
+        expected = tuple(pos.shape[:-1]) + (self.in_channels,)
+        if tuple(x.shape) != expected:
+            raise ValueError(f"x must be {expected} to match pos {tuple(pos.shape)}, got {tuple(x.shape)}")
+        if x is not pos and not tracing() and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"x contains NaN or infinite values ({int((~torch.isfinite(x)).any(-1).sum())} points)")
+        if pos.shape[-2] == 0:
+            raise ValueError(f"the point clouds are empty: pos is {tuple(pos.shape)}")
+        if pos.dim() == 3:
+            if batch is not None:
+                raise ValueError("batch is only for flat (N, 3) positions; dense (B, P, 3) input needs none")
+            pos, x, batch = to_flat(pos, x)
+            return x, pos, batch, expected[0], tuple(expected[:2])
+        if batch is None:
+            batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+        check_batch(batch, pos.shape[0], pos.device)
+        return x, pos, batch, int(batch[-1]) + 1, None
+
+    def _category_features(self, category: Optional[Tensor], batch: Tensor, clouds: int) -> Optional[Tensor]:
+        """The one-hot category of each point's cloud, ``(N, num_categories)``, or ``None``."""
+        if self.num_categories is None:
+            if category is not None:
+                raise ValueError("category was given but the model has no category input (num_categories=None)")
+            return None
+        if category is None:
+            raise ValueError(f"the model takes the object category: pass category ({clouds},) of ids "
+                             f"in [0, {self.num_categories})")
+        if not isinstance(category, Tensor):
+            raise TypeError(f"category must be a torch.Tensor, got {type(category).__name__}")
+        if category.dtype not in (torch.int64, torch.int32) or category.shape != (clouds,):
+            raise ValueError(f"category must be an integer ({clouds},) tensor (one id per cloud), "
+                             f"got {category.dtype} {tuple(category.shape)}")
+        if category.device != batch.device:
+            raise ValueError(f"category is on {category.device} but the points are on {batch.device}")
+        if not tracing() and bool(((category < 0) | (category >= self.num_categories)).any()):
+            raise ValueError(f"category ids must be in [0, {self.num_categories}), got {category.tolist()}")
+        return F.one_hot(category.long()[batch], self.num_categories)
