@@ -446,6 +446,10 @@ def _check_complete(path: Path) -> None:
     """Open3D fills the missing points of a truncated PLY/PCD with zeros: compare the data the header
     declares with what the file holds, and name a truncated file."""
     data = path.read_bytes()
+    marker = b"end_header" if path.suffix.lower() == ".ply" else b"\nDATA"
+    if marker not in data:  # a cut header: Open3D's parser may then ask for any amount of memory
+        raise ValueError(f"{path}: incomplete header (no {marker.decode().strip()!r} line): a truncated file, "
+                         f"or not a {path.suffix.lstrip('.').upper()} file")
     declared = _declared_size(path, data)
     if declared is None:
         return
@@ -471,7 +475,10 @@ def _read_open3d(path: Path) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     except ImportError as error:  # pragma: no cover
         raise ImportError(f"reading {path.suffix} files needs open3d (pip install open3d)") from error
     _check_complete(path)
-    cloud = o3d.io.read_point_cloud(str(path), print_progress=False)
+    try:
+        cloud = o3d.io.read_point_cloud(str(path), print_progress=False)
+    except (MemoryError, RuntimeError) as error:  # a damaged header can send Open3D's parser astray
+        raise ValueError(f"{path}: a file Open3D cannot parse ({type(error).__name__}: {error})") from error
     pos = np.asarray(cloud.points, dtype=np.float32)
     if pos.shape[0] == 0:
         raise ValueError(f"{path}: empty point cloud, or a file Open3D cannot parse")
