@@ -213,3 +213,38 @@ def test_fuzz_every_reader_gives_a_named_error_or_what_the_file_holds(tmp_path, 
                 pytest.fail(f"{fmt} {mutation}: {path.name} read although it is malformed")
         expected = expected[:, :result.shape[1]] if result.shape[1] < expected.shape[1] else expected
         np.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-6, err_msg=f"{fmt} {mutation}")
+
+
+def test_fuzz_hdf5_gives_a_named_error_or_what_the_file_holds(tmp_path):
+    """HDF5 (PointNet's ModelNet40 layout): random truncation and random bytes. HDF5 keeps no checksum
+    of its data, so a changed value can only be caught by comparing with what h5py itself reads."""
+    import h5py
+
+    from pcattn.data import ModelNetHDF5
+
+    rng = np.random.default_rng(5)
+    for trial in range(24):
+        root = tmp_path / f"trial{trial}"
+        root.mkdir()
+        (root / "shape_names.txt").write_text("a\nb\n")
+        written = np.round(rng.standard_normal((3, 16, 3)), 3).astype(np.float32)
+        path = root / "ply_data_train0.h5"
+        with h5py.File(path, "w") as handle:
+            handle["data"] = written
+            handle["label"] = np.array([[0], [1], [0]], dtype=np.uint8)
+        data = bytearray(path.read_bytes())
+        if trial % 2:
+            data = data[:int(rng.integers(0, len(data)))]
+        else:
+            for position in rng.integers(0, len(data), size=int(rng.integers(1, 4))):
+                data[position] = int(rng.integers(0, 256))
+        path.write_bytes(bytes(data))
+        try:
+            dataset = ModelNetHDF5(root, "train", num_points=16, sampling="first", cache=False)
+        except (ValueError, FileNotFoundError) as error:
+            assert path.name in str(error) or "shape_names" in str(error), error
+            continue
+        with h5py.File(path, "r") as handle:      # read, so h5py itself can read it: the same clouds
+            expected = np.asarray(handle["data"], dtype=np.float32)
+        got = np.stack([dataset[i]["pos"].numpy() for i in range(len(dataset))])
+        assert got.shape == expected.shape

@@ -256,7 +256,7 @@ class ModelNetHDF5(PointCloudDataset):
                     data = _h5_numbers(handle, "data", path)
                     label = _h5_labels(_h5_numbers(handle, "label", path).reshape(-1), path)
                     normal = _h5_numbers(handle, "normal", path) if "normal" in handle else None
-            except OSError as error:
+            except (OSError, RuntimeError, KeyError) as error:  # h5py: damaged metadata, links, a cut file
                 raise ValueError(f"{path}: not a readable HDF5 file ({error})") from None
             if data.ndim != 3 or data.shape[2] != 3 or data.shape[1] == 0:
                 raise ValueError(f"{path}: dataset 'data' must be (S, N, 3) with N > 0, got {data.shape}")
