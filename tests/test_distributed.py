@@ -6,6 +6,7 @@ two processes ask for it together."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -244,3 +245,12 @@ def test_sharded_evaluation_sums_to_the_one_process_result_with_votes():
         shard = torch.utils.data.DataLoader(samples, batch_sampler=ShardedBatches(len(samples), 4, rank, 2))
         confusion += torch.tensor(evaluate(_MeanPosition(), shard, votes=3, seed=5)["confusion"])
     assert confusion.tolist() == one["confusion"]
+
+
+def test_two_processes_with_bf16_and_loader_workers(tiny_modelnet10_root, tmp_path):
+    """DDP together with mixed precision and data-loading worker processes (1 epoch)."""
+    out = tmp_path / "bf16-workers"
+    torchrun(2, *train_args(tiny_modelnet10_root, out, epochs=1), "--precision", "bf16", "--num-workers", 1)
+    rows = metric_rows(out)
+    assert [row["epoch"] for row in rows] == [1] and math.isfinite(rows[0]["train_loss"])
+    assert json.loads((out / "config.json").read_text())["precision"] == "bf16"
