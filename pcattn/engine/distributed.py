@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from torch.utils.data import Sampler
 
 __all__ = ["Distributed", "distributed_session", "launched_by_torchrun", "is_main_process", "GlobalBatchSampler",
-           "ShardedBatches", "sum_over_ranks", "broadcast_buffers", "CPUSyncBatchNorm", "SYNC_BATCHNORMS", "convert_sync_batchnorm", "rank_worker_init", "reseed_rank"]
+           "ShardedBatches", "sum_over_ranks", "broadcast_buffers", "CPUSyncBatchNorm", "SYNC_BATCHNORMS",
+           "convert_sync_batchnorm", "rank_worker_init", "reseed_rank"]
 
 
 def launched_by_torchrun() -> bool:
@@ -205,8 +206,8 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """The CPU twin of ``torch.nn.SyncBatchNorm`` (which refuses CPU tensors, and which DDP refuses in a
     CPU model): in training, with several processes, the batch mean and variance are those of the
     global batch, summed with ``dist.all_reduce`` in an autograd function so that gradients flow through
-    them (the same sums torch's SyncBatchNorm makes); otherwise it is plain BatchNorm. ``x: (N, C)`` or ``(N, C, L)``; same state_dict as
-    ``BatchNorm1d``."""
+    them (the same sums torch's SyncBatchNorm makes); otherwise it is plain BatchNorm.
+    ``x: (N, C)`` or ``(N, C, L)``; same state_dict as ``BatchNorm1d``."""
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() not in (2, 3):
