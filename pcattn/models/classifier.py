@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.blocks import PointTransformerBlock, TransitionDown
-from ..nn.geometry import check_batch, check_positions, checked_inputs, knn, knn_equal_clouds, to_flat, tracing
+from ..nn.geometry import checked_inputs, knn, knn_equal_clouds, tracing
+from .inputs import flat_model_inputs
 
 __all__ = ["PointTransformerClassifier"]
 
@@ -101,34 +102,8 @@ class PointTransformerClassifier(nn.Module):
         a ``FutureWarning`` (see :func:`_legacy_order`).
         """
         x, pos = _legacy_order(x, pos, self.in_channels)
-        check_positions(pos)
-        if x is None:
-            if self.in_channels != 3:
-                raise ValueError(f"the model takes {self.in_channels} input channels: pass x "
-                                 f"(e.g. torch.cat([pos, normals], -1)); x=None only works for in_channels=3")
-            x = pos
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor or None, got {type(x).__name__}")
-        if x.shape[:-1] != pos.shape[:-1] or x.shape[-1] != self.in_channels:
-            raise ValueError(f"x must be {tuple(pos.shape[:-1]) + (self.in_channels,)} to match pos "
-                             f"{tuple(pos.shape)}, got {tuple(x.shape)}")
-        if x is not pos and not tracing() and not bool(torch.isfinite(x).all()):
-            raise ValueError(f"x contains NaN or infinite values ({int((~torch.isfinite(x)).any(-1).sum())} points)")
-        dense = pos.dim() == 3
-        if dense:
-            if batch is not None:
-                raise ValueError("batch is only for flat (N, 3) positions; dense (B, P, 3) input needs none")
-            if pos.shape[1] == 0:
-                raise ValueError("the point clouds are empty (P = 0)")
-            B = pos.shape[0]
-            pos, x, batch = to_flat(pos, x)
-        else:
-            if pos.shape[0] == 0:
-                raise ValueError("the point cloud is empty (0 points)")
-            if batch is None:
-                batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
-            check_batch(batch, pos.shape[0], pos.device)
-            B = int(batch[-1]) + 1
+        x, pos, batch, B, dense_shape = flat_model_inputs(x, pos, batch, self.in_channels)
+        dense = dense_shape is not None
 
         # B equal-sized clouds take the static-shape kNN and FPS (one batched search, no host
         # synchronisation): always while torch.compile / export records, and on accelerators, where

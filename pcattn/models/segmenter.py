@@ -1,14 +1,15 @@
 """The Point Transformer segmenter: a U-Net of Point Transformer blocks with a per-point head."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.blocks import PointTransformerBlock, TransitionDown, TransitionUp
-from ..nn.geometry import check_batch, check_positions, checked_inputs, knn, to_flat, tracing
+from ..nn.geometry import checked_inputs, knn, tracing
+from .inputs import flat_model_inputs
 
 __all__ = ["PointTransformerSegmenter"]
 
@@ -117,7 +118,7 @@ class PointTransformerSegmenter(nn.Module):
     def forward(self, x: Optional[Tensor], pos: Tensor, batch: Optional[Tensor] = None,
                 category: Optional[Tensor] = None) -> Tensor:
         """Per-point logits; see the class docstring for shapes."""
-        x, pos, batch, clouds, dense_shape = self._flat_inputs(x, pos, batch)
+        x, pos, batch, clouds, dense_shape = flat_model_inputs(x, pos, batch, self.in_channels)
         onehot = self._category_features(category, batch, clouds)
         with checked_inputs():  # checked above: the layers skip their own checks
             levels = []  # (x, pos, batch, neighbors) of each encoder level, finest first
@@ -138,34 +139,6 @@ class PointTransformerSegmenter(nn.Module):
             x = torch.cat([x, onehot.to(x.dtype)], dim=1)
         logits = self.head(x)
         return logits if dense_shape is None else logits.reshape(*dense_shape, self.num_classes)
-
-    def _flat_inputs(self, x: Optional[Tensor], pos: Tensor, batch: Optional[Tensor]
-                     ) -> Tuple[Tensor, Tensor, Tensor, int, Optional[Tuple[int, int]]]:
-        """Check the inputs once and return flat ``x, pos, batch``, the number of clouds and, for
-        dense input, its ``(B, P)``."""
-        check_positions(pos)
-        if x is None and self.in_channels != 3:
-            raise ValueError(f"the model takes {self.in_channels} input channels: pass x "
-                             f"(e.g. torch.cat([pos, normals], -1)); x=None only works for in_channels=3")
-        x = pos if x is None else x
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor or None, got {type(x).__name__}")
-        expected = tuple(pos.shape[:-1]) + (self.in_channels,)
-        if tuple(x.shape) != expected:
-            raise ValueError(f"x must be {expected} to match pos {tuple(pos.shape)}, got {tuple(x.shape)}")
-        if x is not pos and not tracing() and not bool(torch.isfinite(x).all()):
-            raise ValueError(f"x contains NaN or infinite values ({int((~torch.isfinite(x)).any(-1).sum())} points)")
-        if pos.shape[-2] == 0:
-            raise ValueError(f"the point clouds are empty: pos is {tuple(pos.shape)}")
-        if pos.dim() == 3:
-            if batch is not None:
-                raise ValueError("batch is only for flat (N, 3) positions; dense (B, P, 3) input needs none")
-            pos, x, batch = to_flat(pos, x)
-            return x, pos, batch, expected[0], tuple(expected[:2])
-        if batch is None:
-            batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
-        check_batch(batch, pos.shape[0], pos.device)
-        return x, pos, batch, int(batch[-1]) + 1, None
 
     def _category_features(self, category: Optional[Tensor], batch: Tensor, clouds: int) -> Optional[Tensor]:
         """The one-hot category of each point's cloud, ``(N, num_categories)``, or ``None``."""

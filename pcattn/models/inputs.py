@@ -1,0 +1,63 @@
+"""The models' entry check: validate ``(x, pos, batch)`` once and make it flat.
+
+Both networks (:class:`~pcattn.models.PointTransformerClassifier`,
+:class:`~pcattn.models.PointTransformerSegmenter`) call :func:`flat_model_inputs` first and then run
+their layers inside :func:`~pcattn.nn.geometry.checked_inputs`, so nothing below checks again.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..nn.geometry import check_batch, check_positions, to_flat, tracing
+
+__all__ = ["ModelInputs", "flat_model_inputs"]
+
+
+class ModelInputs(NamedTuple):
+    """Checked, flat inputs: ``x (N, C_in)``, ``pos (N, 3)``, sorted ``batch (N,)``, the number of
+    clouds, and ``(B, P)`` for dense input (``None`` for flat input)."""
+
+    x: Tensor
+    pos: Tensor
+    batch: Tensor
+    clouds: int
+    dense_shape: Optional[Tuple[int, int]]
+
+
+def flat_model_inputs(x: Optional[Tensor], pos: Tensor, batch: Optional[Tensor], in_channels: int) -> ModelInputs:
+    """Raise a ``TypeError``/``ValueError`` naming the problem, else return the flat inputs.
+
+    ``x=None`` uses the positions as the features (``in_channels == 3`` only); ``x`` must match ``pos``
+    point for point with ``in_channels`` channels and be finite; dense ``(B, P, 3)`` input takes no
+    ``batch``; flat input takes a sorted ``batch`` (default: one cloud).
+    """
+    check_positions(pos)
+    if x is None:
+        if in_channels != 3:
+            raise ValueError(f"the model takes {in_channels} input channels: pass x "
+                             f"(e.g. torch.cat([pos, normals], -1)); x=None only works for in_channels=3")
+        x = pos
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor or None, got {type(x).__name__}")
+    if x.shape[:-1] != pos.shape[:-1] or x.shape[-1] != in_channels:
+        raise ValueError(f"x must be {tuple(pos.shape[:-1]) + (in_channels,)} to match pos "
+                         f"{tuple(pos.shape)}, got {tuple(x.shape)}")
+    if x is not pos and not tracing() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"x contains NaN or infinite values ({int((~torch.isfinite(x)).any(-1).sum())} points)")
+    if pos.dim() == 3:
+        if batch is not None:
+            raise ValueError("batch is only for flat (N, 3) positions; dense (B, P, 3) input needs none")
+        if pos.shape[1] == 0:
+            raise ValueError("the point clouds are empty (P = 0)")
+        B, P = pos.shape[:2]
+        pos, x, batch = to_flat(pos, x)
+        return ModelInputs(x, pos, batch, B, (B, P))
+    if pos.shape[0] == 0:
+        raise ValueError("the point cloud is empty (0 points)")
+    if batch is None:
+        batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+    check_batch(batch, pos.shape[0], pos.device)
+    return ModelInputs(x, pos, batch, int(batch[-1]) + 1, None)
