@@ -186,3 +186,20 @@ def test_bad_arguments():
         T.RandomScale(2.0, 1.0)
     with pytest.raises(ValueError, match="num_points"):
         T.RandomSubsample(0)
+
+
+def test_part_labels_follow_their_points_through_the_training_augmentation():
+    """Each point's x coordinate encodes its index, so its label must equal what its row shows."""
+    torch.manual_seed(0)
+    count = 300
+    pos = torch.stack([torch.arange(count, dtype=torch.float32), torch.rand(count), torch.rand(count)], 1)
+    sample = {"pos": pos, "normals": torch.nn.functional.normalize(torch.randn(count, 3), dim=1),
+              "seg": torch.arange(count), "category": torch.tensor(2)}
+    for transform in (T.RandomSubsample(120), T.RandomPointDropout(0.8), T.RandomSubsample(500)):
+        out = transform(sample)
+        assert torch.equal(out["seg"], out["pos"][:, 0].long()), transform
+        assert int(out["category"]) == 2
+    out = T.train_transforms(up_axis=1, num_points=100, dropout=0.5, rotate=False, scale=None, shift=0, jitter=0,
+                             normalize=False)(sample)
+    assert out["pos"].shape == (100, 3) and out["seg"].shape == (100,)
+    assert torch.equal(out["seg"], out["pos"][:, 0].long())

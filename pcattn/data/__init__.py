@@ -1,4 +1,4 @@
-"""Datasets, file formats and transforms for point-cloud classification.
+"""Datasets, file formats and transforms for point-cloud classification and part segmentation.
 
 Every dataset is ``Cls(root, split="train" | "test", num_points=1024, use_normals=False,
 transform=None, ...)`` and yields the same sample dict::
@@ -12,6 +12,11 @@ Sources: :class:`BuiltinShapes` (generated, no download), :class:`ModelNetOFF` (
 meshes), :class:`ModelNetNormalResampled` (PointNet++ text files), :class:`ModelNetHDF5`
 (PointNet HDF5), :class:`PointFolder` (``<class>/{train,test}/<name>.<ext>``).
 :func:`build_dataset` picks one by name and guesses the format from the files.
+
+Part segmentation: :class:`BuiltinParts` (generated, no download) and :class:`ShapeNetPart` (three
+layouts), picked by :func:`build_part_dataset`; samples ``{"pos": (P, 3), "category": (),
+"seg": (P,), ["normals": (P, 3)]}`` with ``dataset.categories``, ``dataset.part_names`` and
+``dataset.category_parts`` (the global part ids of each category).
 """
 
 from __future__ import annotations
@@ -28,11 +33,17 @@ from .cloud import load_cloud, prepare_cloud
 from .folder import PointFolder
 from .io import read_off, read_point_cloud
 from .modelnet import ModelNetHDF5, ModelNetNormalResampled, ModelNetOFF
+from .parts import BuiltinParts
+from .shapenetpart import ShapeNetPart
 from .transforms import seed_worker, test_transforms, train_transforms
 
 __all__ = [
     "BUILTIN_CLASSES",
     "BuiltinShapes",
+    "BuiltinParts",
+    "ShapeNetPart",
+    "PART_DATASETS",
+    "build_part_dataset",
     "ModelNetHDF5",
     "ModelNetNormalResampled",
     "ModelNetOFF",
@@ -56,6 +67,7 @@ __all__ = [
 
 FORMATS = ("off", "normal_resampled", "hdf5", "folder")
 DATASETS = ("builtin", "modelnet10", "modelnet40")
+PART_DATASETS = ("builtin-parts", "shapenetpart")
 _FORMAT_CLASSES = {
     "off": ModelNetOFF,
     "normal_resampled": ModelNetNormalResampled,
@@ -179,3 +191,54 @@ def build_dataset(
 
         warnings.warn(f"{dataset} requested but {root} holds {len(result.classes)} classes")
     return result
+
+
+def build_part_dataset(
+    dataset: str = "builtin-parts",
+    format: Optional[str] = None,
+    root=None,
+    split: str = "train",
+    num_points: int = 2048,
+    use_normals: bool = False,
+    transform: Optional[Callable[[Dict[str, Tensor]], Dict[str, Tensor]]] = None,
+    download: bool = False,
+    skip_missing: bool = False,
+    seed: int = 0,
+    **kwargs,
+):
+    """Build a part-segmentation dataset by name.
+
+    Args:
+        dataset: ``"builtin-parts"`` (generated in memory, no download) or ``"shapenetpart"``.
+        format: ShapeNetPart layout, ``"normal"``, ``"v0"`` or ``"hdf5"``; ``None`` guesses it from the
+            files (see :func:`~pcattn.data.shapenetpart.locate_shapenetpart`). Ignored for the built-in parts.
+        root: ShapeNetPart's folder, or a folder holding it under its usual name; ``None`` looks in
+            :func:`default_data_dir`.
+        split: ``"train"`` or ``"test"``. ShapeNetPart's ``"train"`` is its train and val lists together
+            (as PointNet++ and Point Transformer train); ``"val"`` and ``"trainval"`` are also accepted.
+        num_points: points per sample ``P``; ShapeNetPart shapes with fewer points repeat random ones.
+        use_normals: also return ``normals (P, 3)`` (the built-in parts and the ``"normal"`` layout).
+        transform: callable on the sample dict.
+        download: ShapeNetPart: fetch the archive of ``format`` when it is not found locally.
+        skip_missing: ShapeNetPart: leave out listed shapes whose files are absent (with a warning)
+            instead of raising ``FileNotFoundError`` naming the file.
+        seed: the built-in generator's seed; ShapeNetPart's point subsets.
+        **kwargs: further options of :class:`BuiltinParts` / :class:`ShapeNetPart`.
+
+    Returns:
+        The dataset; samples ``{"pos": (P, 3), "category": (), "seg": (P,), ["normals": (P, 3)]}``.
+    """
+    dataset = dataset.lower()
+    if dataset not in PART_DATASETS:
+        raise ValueError(f"dataset must be one of {PART_DATASETS}, got {dataset!r}")
+    if dataset == "builtin-parts":
+        if split not in ("train", "test"):
+            raise ValueError(f"the built-in parts have the splits 'train' and 'test', got {split!r}")
+        kwargs.setdefault("points_per_shape", max(2048, num_points))
+        return BuiltinParts(split, num_points, use_normals, transform, seed=seed, **kwargs)
+    from .shapenetpart import locate_shapenetpart
+
+    format, folder = locate_shapenetpart(root, format, download=download)
+    return ShapeNetPart(folder, "trainval" if split == "train" else split, format, num_points,
+                        use_normals=use_normals, missing="skip" if skip_missing else "error", transform=transform,
+                        seed=seed, **kwargs)

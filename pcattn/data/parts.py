@@ -194,9 +194,10 @@ class BuiltinParts(Dataset):
 
     Samples: ``pos (P, 3)`` float32, ``category ()`` int64, ``seg (P,)`` int64 global part ids,
     ``normals (P, 3)`` with ``use_normals``. Attributes: ``categories``, ``part_names``,
-    ``category_parts`` (global part ids of each category id), ``num_parts``.
+    ``category_parts`` (global part ids of each category id), ``num_parts``, ``up_axis`` (1: y up).
     """
 
+    up_axis = 1
     categories = CATEGORIES
     part_names = PART_NAMES
     category_parts = CATEGORY_PARTS

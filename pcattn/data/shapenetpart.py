@@ -15,11 +15,18 @@
 Samples (all formats): ``pos (P, 3)`` float32, ``category ()`` int64 (index into
 :data:`SHAPENET_CATEGORIES`), ``seg (P,)`` int64 global part ids, ``normals (P, 3)`` with
 ``use_normals`` (``"normal"`` format only).
+
+Finding the files: :func:`locate_shapenetpart` looks for a layout under its usual folder name
+(:data:`SHAPENET_FOLDERS`) in the data directory, extracts ``<folder>.zip`` placed there, or
+downloads the archive (:data:`SHAPENET_URLS`); :func:`guess_shapenetpart_format` tells the layout
+of one folder. See ``datasets/README.md``.
 """
 from __future__ import annotations
 
 import json
+import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -28,11 +35,14 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .base import resample_rows
+from .builtin import default_data_dir
+from .modelnet import _safe_extract
 from .parts import part_sample
 
-__all__ = ["ShapeNetPart", "SHAPENET_CATEGORIES", "SHAPENET_SYNSETS", "SHAPENET_CATEGORY_PARTS", "FORMATS",
-           "read_synset_file", "read_shape_list", "read_part_id_map", "read_normal_shape", "read_v0_shape",
-           "read_hdf5_parts"]
+__all__ = ["ShapeNetPart", "SHAPENET_CATEGORIES", "SHAPENET_SYNSETS", "SHAPENET_CATEGORY_PARTS", "SHAPENET_PART_NAMES",
+           "FORMATS", "read_synset_file", "read_shape_list", "read_part_id_map", "read_normal_shape", "read_v0_shape",
+           "read_hdf5_parts", "SHAPENET_FOLDERS", "SHAPENET_URLS", "SHAPENET_ARCHIVE_TOPS",
+           "guess_shapenetpart_format", "locate_shapenetpart"]
 
 FORMATS = ("normal", "v0", "hdf5")
 #: the 16 categories in PointNet's order (category id = index), their synsets and part counts
@@ -47,8 +57,37 @@ _PART_COUNTS = (4, 2, 2, 4, 4, 3, 3, 2, 4, 2, 6, 2, 3, 3, 3, 3)
 SHAPENET_CATEGORY_PARTS: Tuple[Tuple[int, ...], ...] = tuple(
     tuple(range(sum(_PART_COUNTS[:c]), sum(_PART_COUNTS[:c + 1]))) for c in range(len(_PART_COUNTS)))
 NUM_PARTS = sum(_PART_COUNTS)
+#: global part names, indexed by global part id: ``"<Category>/<part id within the category, from 1>"`` (the
+#: numbering of the v0 release's ``.seg`` files; the releases name no parts)
+SHAPENET_PART_NAMES: Tuple[str, ...] = tuple(
+    f"{name}/{local}" for name, count in zip(SHAPENET_CATEGORIES, _PART_COUNTS) for local in range(1, count + 1))
 _SPLIT_LISTS = {"normal": "train_test_split/shuffled_{}_file_list.json", "v0": "train_test_split/shuffled_{}_file_list.json",
                 "hdf5": "{}_hdf5_file_list.txt"}
+
+#: each layout's usual folder name (the name of its archive without ``.zip``), looked for under the data directory
+SHAPENET_FOLDERS: Dict[str, str] = {
+    "normal": "shapenetcore_partanno_segmentation_benchmark_v0_normal",
+    "v0": "shapenetcore_partanno_segmentation_benchmark_v0",
+    "hdf5": "shapenet_part_seg_hdf5_data",
+}
+#: where each archive was published: the Stanford ShapeNet server (PointNet++ and
+#: ``torch_geometric.datasets.ShapeNet`` for ``"normal"``, the part annotation page for ``"v0"``,
+#: PointNet's ``part_seg/download_data.sh`` for ``"hdf5"``). The server is often offline: see
+#: ``datasets/README.md`` for mirrors.
+SHAPENET_URLS: Dict[str, str] = {
+    "normal": "https://shapenet.cs.stanford.edu/media/shapenetcore_partanno_segmentation_benchmark_v0_normal.zip",
+    "v0": "https://shapenet.cs.stanford.edu/ericyi/shapenetcore_partanno_segmentation_benchmark_v0.zip",
+    "hdf5": "https://shapenet.cs.stanford.edu/media/shapenet_part_seg_hdf5_data.zip",
+}
+#: the top folder inside each archive (PointNet's HDF5 zip holds ``hdf5_data/``; a repacked copy
+#: may use the usual folder name), also accepted as folder names when looking for the files
+SHAPENET_ARCHIVE_TOPS: Dict[str, Tuple[str, ...]] = {
+    "normal": (SHAPENET_FOLDERS["normal"],),
+    "v0": (SHAPENET_FOLDERS["v0"],),
+    "hdf5": ("hdf5_data", SHAPENET_FOLDERS["hdf5"]),
+}
+_LOCATE_ORDER = ("normal", "hdf5", "v0")
+_SYNSET_NAME = re.compile(r"\d{8}")
 
 
 def read_synset_file(path) -> Dict[str, str]:
@@ -198,8 +237,10 @@ class ShapeNetPart(Dataset):
         transform: callable on the sample dict.
     """
 
+    up_axis = 1  # ShapeNet models stand upright along y
     categories = SHAPENET_CATEGORIES
     category_parts = SHAPENET_CATEGORY_PARTS
+    part_names = SHAPENET_PART_NAMES
     num_parts = NUM_PARTS
 
     def __init__(self, root, split: str = "train", format: str = "normal", num_points: int = 2048,
@@ -258,7 +299,8 @@ class ShapeNetPart(Dataset):
             if absent:
                 message = f"{absent[0]}: listed in the {self.split} split but not found"
                 if self.missing == "error":
-                    raise FileNotFoundError(message + " (pass missing='skip' to leave such shapes out)")
+                    raise FileNotFoundError(message + " (pass missing='skip', or --skip-missing to pcattn train, to leave such "
+                                            "shapes out)")
                 warnings.warn(message + "; skipped")
                 continue
             if self.format == "normal":
@@ -289,3 +331,132 @@ class ShapeNetPart(Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, Tensor]:
         return part_sample(self, index)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding, extracting and downloading the files
+# ---------------------------------------------------------------------------------------------
+
+def guess_shapenetpart_format(root) -> Optional[str]:
+    """The ShapeNetPart layout of the files directly in ``root``, else ``None``.
+
+    ``"normal"``: synset folders (8-digit names) holding ``*.txt`` files; ``"v0"``: synset folders
+    holding ``points/*.pts``; ``"hdf5"``: ``ply_data_*.h5`` files. Only names are looked at (no file
+    is read), and only as far as the first match.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return None
+    synsets = [child for child in root.iterdir() if _SYNSET_NAME.fullmatch(child.name) and child.is_dir()]
+    if any(next(folder.glob("*.txt"), None) is not None for folder in synsets):
+        return "normal"
+    if any(next((folder / "points").glob("*.pts"), None) is not None for folder in synsets):
+        return "v0"
+    if next(root.glob("ply_data_*.h5"), None) is not None:
+        return "hdf5"
+    return None
+
+
+def _mismatch(folder: Path, found: str, format: str) -> ValueError:
+    return ValueError(f"{folder}: holds ShapeNetPart files of format {found!r}, but format {format!r} was requested "
+                      f"(pass format={found!r} / --format {found}, or point to the {format!r} files)")
+
+
+def _extract_archive(archive: Path, format: str) -> Path:
+    """Extract ``archive`` (of ``format``) next to itself; returns the folder under its usual name."""
+    folder = archive.parent / SHAPENET_FOLDERS[format]
+    try:
+        with zipfile.ZipFile(archive) as handle:
+            names = handle.namelist()
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"{archive}: not a readable zip ({error}); a cut download? delete it and fetch it "
+                         f"again") from None
+    top = next((t for t in SHAPENET_ARCHIVE_TOPS[format] if any(n.startswith(f"{t}/") for n in names)), None)
+    if top is None:
+        tops = sorted({n.split("/", 1)[0] for n in names if "__MACOSX" not in n})
+        raise ValueError(f"{archive}: expected a top folder {' or '.join(SHAPENET_ARCHIVE_TOPS[format])}/ inside the "
+                         f"zip, found {tops[:5]}")
+    for path in dict.fromkeys((archive.parent / top, folder)):
+        if path.exists() and (not path.is_dir() or next(path.iterdir(), None) is not None):
+            raise FileExistsError(f"{path}: exists but holds no ShapeNetPart {format!r} files, so {archive.name} "
+                                  f"cannot be extracted there; move it away (a cut extraction?) and run again")
+    _safe_extract(archive, archive.parent, top)
+    if top != folder.name:
+        (archive.parent / top).rename(folder)
+    found = guess_shapenetpart_format(folder)
+    if found != format:
+        if found is None:
+            raise ValueError(f"{archive}: extracted to {folder}, but it holds no ShapeNetPart {format!r} files")
+        raise _mismatch(folder, found, format)
+    return folder
+
+
+def _download_archive(base: Path, format: str) -> Path:
+    from torch_geometric.data import download_url
+
+    base.mkdir(parents=True, exist_ok=True)
+    url = SHAPENET_URLS[format]
+    partial = base / f"{SHAPENET_FOLDERS[format]}.zip"
+    try:
+        archive = Path(download_url(url, str(base)))
+    except OSError as error:  # urllib's URLError, SSL and socket errors are all OSErrors
+        partial.unlink(missing_ok=True)  # a cut download would read as a damaged zip next time
+        raise OSError(f"downloading {url} failed ({error}); the Stanford server is often offline: get "
+                      f"{SHAPENET_FOLDERS[format]}.zip from a mirror and put it in {base} "
+                      f"(see datasets/README.md)") from error
+    return _extract_archive(archive, format)
+
+
+def locate_shapenetpart(root=None, format: Optional[str] = None, download: bool = False) -> Tuple[str, Path]:
+    """Find ShapeNetPart's files; returns ``(format, folder)`` for ``ShapeNetPart(folder, format=format)``.
+
+    Looks, in this order, at: ``root`` itself; ``root/<folder>`` for each layout's usual name
+    (:data:`SHAPENET_FOLDERS`, plus ``hdf5_data`` for PointNet's HDF5 archive), for ``format`` or, when
+    it is ``None``, for ``"normal"``, ``"hdf5"`` and ``"v0"`` in that order; ``root/<folder>.zip``,
+    extracted into ``root`` (skipping ``__MACOSX``); else, with ``download=True``, downloads the
+    archive of ``format`` (``"normal"`` when ``None``) from :data:`SHAPENET_URLS` into ``root`` and
+    extracts it.
+
+    Args:
+        root: a ShapeNetPart folder or the folder holding it; ``None``: :func:`~pcattn.data.default_data_dir`.
+        format: ``"normal"``, ``"v0"``, ``"hdf5"`` or ``None`` (whichever is found, guessed from the files).
+        download: fetch the archive when nothing is found locally.
+
+    Raises:
+        ValueError: ``format`` is given but the files found are of another layout (names both).
+        FileNotFoundError: nothing found (names what was looked for) and ``download`` is off.
+    """
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS} or None, got {format!r}")
+    base = Path(root).expanduser() if root is not None else default_data_dir()
+    wanted = (format,) if format is not None else _LOCATE_ORDER
+    found = guess_shapenetpart_format(base)
+    if found is not None:
+        if format is not None and found != format:
+            raise _mismatch(base, found, format)
+        return found, base
+    folders = [(f, base / name) for f in wanted
+               for name in dict.fromkeys((SHAPENET_FOLDERS[f],) + SHAPENET_ARCHIVE_TOPS[f])]
+    for f, folder in folders:
+        found = guess_shapenetpart_format(folder)
+        if found is None:
+            continue
+        if format is not None and found != format:
+            raise _mismatch(folder, found, format)
+        return found, folder
+    for f in wanted:
+        archive = base / f"{SHAPENET_FOLDERS[f]}.zip"
+        if archive.is_file():
+            return f, _extract_archive(archive, f)
+    if download:
+        return (format or "normal"), _download_archive(base, format or "normal")
+    others = [f"{name} ({f!r})" for f in FORMATS if f not in wanted
+              for name in (SHAPENET_FOLDERS[f],) if guess_shapenetpart_format(base / name) is not None]
+    raise FileNotFoundError(
+        f"{base}: no ShapeNetPart {format + ' ' if format else ''}files found (looked for synset folders or "
+        f"ply_data_*.h5 in it, the folders {', '.join(folder.name + '/' for _, folder in folders)} and the archives "
+        f"{', '.join(SHAPENET_FOLDERS[f] + '.zip' for f in wanted)})"
+        + (f"; found other layouts: {', '.join(others)}" if others else "")
+        + f". Pass download=True (--download on the command line) to fetch {SHAPENET_URLS[format or 'normal']}, or see "
+          f"datasets/README.md for the layouts, mirrors and where to put them"
+    )

@@ -1,4 +1,6 @@
-"""Transforms on a sample dict ``{"pos": (P, 3), "label": (), ["normals": (P, 3)]}``.
+"""Transforms on a sample dict ``{"pos": (P, 3), "label": (), ["normals": (P, 3)]}``, or of part
+segmentation ``{"pos": (P, 3), "category": (), "seg": (P,), ["normals": (P, 3)]}``: the per-point
+entries (:data:`POINT_KEYS`) follow the points wherever a transform picks, drops or repeats them.
 
 Every transform is a callable ``dict -> dict`` that returns a new dict and never writes into
 its input tensors (datasets hand out views of their in-memory cache).
@@ -37,12 +39,15 @@ __all__ = [
     "RandomJitter",
     "RandomRotateUp",
     "RandomPointDropout",
+    "POINT_KEYS",
     "train_transforms",
     "test_transforms",
     "seed_worker",
 ]
 
 _AXES = {"x": 0, "y": 1, "z": 2}
+#: the per-point entries of a sample: subsampling and point dropout take the same rows of each
+POINT_KEYS = ("pos", "normals", "seg")
 
 
 def _axis_index(axis: Union[int, str]) -> int:
@@ -95,12 +100,12 @@ class NormalizeUnitSphere:
 class RandomSubsample:
     """Pick ``num_points`` points at random (without replacement when the cloud has enough).
 
-    ``pos (N, 3) -> (num_points, 3)``, same rows taken from ``normals`` and any other
-    per-point tensor listed in ``keys``. A cloud with fewer points is padded by drawing
+    ``pos (N, 3) -> (num_points, 3)``, same rows taken from ``normals``, the part labels ``seg`` and
+    any other per-point tensor listed in ``keys``. A cloud with fewer points is padded by drawing
     extra points with replacement, so every output has exactly ``num_points`` rows.
     """
 
-    def __init__(self, num_points: int, keys: Sequence[str] = ("pos", "normals"),
+    def __init__(self, num_points: int, keys: Sequence[str] = POINT_KEYS,
                  generator: Optional[torch.Generator] = None):
         if num_points <= 0:
             raise ValueError(f"num_points must be positive, got {num_points}")
@@ -224,7 +229,7 @@ class RandomPointDropout:
     """PointNet++ point dropout that keeps ``P`` fixed.
 
     Draws a ratio ``r ~ U[0, max_ratio]`` and replaces each point with probability ``r``
-    by a copy of the first point (positions and normals), so batches keep their shape.
+    by a copy of the first point (positions, normals and part label), so batches keep their shape.
     """
 
     def __init__(self, max_ratio: float = 0.875, generator: Optional[torch.Generator] = None):
@@ -239,10 +244,11 @@ class RandomPointDropout:
         dropped = _rand(pos.shape[0], self.generator) < ratio
         dropped[0] = False
         out = dict(sample)
-        for key in ("pos", "normals"):
+        for key in POINT_KEYS:
             if key in sample:
                 values = sample[key]
-                out[key] = torch.where(dropped[:, None], values[:1].expand_as(values), values)
+                mask = dropped.view(-1, *([1] * (values.ndim - 1)))
+                out[key] = torch.where(mask, values[:1].expand_as(values), values)
         return out
 
     def __repr__(self) -> str:
@@ -258,13 +264,17 @@ def train_transforms(
     jitter_clip: float = 0.05,
     dropout: float = 0.5,
     normalize: bool = True,
+    num_points: Optional[int] = None,
 ) -> Compose:
-    """Default training augmentation: normalise, point dropout, anisotropic scale, rotation
-    about the up axis, shift, jitter (each switched off by a zero/False argument).
+    """Default training augmentation: a random subset of ``num_points`` points (when given; a new
+    subset every epoch), normalise, point dropout, anisotropic scale, rotation about the up axis,
+    shift, jitter (each switched off by a zero/False/None argument). Part labels follow their points.
 
-    Shapes are kept: ``pos (P, 3)`` stays ``(P, 3)``.
+    Shapes: ``pos (P, 3)`` stays ``(P, 3)``, or becomes ``(num_points, 3)``.
     """
     transforms: List[Callable[[Sample], Sample]] = []
+    if num_points is not None:
+        transforms.append(RandomSubsample(num_points))
     if normalize:
         transforms.append(NormalizeUnitSphere())
     if dropout > 0:
