@@ -2,6 +2,7 @@
 
     pcattn train --dataset builtin --attention vector --out runs/builtin-vector
     pcattn train --out runs/builtin-vector --resume          # continue a killed run
+    pcattn train --task partseg --dataset builtin-parts      # part segmentation (instance / class mIoU)
     torchrun --nproc_per_node 2 -m pcattn train ...          # DistributedDataParallel, --batch-size is global
     pcattn eval --checkpoint runs/builtin-vector/best.pt --votes 3
     pcattn plot runs/builtin-vector
@@ -28,14 +29,24 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     """Options of ``pcattn train`` / ``scripts/train_cls.py``. Every default is ``None`` here and
     filled from :class:`pcattn.engine.TrainConfig`, so ``--resume`` can tell what was given."""
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=("builtin", "modelnet10", "modelnet40"),
-                      help="built-in generated shapes (default, no download) or ModelNet")
-    data.add_argument("--format", choices=("off", "normal_resampled", "hdf5", "folder"),
-                      help="ModelNet file format (default: guessed from the files)")
+    data.add_argument("--task", choices=("classification", "partseg"),
+                      help="classification of whole clouds (default) or part segmentation (one part label per "
+                           "point, the object category given); default: the dataset's task")
+    data.add_argument("--dataset", choices=("builtin", "modelnet10", "modelnet40", "builtin-parts", "shapenetpart"),
+                      help="classification: built-in generated shapes (default, no download) or ModelNet; "
+                           "partseg: built-in part-labelled shapes (default, no download) or ShapeNetPart")
+    data.add_argument("--format", choices=("off", "normal_resampled", "hdf5", "folder", "normal", "v0"),
+                      help="ModelNet format (off, normal_resampled, hdf5, folder) or ShapeNetPart layout "
+                           "(normal, v0, hdf5); default: guessed from the files")
     data.add_argument("--data-root", help="dataset folder (default: looked up under datasets/, see its README)")
     data.add_argument("--download", action="store_true", default=None,
-                      help="download the Princeton ModelNet zip (format off) into --data-root (default datasets/)")
-    data.add_argument("--num-points", type=int, help="points per cloud (default 512 builtin, 1024 ModelNet)")
+                      help="download the Princeton ModelNet zip (format off), or the ShapeNetPart archive of "
+                           "--format (default normal), into --data-root (default datasets/)")
+    data.add_argument("--skip-missing", action="store_true", default=None,
+                      help="ShapeNetPart: leave out (with a warning) listed shapes whose files are absent "
+                           "(default: an error naming the file)")
+    data.add_argument("--num-points", type=int, help="points per cloud (default 512 built-in, 1024 ModelNet, "
+                                                     "2048 ShapeNetPart)")
     data.add_argument("--use-normals", action="store_true", default=None, help="normals as extra input features")
     data.add_argument("--up-axis", type=_axis, help="vertical axis x, y or z (default: the dataset's)")
     data.add_argument("--no-augment", dest="augment", action="store_false", default=None,
@@ -43,7 +54,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     data.add_argument("--num-workers", type=int, help="data-loading processes (default 0; per process under torchrun)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", help="named configuration (default pt-tiny-<attention> for builtin, "
-                                       "pt-<attention> for ModelNet); see pcattn.models.list_models()")
+                                       "pt-<attention> for ModelNet, pt-seg-tiny-<attention> for builtin-parts, "
+                                       "pt-seg-<attention> for ShapeNetPart); see pcattn.models.list_models(task)")
     model.add_argument("--attention", choices=("vector", "scalar"), help="attention type (default vector)")
     model.add_argument("--attention-option", dest="attention_options", action="append", type=_option,
                        metavar="KEY=VALUE", help="an option of every attention layer, repeatable: "
@@ -131,8 +143,10 @@ def run_train(args: argparse.Namespace) -> int:
         return 2
     evaluation = summary.get("eval")
     if evaluation and is_main_process():
-        print(f"best checkpoint {summary['run_dir']}/best.pt (epoch {summary['best_epoch']}): "
-              f"test OA {evaluation['oa']:.4f}, mAcc {evaluation['macc']:.4f}; trained in {summary['seconds']:.0f} s")
+        from .engine.tasks import get_task
+
+        print(f"best checkpoint {summary['run_dir']}/best.pt (epoch {summary['best_epoch']}): test "
+              f"{get_task(summary['task']).summary(evaluation)}; trained in {summary['seconds']:.0f} s")
     return 0
 
 
@@ -189,7 +203,10 @@ def _rank_tag() -> str:
 
 
 def format_evaluation(result) -> str:
-    """A readable report: OA, mAcc, per-class accuracy and the confusion matrix."""
+    """A readable report: OA, mAcc, per-class accuracy and the confusion matrix; for part segmentation
+    the point accuracy, instance and class mIoU and the per-category table."""
+    if "instance_miou" in result:
+        return format_part_evaluation(result)
     classes = result["classes"]
     width = max(len(name) for name in classes)
     lines = [f"{result['checkpoint']} (epoch {result.get('epoch')}), {result['samples']} test shapes, "
@@ -207,6 +224,21 @@ def format_evaluation(result) -> str:
         lines.append(" " * (width + 2) + " ".join(f"{i:>{cell}}" for i in range(len(classes))))
         for i, (name, row) in enumerate(zip(classes, result["confusion"])):
             lines.append(f"  {name:<{width}}" + " ".join(f"{v:>{cell}}" for v in row) + f"   [{i}]")
+    return "\n".join(lines)
+
+
+def format_part_evaluation(result) -> str:
+    """The report of a part-segmentation evaluation (:func:`pcattn.engine.evaluate_parts`)."""
+    names = list(result["per_category"])
+    width = max(len(name) for name in names + ["category"])
+    lines = [f"{result['checkpoint']} (epoch {result.get('epoch')}), {result['samples']} test shapes, "
+             f"{result['votes']} vote(s)",
+             f"instance mIoU           {result['instance_miou']:.4f}",
+             f"class mIoU              {result['class_miou']:.4f}",
+             f"point accuracy          {result['accuracy']:.4f}",
+             f"  {'category':<{width}}  mIoU    shapes"]
+    for name in names:
+        lines.append(f"  {name:<{width}}  {result['per_category'][name]:.4f}  {result['category_shapes'][name]:>6}")
     return "\n".join(lines)
 
 
@@ -328,11 +360,11 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .engine import CheckpointError, load_model
+    from .engine import CHECKPOINT_KIND, CheckpointError, load_model
     from .export import export_classifier
 
     try:
-        model, _, _ = load_model(args.checkpoint)
+        model, _, _ = load_model(args.checkpoint, kind=CHECKPOINT_KIND)  # segmenters are not exported yet
         result = export_classifier(model, args.out, args.format, num_points=args.num_points,
                                    batch_size=args.batch_size)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError, CheckpointError) as error:
@@ -361,11 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pcattn", description="Self-attention on 3D point clouds: train, "
                                      "evaluate, visualise, benchmark.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    train = commands.add_parser("train", help="train a classifier", description="Train a Point Transformer "
-                                "classifier; writes checkpoints, metrics.jsonl and plots into --out.")
+    train = commands.add_parser("train", help="train a classifier or a part segmenter",
+                                description="Train a Point Transformer classifier (or, with --task partseg, a part "
+                                "segmenter); writes checkpoints, metrics.jsonl and plots into --out.")
     add_train_arguments(train).set_defaults(handler=run_train)
     evaluation = commands.add_parser("eval", help="evaluate a checkpoint", description="OA, mAcc, per-class "
-                                     "accuracy and confusion matrix of a checkpoint on its test split.")
+                                     "accuracy and confusion matrix of a classifier on its test split; instance and "
+                                     "class mIoU, point accuracy and per-category mIoU of a part segmenter.")
     add_eval_arguments(evaluation).set_defaults(handler=run_eval)
     plot = commands.add_parser("plot", help="draw a run's curves.png and confusion.png")
     plot.add_argument("run_dir", help="a run folder (holds metrics.jsonl / eval.json)")

@@ -85,14 +85,14 @@ def test_layers_trace_and_export_in_inference():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from pcattn.engine.checkpoint import classifier_checkpoint, save_checkpoint
+    from pcattn.engine.checkpoint import model_checkpoint, save_checkpoint
 
     model = _tiny_model()
     model.train()
     with torch.no_grad():        # running statistics that are not the initial ones
         model(None, torch.randn(4, 32, 3))
     path = tmp_path_factory.mktemp("export") / "best.pt"
-    save_checkpoint(path, classifier_checkpoint(model.eval(), ["a", "b", "c"]))
+    save_checkpoint(path, model_checkpoint(model.eval(), ["a", "b", "c"]))
     return path
 
 

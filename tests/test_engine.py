@@ -14,6 +14,7 @@ from pcattn.engine import (CheckpointError, TrainConfig, evaluate, load_checkpoi
 from pcattn.engine import checkpoint as checkpoint_module
 from pcattn.engine import device as device_module
 from pcattn.engine import loop
+from pcattn.engine.tasks import get_task
 from pcattn.engine.evaluation import vote_augment
 from pcattn.models import create_model
 
@@ -77,8 +78,10 @@ def test_training_learns(data_root, tmp_path, attention):
 
 
 def train_killed_in_epoch_2(config, monkeypatch):
-    """``train(config)`` killed in the middle of epoch 2: its training pass is done, its checkpoint not yet written."""
-    real_evaluate, calls = loop.evaluate, []
+    """``train(config)`` killed in the middle of epoch 2: its training pass is done, its checkpoint not yet written
+    (the run's task evaluates after each training pass)."""
+    task = get_task(config.resolved().task)
+    real_evaluate, calls = task.evaluate, []
 
     def dying_evaluate(*args, **kwargs):
         calls.append(1)
@@ -86,10 +89,10 @@ def train_killed_in_epoch_2(config, monkeypatch):
             raise KeyboardInterrupt("killed")
         return real_evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "evaluate", dying_evaluate)
+    monkeypatch.setattr(task, "evaluate", dying_evaluate)
     with pytest.raises(KeyboardInterrupt):
         train(config)
-    monkeypatch.setattr(loop, "evaluate", real_evaluate)
+    monkeypatch.setattr(task, "evaluate", real_evaluate)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -9,8 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,8 @@ from pcattn.cli import main
 from pcattn.engine import (CheckpointError, DiskFullError, RunFolderInUse, TrainConfig, load_checkpoint,
                            save_checkpoint, train)
 from pcattn.engine import loop
-from pcattn.engine.checkpoint import classifier_checkpoint
+from pcattn.engine.tasks import get_task
+from pcattn.engine.checkpoint import model_checkpoint
 from pcattn.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,15 +46,16 @@ def python(code, **kwargs):
 # ------------------------------------------------------------------------------------- 1. resume
 def test_resume_without_last_pt_uses_config_json_or_refuses(tiny_modelnet10_root, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    real_evaluate = loop.evaluate
+    task = get_task("classification")
+    real_evaluate = task.evaluate
 
     def killed(*args, **kwargs):  # the run dies in its first epoch, before any checkpoint
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "evaluate", killed)
+    monkeypatch.setattr(task, "evaluate", killed)
     with pytest.raises(KeyboardInterrupt):
         train(tiny(tiny_modelnet10_root, out, num_points=24))
-    monkeypatch.setattr(loop, "evaluate", real_evaluate)
+    monkeypatch.setattr(task, "evaluate", real_evaluate)
     assert not (out / "last.pt").exists() and (out / "config.json").is_file()
     (out / ".best.pt.x1y2.tmp").write_bytes(b"half")                          # 8: a killed save's leftovers
     # Without --resume the folder is protected; with it the saved settings (24 points) are used.
@@ -133,7 +133,7 @@ def small_model():
 
 def test_checksum_catches_a_flipped_bit_and_non_finite_weights_are_refused(tmp_path):
     model = small_model()
-    path = save_checkpoint(tmp_path / "model.pt", classifier_checkpoint(model, ["a", "b", "c"]))
+    path = save_checkpoint(tmp_path / "model.pt", model_checkpoint(model, ["a", "b", "c"]))
     load_checkpoint(path)
     weight = model.state_dict()["head.0.weight"] if "head.0.weight" in model.state_dict() else \
         max(model.state_dict().values(), key=lambda t: t.numel())
@@ -147,11 +147,11 @@ def test_checksum_catches_a_flipped_bit_and_non_finite_weights_are_refused(tmp_p
 
     with torch.no_grad():
         next(model.parameters()).view(-1)[0] = float("nan")
-    save_checkpoint(path, classifier_checkpoint(model, ["a", "b", "c"]))
+    save_checkpoint(path, model_checkpoint(model, ["a", "b", "c"]))
     with pytest.raises(CheckpointError, match="holds NaN or inf"):
         load_checkpoint(path)
 
-    old = {k: v for k, v in classifier_checkpoint(small_model(), ["a", "b", "c"]).items() if k != "checksum"}
+    old = {k: v for k, v in model_checkpoint(small_model(), ["a", "b", "c"]).items() if k != "checksum"}
     torch.save(old, path)                                                       # a checkpoint of an older pcattn
     with pytest.warns(UserWarning, match="without a checksum"):
         assert load_checkpoint(path)["classes"] == ["a", "b", "c"]
@@ -181,9 +181,9 @@ def test_a_full_disk_is_named_and_the_last_checkpoint_is_kept(tmp_path):
     if not _small_filesystem(disk, "1m"):
         pytest.skip("needs root and a mountable tmpfs to fill a disk for real")
     try:
-        path = save_checkpoint(disk / "last.pt", classifier_checkpoint(small_model(), ["a", "b", "c"]))
+        path = save_checkpoint(disk / "last.pt", model_checkpoint(small_model(), ["a", "b", "c"]))
         before = path.read_bytes()
-        big = classifier_checkpoint(small_model(), ["a", "b", "c"], padding=torch.zeros(400_000))
+        big = model_checkpoint(small_model(), ["a", "b", "c"], padding=torch.zeros(400_000))
         with pytest.raises(DiskFullError, match=r"last.pt: the disk is full .* the previous last.pt is intact"):
             save_checkpoint(path, big)
         assert path.read_bytes() == before and sorted(p.name for p in disk.iterdir()) == ["last.pt"]

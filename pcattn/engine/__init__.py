@@ -1,8 +1,9 @@
-"""Training, evaluation and checkpoints for point-cloud classifiers.
+"""Training, evaluation and checkpoints for point-cloud classifiers and part segmenters.
 
 >>> from pcattn.engine import TrainConfig, train, load_model, evaluate
 >>> result = train(TrainConfig(dataset="builtin", attention="vector", out="runs/demo"))
 >>> model, classes, checkpoint = load_model("runs/demo/best.pt")
+>>> parts = train(TrainConfig(task="partseg", dataset="builtin-parts", out="runs/parts"))
 
 Modules:
 
@@ -11,6 +12,8 @@ Modules:
   and the gradient scaler);
 * :mod:`~pcattn.engine.loaders`: the train and test loaders of a config;
 * :mod:`~pcattn.engine.loop`: :func:`train`, built from small steps (set-up, restore, one epoch, save);
+* :mod:`~pcattn.engine.tasks`: what differs between classification and part segmentation (model,
+  loss, metrics, the score that picks ``best.pt``);
 * :mod:`~pcattn.engine.evaluation`: metrics, test-time voting, :func:`evaluate_checkpoint`;
 * :mod:`~pcattn.engine.metrics`: part-segmentation accuracy, instance and class mIoU;
 * :mod:`~pcattn.engine.checkpoint`: the checkpoint format, atomic writing, reading with named
@@ -20,23 +23,26 @@ Modules:
 A run folder holds:
 
 * ``last.pt`` / ``best.pt``: checkpoints (see :func:`save_checkpoint`), written atomically at the
-  end of every epoch (``best.pt`` when the test overall accuracy improves);
+  end of every epoch (``best.pt`` when the test overall accuracy, or for part segmentation the test
+  instance mIoU, improves);
 * ``metrics.jsonl``: one JSON object per epoch (``epoch, train_loss, train_acc, test_loss,
-  test_oa, test_macc, lr, epoch_time, samples_per_s``);
+  test_oa, test_macc, lr, epoch_time, samples_per_s``; part segmentation: ``test_acc,
+  test_instance_miou, test_class_miou`` instead of ``test_oa, test_macc``);
 * ``config.json``: the run's :class:`TrainConfig`;
 * ``eval.json``: evaluation of ``best.pt`` at the end of training (OA, mAcc, per-class accuracy,
-  confusion matrix), and ``curves.png`` / ``confusion.png`` drawn from these files.
+  confusion matrix; part segmentation: instance and class mIoU, per-category mIoU, point accuracy,
+  part confusion matrix), and ``curves.png`` / ``confusion.png`` drawn from these files.
 
 Resuming (``TrainConfig(resume=True)``) restores the model, optimizer, scheduler, gradient scaler,
 epoch and every random stream (torch's global RNG, which drives augmentation and dropout, and the
 data loader's shuffling generator), so a run killed at any point and resumed gives the same weights
 and metrics as an uninterrupted run, on the same machine and thread count.
 """
-from .checkpoint import (CHECKPOINT_KIND, FORMAT_VERSION, CheckpointError, DiskFullError, load_checkpoint,
+from .checkpoint import (CHECKPOINT_KIND, FORMAT_VERSION, SEGMENTER_KIND, CheckpointError, DiskFullError, load_checkpoint,
                          load_model, model_from_checkpoint, save_checkpoint)
 from .config import TrainConfig, merge_resume_config
 from .device import PRECISIONS, resolve_device, resolve_precision
-from .evaluation import evaluate, evaluate_checkpoint
+from .evaluation import evaluate, evaluate_checkpoint, evaluate_parts
 from .loaders import build_loaders
 from .loop import train
 from .metrics import PartSegmentationMetrics, restrict_to_parts, shape_part_ious
@@ -44,6 +50,7 @@ from .run_folder import RunFolderInUse, check_writable
 
 __all__ = [
     "CHECKPOINT_KIND",
+    "SEGMENTER_KIND",
     "FORMAT_VERSION",
     "CheckpointError",
     "DiskFullError",
@@ -52,6 +59,7 @@ __all__ = [
     "TrainConfig",
     "train",
     "evaluate",
+    "evaluate_parts",
     "evaluate_checkpoint",
     "build_loaders",
     "save_checkpoint",

@@ -1,11 +1,13 @@
-"""Checkpoints of pcattn classifiers: the format, the atomic writer, the reader with named errors,
+"""Checkpoints of pcattn classifiers and segmenters: the format, the atomic writer, the reader with named errors,
 rebuilding a model from one, and the random-state serialisation that lets a resumed run continue
 bit for bit.
 
-A checkpoint is a dictionary readable with ``torch.load(weights_only=True)``: ``kind``,
-``format_version``, ``model_config``, ``model_state``, ``classes`` (always), and for a training
+A checkpoint is a dictionary readable with ``torch.load(weights_only=True)``: ``kind``
+(``"pcattn-classifier"`` or ``"pcattn-segmenter"``), ``format_version``, ``model_config``,
+``model_state``, ``classes`` (always: class names, or a segmenter's part names), for a segmenter
+``categories`` and ``category_parts`` (the global part ids of each category), and for a training
 run also ``optimizer``, ``scheduler``, ``scaler`` (fp16 only, else ``None``), ``epoch``,
-``rng_state``, ``best_acc``, ``best_epoch``, ``metrics``, ``history`` (every epoch's metrics row so
+``rng_state``, ``best_acc`` (the best test score: OA, or instance mIoU for part segmentation), ``best_epoch``, ``metrics``, ``history`` (every epoch's metrics row so
 far: ``metrics.jsonl`` is rewritten from it on resume), ``run_id`` (the run folder's identity),
 ``train_config`` and ``torch_version``.
 
@@ -26,27 +28,31 @@ import random
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..models import PointTransformerClassifier, create_model
+from ..models import PointTransformerClassifier, PointTransformerSegmenter, create_model
 from .device import resolve_device
 
-__all__ = ["CHECKPOINT_KIND", "FORMAT_VERSION", "CheckpointError", "DiskFullError", "classifier_checkpoint",
+__all__ = ["CHECKPOINT_KIND", "SEGMENTER_KIND", "FORMAT_VERSION", "CheckpointError", "DiskFullError", "model_checkpoint",
            "save_checkpoint", "state_checksum", "load_checkpoint", "model_from_checkpoint", "load_model", "seed_everything", "rng_state",
            "set_rng_state"]
 
 CHECKPOINT_KIND = "pcattn-classifier"
+SEGMENTER_KIND = "pcattn-segmenter"
+_KINDS = (CHECKPOINT_KIND, SEGMENTER_KIND)
 FORMAT_VERSION = 1
-_REQUIRED_KEYS = ("kind", "format_version", "model_config", "model_state", "classes")
+_REQUIRED_KEYS = {CHECKPOINT_KIND: ("kind", "format_version", "model_config", "model_state", "classes"),
+                  SEGMENTER_KIND: ("kind", "format_version", "model_config", "model_state", "classes", "categories",
+                                   "category_parts")}
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used: unreadable, truncated, corrupt (checksum), non-finite
-    weights, or not a pcattn classifier."""
+    weights, or not a pcattn checkpoint (of the kind asked for)."""
 
 
 class DiskFullError(OSError):
@@ -100,10 +106,16 @@ def _checksums(checkpoint: Dict[str, Any]) -> Dict[str, str]:
 
 
 # ============================================================================ writing and reading
-def classifier_checkpoint(model: nn.Module, classes: List[str], **extra: Any) -> Dict[str, Any]:
-    """The checkpoint dictionary of ``model`` (a :class:`PointTransformerClassifier`) and its class
-    names, with ``extra`` entries (``epoch``, ``optimizer``, ...)."""
-    checkpoint = {"kind": CHECKPOINT_KIND, "format_version": FORMAT_VERSION, "model_config": model.config,
+def model_checkpoint(model: nn.Module, classes: List[str], **extra: Any) -> Dict[str, Any]:
+    """The checkpoint dictionary of ``model`` (a :class:`PointTransformerClassifier`, or a
+    :class:`PointTransformerSegmenter`, whose ``extra`` must hold ``categories`` and
+    ``category_parts``) and its class (part) names, with ``extra`` entries (``epoch``,
+    ``optimizer``, ...)."""
+    kind = SEGMENTER_KIND if isinstance(model, PointTransformerSegmenter) else CHECKPOINT_KIND
+    missing = [key for key in _REQUIRED_KEYS[kind][5:] if key not in extra]
+    if missing:
+        raise ValueError(f"a segmenter's checkpoint needs {missing} (the categories and their global part ids)")
+    checkpoint = {"kind": kind, "format_version": FORMAT_VERSION, "model_config": model.config,
                   "model_state": model.state_dict(), "classes": list(classes), **extra,
                   "torch_version": str(torch.__version__)}
     checkpoint["checksum"] = _checksums(checkpoint)
@@ -161,13 +173,18 @@ def _umask() -> int:
     return mask
 
 
-def load_checkpoint(path, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """Read a pcattn classifier checkpoint with ``torch.load(weights_only=True)``.
+def load_checkpoint(path, map_location: Union[str, torch.device] = "cpu", kind: Optional[str] = None
+                    ) -> Dict[str, Any]:
+    """Read a pcattn checkpoint with ``torch.load(weights_only=True)``.
+
+    Args:
+        kind: ``"pcattn-classifier"`` or ``"pcattn-segmenter"`` to accept only that kind; ``None``
+            accepts both.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        CheckpointError: the file is truncated or corrupt, or is not a pcattn classifier checkpoint
-            (a bare ``state_dict``, another library's checkpoint, a newer format).
+        CheckpointError: the file is truncated or corrupt, or is not a pcattn checkpoint (of ``kind``):
+            a bare ``state_dict``, another library's checkpoint, a newer format.
     """
     path = Path(path)
     if not path.is_file():
@@ -188,19 +205,22 @@ def load_checkpoint(path, map_location: Union[str, torch.device] = "cpu") -> Dic
                               f"({detail})") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path}: expected a pcattn checkpoint (a dict), found a {type(checkpoint).__name__}")
-    kind = checkpoint.get("kind")
-    if kind != CHECKPOINT_KIND:
-        if kind is None and checkpoint and all(isinstance(v, Tensor) for v in checkpoint.values()):
+    found_kind = checkpoint.get("kind")
+    if found_kind not in _KINDS:
+        if found_kind is None and checkpoint and all(isinstance(v, Tensor) for v in checkpoint.values()):
             raise CheckpointError(f"{path}: a bare state_dict, not a pcattn checkpoint (it has no model config); "
                                   f"build the model yourself and call model.load_state_dict(torch.load(...))")
-        found = f"kind {kind!r}" if kind is not None else f"keys {sorted(map(str, checkpoint))[:8]}"
-        raise CheckpointError(f"{path}: not a pcattn classifier checkpoint (expected kind {CHECKPOINT_KIND!r}, "
+        found = f"kind {found_kind!r}" if found_kind is not None else f"keys {sorted(map(str, checkpoint))[:8]}"
+        raise CheckpointError(f"{path}: not a pcattn checkpoint (expected kind {' or '.join(map(repr, _KINDS))}, "
                               f"found {found})")
+    if kind is not None and found_kind != kind:
+        raise CheckpointError(f"{path}: a {found_kind.split('-')[1]} checkpoint, but a {kind.split('-')[1]} is needed "
+                              f"here")
     version = checkpoint.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version!r} is not supported by this pcattn "
                               f"(reads up to {FORMAT_VERSION}); upgrade pcattn")
-    missing = [key for key in _REQUIRED_KEYS if key not in checkpoint]
+    missing = [key for key in _REQUIRED_KEYS[found_kind] if key not in checkpoint]
     if missing:
         raise CheckpointError(f"{path}: incomplete pcattn checkpoint, missing {missing}")
     verify_checkpoint(checkpoint, path)
@@ -229,7 +249,8 @@ def verify_checkpoint(checkpoint: Dict[str, Any], path) -> None:
                                   f"(a diverged run or a damaged file)")
 
 
-def model_from_checkpoint(checkpoint: Dict[str, Any], path="checkpoint") -> PointTransformerClassifier:
+def model_from_checkpoint(checkpoint: Dict[str, Any], path="checkpoint"
+                          ) -> Union[PointTransformerClassifier, PointTransformerSegmenter]:
     """Rebuild the model described by ``checkpoint["model_config"]`` and load its weights."""
     config = dict(checkpoint["model_config"])
     try:
@@ -246,14 +267,16 @@ def model_from_checkpoint(checkpoint: Dict[str, Any], path="checkpoint") -> Poin
     return model
 
 
-def load_model(path, device: Union[str, torch.device] = "cpu") -> Tuple[PointTransformerClassifier, List[str], Dict]:
-    """Load a trained classifier for inference.
+def load_model(path, device: Union[str, torch.device] = "cpu", kind: Optional[str] = None
+               ) -> Tuple[Union[PointTransformerClassifier, PointTransformerSegmenter], List[str], Dict]:
+    """Load a trained classifier or segmenter for inference (``kind``: as in :func:`load_checkpoint`).
 
     Returns:
         ``(model, classes, checkpoint)``: the model in eval mode on ``device``, its class names
-        (index = label) and the checkpoint dictionary (``train_config``, ``epoch``, ...).
+        (index = label; a segmenter's part names) and the checkpoint dictionary (``train_config``,
+        ``epoch``, a segmenter's ``categories`` and ``category_parts``, ...).
     """
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, kind=kind)
     model = model_from_checkpoint(checkpoint, path).to(resolve_device(str(device))).eval()
     return model, list(checkpoint["classes"]), checkpoint
 

@@ -10,16 +10,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
-from ..models import MODEL_CONFIGS
+from ..models import MODEL_CONFIGS, SEGMENTER_CONFIGS
 from .checkpoint import load_checkpoint
 from .device import check_precision_name
 
-__all__ = ["TrainConfig", "RESULT_FIELDS", "check_resume_settings", "merge_resume_config", "read_run_config"]
+__all__ = ["TrainConfig", "TASKS", "TASK_DATASETS", "RESULT_FIELDS", "check_resume_settings", "merge_resume_config", "read_run_config"]
 
 # TrainConfig fields that change what a run computes: a resumed run must not change them.
-RESULT_FIELDS = ("dataset", "format", "data_root", "model", "attention", "batch_size", "num_points", "use_normals",
+RESULT_FIELDS = ("task", "dataset", "format", "data_root", "model", "attention", "batch_size", "num_points", "use_normals",
                  "lr", "weight_decay", "optimizer", "momentum", "warmup", "label_smoothing", "seed", "augment",
-                 "up_axis", "attention_options", "precision")
+                 "up_axis", "attention_options", "precision", "skip_missing")
+
+#: the tasks a run trains, and the datasets of each (the first is the task's default)
+TASKS = ("classification", "partseg")
+TASK_DATASETS = {"classification": ("builtin", "modelnet10", "modelnet40"),
+                 "partseg": ("builtin-parts", "shapenetpart")}
+#: file formats of each dataset family (``None`` in a config: guessed from the files)
+_FORMATS = {"classification": ("off", "normal_resampled", "hdf5", "folder"), "partseg": ("normal", "v0", "hdf5")}
 
 
 @dataclass
@@ -27,26 +34,35 @@ class TrainConfig:
     """Everything a training run depends on (saved in its checkpoints and ``config.json``).
 
     Attributes:
-        dataset: ``"builtin"`` (generated, no download), ``"modelnet10"`` or ``"modelnet40"``.
-        format: ModelNet file format (``off``, ``normal_resampled``, ``hdf5``, ``folder``);
-            ``None`` guesses it from the files.
+        task: ``"classification"`` (one label per cloud) or ``"partseg"`` (part segmentation: one
+            part label per point, the object category given); ``None`` takes the dataset's task
+            (``"classification"`` when neither is given).
+        dataset: classification: ``"builtin"`` (generated, no download; the default), ``"modelnet10"``
+            or ``"modelnet40"``; part segmentation: ``"builtin-parts"`` (generated, no download; the
+            default) or ``"shapenetpart"``.
+        format: ModelNet file format (``off``, ``normal_resampled``, ``hdf5``, ``folder``) or
+            ShapeNetPart layout (``normal``, ``v0``, ``hdf5``); ``None`` guesses it from the files.
         data_root: dataset folder; ``None`` looks under ``datasets/`` (see ``datasets/README.md``).
+        skip_missing: ShapeNetPart: leave out (with a warning) shapes its split lists name but whose
+            files are absent; by default such a shape is an error naming the file.
         model: a name of :func:`pcattn.models.create_model`; ``None`` picks ``pt-tiny-<attention>``
-            for the built-in dataset and ``pt-<attention>`` for ModelNet.
+            for the built-in dataset, ``pt-<attention>`` for ModelNet, ``pt-seg-tiny-<attention>``
+            for the built-in parts and ``pt-seg-<attention>`` for ShapeNetPart.
         attention: ``"vector"`` (default) or ``"scalar"``; with ``model`` given it must agree with it.
         attention_options: options of every attention layer of the model, e.g.
             ``{"positional_encoding": "none"}`` or ``{"relation": "addition"}`` (see
             :class:`pcattn.VectorSelfAttention` / :class:`pcattn.ScalarSelfAttention`).
         epochs, batch_size, num_points: the usual (``batch_size`` is the global batch under
             ``torchrun``: each of N processes takes ``batch_size / N``); ``num_points=None`` is 512 for the built-in
-            dataset and 1024 for ModelNet.
+            datasets, 1024 for ModelNet and 2048 for ShapeNetPart.
         lr, weight_decay, optimizer (``"adamw"`` or ``"sgd"``), momentum (SGD only).
         warmup: fraction of the iterations with a linear learning-rate warm-up, followed by a
             cosine decay to zero (stepped every iteration).
         label_smoothing: cross-entropy label smoothing.
         use_normals: feed normals as features (``in_channels = 6``).
-        download: fetch the Princeton ModelNet zip (format ``off``) into ``data_root`` (default
-            ``datasets/``) when it is not there yet; needs the internet.
+        download: fetch the Princeton ModelNet zip (format ``off``), or the ShapeNetPart archive of
+            ``format`` (default ``normal``), into ``data_root`` (default ``datasets/``) when it is not
+            there yet; needs the internet.
         up_axis: the vertical axis of the data (0, 1, 2), for the rotation augmentation and test-time
             voting; ``None`` takes the dataset's (y for the built-in shapes and PointNet++ files, z for
             Princeton OFF meshes and point folders).
@@ -71,9 +87,11 @@ class TrainConfig:
         plots: draw ``curves.png`` and ``confusion.png`` at the end.
     """
 
-    dataset: str = "builtin"
+    task: Optional[str] = None
+    dataset: Optional[str] = None
     format: Optional[str] = None
     data_root: Optional[str] = None
+    skip_missing: bool = False
     model: Optional[str] = None
     attention: Optional[str] = None
     attention_options: Optional[Dict[str, Any]] = None
@@ -111,23 +129,27 @@ class TrainConfig:
         """A copy with the ``None`` defaults filled in and the arguments checked (``precision``
         stays ``None`` until the device is known: see :func:`pcattn.engine.device.resolve_precision`)."""
         config = dataclasses.replace(self)
-        config.dataset = config.dataset.lower()
-        if config.dataset not in ("builtin", "modelnet10", "modelnet40"):
-            raise ValueError(f"dataset must be 'builtin', 'modelnet10' or 'modelnet40', got {config.dataset!r}")
+        _resolve_task(config)
         if config.attention not in (None, "vector", "scalar"):
             raise ValueError(f"attention must be 'vector' or 'scalar', got {config.attention!r}")
+        models = SEGMENTER_CONFIGS if config.task == "partseg" else MODEL_CONFIGS
         if config.model is None:
             attention = config.attention or "vector"
-            config.model = f"pt-tiny-{attention}" if config.dataset == "builtin" else f"pt-{attention}"
-        if config.model not in MODEL_CONFIGS:
-            raise ValueError(f"unknown model {config.model!r}; available: {', '.join(sorted(MODEL_CONFIGS))}")
-        model_attention = MODEL_CONFIGS[config.model].get("attention", "vector")
+            tiny = "tiny-" if config.dataset in ("builtin", "builtin-parts") else ""
+            config.model = f"pt-{'seg-' if config.task == 'partseg' else ''}{tiny}{attention}"
+        if config.model not in models:
+            other = "segmentation" if config.task == "classification" else "classification"
+            hint = f" ({config.model!r} is a {other} model)" if config.model in {**MODEL_CONFIGS, **SEGMENTER_CONFIGS} \
+                else ""
+            raise ValueError(f"unknown model {config.model!r} for {config.task}{hint}; available: "
+                             f"{', '.join(sorted(models))}")
+        model_attention = models[config.model].get("attention", "vector")
         if config.attention not in (None, model_attention):
             raise ValueError(f"model {config.model!r} uses {model_attention} attention, but attention="
                              f"{config.attention!r} was asked for; change one of them")
         config.attention = model_attention
         if config.num_points is None:
-            config.num_points = 512 if config.dataset == "builtin" else 1024
+            config.num_points = {"builtin": 512, "builtin-parts": 512, "shapenetpart": 2048}.get(config.dataset, 1024)
         config.optimizer = config.optimizer.lower()
         if config.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {config.optimizer!r}")
@@ -155,12 +177,16 @@ class TrainConfig:
         if config.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {config.num_workers}")
         if config.download:
-            if config.dataset == "builtin":
-                raise ValueError("download is for ModelNet; the built-in dataset is generated locally")
-            if config.format not in (None, "off"):
+            if config.dataset in ("builtin", "builtin-parts"):
+                raise ValueError(f"download is for ModelNet and ShapeNetPart; the {config.dataset} dataset is "
+                                 f"generated locally")
+            if config.dataset == "shapenetpart":
+                config.format = config.format or "normal"
+            elif config.format not in (None, "off"):
                 raise ValueError(f"download fetches the Princeton OFF meshes (format 'off'), not format "
                                  f"{config.format!r}; see datasets/README.md for the other archives")
-            config.format = "off"
+            else:
+                config.format = "off"
         if config.data_root is not None:
             config.data_root = str(Path(config.data_root).expanduser())
         config.out = str(config.out)
@@ -168,6 +194,29 @@ class TrainConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _resolve_task(config: TrainConfig) -> None:
+    """Fill in and check ``task``, ``dataset`` and ``format`` (each task has its datasets and formats)."""
+    if config.task is not None and config.task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {config.task!r}")
+    dataset = config.dataset.lower() if config.dataset is not None else None
+    if dataset is not None:
+        owner = next((task for task, names in TASK_DATASETS.items() if dataset in names), None)
+        if owner is None:
+            known = ", ".join(name for names in TASK_DATASETS.values() for name in names)
+            raise ValueError(f"dataset must be one of {known}, got {config.dataset!r}")
+        if config.task not in (None, owner):
+            raise ValueError(f"dataset {dataset!r} is a {owner} dataset, not a {config.task} one; the {config.task} "
+                             f"datasets are {', '.join(TASK_DATASETS[config.task])}")
+        config.task = owner
+    config.task = config.task or "classification"
+    config.dataset = dataset or TASK_DATASETS[config.task][0]
+    if config.format is not None and config.format not in _FORMATS[config.task]:
+        raise ValueError(f"format {config.format!r} is not a format of {config.dataset}; expected one of "
+                         f"{', '.join(_FORMATS[config.task])} (or none: guessed from the files)")
+    if config.skip_missing and config.dataset != "shapenetpart":
+        raise ValueError("skip_missing is for ShapeNetPart's split lists; the other datasets list no files")
 
 
 # Arguments of the attention layers that the model sets itself, stage by stage.

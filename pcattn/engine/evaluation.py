@@ -1,6 +1,7 @@
 """Evaluation: classification metrics of a model on a loader (OA, mAcc, per-class accuracy, confusion
-matrix), test-time voting over rotated and scaled copies, and the evaluation of a checkpoint on the
-test split it was trained for."""
+matrix), part-segmentation metrics (accuracy, instance and class mIoU, per category: see
+:mod:`~pcattn.engine.metrics`), test-time voting over rotated and scaled copies, and the evaluation
+of a checkpoint on the test split it was trained for."""
 from __future__ import annotations
 
 import math
@@ -10,13 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models import PointTransformerSegmenter
 from .checkpoint import load_model
 from .config import TrainConfig
 from .device import autocast, resolve_device, resolve_precision
 from .distributed import Distributed, ShardedBatches, distributed_session, sum_over_ranks
 from .loaders import batch_inputs, build_loaders
+from .metrics import PartSegmentationMetrics
 
-__all__ = ["vote_augment", "evaluate", "evaluate_checkpoint"]
+__all__ = ["vote_augment", "evaluate", "evaluate_parts", "evaluate_checkpoint"]
 
 
 def vote_augment(pos: Tensor, x: Optional[Tensor], up_axis: int, generator: torch.Generator):
@@ -62,10 +65,16 @@ def evaluate(model: nn.Module, loader, device: Union[str, torch.device, None] = 
     Returns:
         ``{"oa", "macc", "loss", "per_class": {name: acc}, "confusion": [[...]] (rows = true class),
         "classes", "votes", "samples"}``. ``macc`` averages the classes present in the data.
+
+    A :class:`~pcattn.models.PointTransformerSegmenter` is evaluated by :func:`evaluate_parts` instead
+    (its categories and parts taken from ``loader.dataset``).
     """
+    if isinstance(model, PointTransformerSegmenter):
+        return evaluate_parts(model, loader, device, votes=votes, up_axis=up_axis, seed=seed,
+                              label_smoothing=label_smoothing, progress=progress, precision=precision)
     if votes < 1:
         raise ValueError(f"votes must be >= 1, got {votes}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else _model_device(model)
     precision = resolve_precision(precision, device)
     classes = list(classes) if classes is not None else list(getattr(loader.dataset, "classes", []))
     num_classes = getattr(model, "num_classes", None) or len(classes)
@@ -121,6 +130,86 @@ def evaluate(model: nn.Module, loader, device: Union[str, torch.device, None] = 
     }
 
 
+@torch.no_grad()
+def evaluate_parts(model: nn.Module, loader, device: Union[str, torch.device, None] = None, votes: int = 1,
+                   category_parts: Optional[Sequence[Sequence[int]]] = None,
+                   categories: Optional[Sequence[str]] = None, part_names: Optional[Sequence[str]] = None,
+                   up_axis: int = 1, seed: int = 0, label_smoothing: float = 0.0, progress: bool = False,
+                   precision: str = "32") -> Dict[str, Any]:
+    """Part-segmentation metrics of a segmenter on ``loader`` (samples ``pos (P, 3)``, ``category ()``,
+    ``seg (P,)``), as PointNet++ and Point Transformer compute them (:mod:`~pcattn.engine.metrics`):
+    each shape's prediction is restricted to its category's parts.
+
+    Args:
+        votes: passes averaged (per-point softmax probabilities); pass 1 sees the clouds as they are,
+            further passes rotated about ``up_axis`` and scaled (test-time voting).
+        category_parts, categories, part_names: the global part ids of each category, the category
+            names and the part names; ``None`` takes them from ``loader.dataset``.
+        device, seed, label_smoothing, progress, precision: as in :func:`evaluate`.
+
+    Under ``torchrun`` with a :class:`~pcattn.engine.distributed.ShardedBatches` loader the sums are
+    merged over the ranks (call it on every rank): the result is the one-process result.
+
+    Returns:
+        ``{"accuracy", "instance_miou", "class_miou", "per_category": {name: mIoU},
+        "category_shapes": {name: count}, "confusion": [[...]] (points, rows = true part),
+        "classes": part names, "loss" (per point), "votes", "samples" (shapes)}``.
+    """
+    if votes < 1:
+        raise ValueError(f"votes must be >= 1, got {votes}")
+    dataset = loader.dataset
+    category_parts = category_parts if category_parts is not None else dataset.category_parts
+    categories = list(categories if categories is not None else dataset.categories)
+    part_names = list(part_names if part_names is not None else getattr(dataset, "part_names", []))
+    device = torch.device(device) if device is not None else _model_device(model)
+    precision = resolve_precision(precision, device)
+    use_normals = getattr(model, "in_channels", 3) == 6
+    metrics = PartSegmentationMetrics(category_parts, categories)
+    generator = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    loss_sum, points = 0.0, 0
+    from tqdm.auto import tqdm
+
+    sharded = isinstance(getattr(loader, "batch_sampler", None), ShardedBatches)
+    for number, batch in enumerate(tqdm(loader, desc="evaluating", leave=False, disable=not progress, unit="batch")):
+        for size in loader.batch_sampler.skipped[number] if sharded else ():
+            _skip_votes(generator, size, votes)
+        pos, x = batch_inputs(batch, device, use_normals)
+        seg, category = batch["seg"].to(device), batch["category"].to(device)
+        probabilities = None
+        for vote in range(votes):
+            p, f = (pos, x) if vote == 0 else vote_augment(pos, x, up_axis, generator)
+            with autocast(device, precision):
+                logits = model(f, p, category=category)
+            logits = logits.float()
+            if vote == 0:
+                loss_sum += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), seg.reshape(-1),
+                                                  label_smoothing=label_smoothing, reduction="sum"))
+                points += seg.numel()
+                probabilities = logits.softmax(-1)
+            else:
+                probabilities += logits.softmax(-1)
+        metrics.update(probabilities.cpu(), seg.cpu(), category.cpu())
+    model.train(was_training)
+    if sharded:
+        metrics.load_state(sum_over_ranks(metrics.state(), device).cpu())
+        totals = sum_over_ranks(torch.tensor([loss_sum, points], dtype=torch.float64), device)
+        loss_sum, points = float(totals[0]), int(totals[1])
+    if points == 0:
+        raise ValueError("evaluate_parts: the loader yielded no samples")
+    result = metrics.compute()
+    result.update(classes=part_names or [str(i) for i in range(metrics.num_parts)], loss=loss_sum / points,
+                  votes=votes, samples=result.pop("shapes"))
+    return result
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters are (the CPU for a model without any)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
 def _skip_votes(generator: torch.Generator, size: int, votes: int) -> None:
     """Advance ``generator`` past the draws :func:`vote_augment` makes for a batch of ``size`` clouds."""
     for _ in range(votes - 1):
@@ -156,9 +245,11 @@ def _evaluate_checkpoint(checkpoint_path, distributed: Distributed, votes, batch
     config.num_workers = num_workers
     config = config.resolved()
     _, test_loader = build_loaders(config, torch.Generator(), with_train=False, distributed=distributed)
-    if list(test_loader.dataset.classes) != classes:
-        raise ValueError(f"{checkpoint_path} was trained on classes {classes} but the test data at "
-                         f"{test_loader.dataset.root} has {test_loader.dataset.classes}")
+    found = list(getattr(test_loader.dataset, "classes", None) or getattr(test_loader.dataset, "part_names", []))
+    if found != classes:
+        where = getattr(test_loader.dataset, "root", config.dataset)
+        raise ValueError(f"{checkpoint_path} was trained on the labels {classes} but the test data at {where} has "
+                         f"{found}")
     result = evaluate(model, test_loader, votes=votes, classes=classes, up_axis=test_loader.dataset.up_axis,
                       seed=seed, progress=progress, precision=resolve_precision(config.precision, resolved_device))
     result["checkpoint"] = str(checkpoint_path)

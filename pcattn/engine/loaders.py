@@ -31,15 +31,10 @@ def build_loaders(config: TrainConfig, generator: torch.Generator, with_train: b
 def _build_loaders(config: TrainConfig, generator: torch.Generator, with_train: bool, distributed: Distributed):
     from torch.utils.data import DataLoader
 
-    from ..data import build_dataset, seed_worker, test_transforms, train_transforms
+    from ..data import seed_worker, test_transforms
 
-    common = dict(format=config.format, root=config.data_root, num_points=config.num_points,
-                  use_normals=config.use_normals)
-    if config.download:
-        from ..data import default_data_dir
-
-        common.update(root=config.data_root or str(default_data_dir()), download=True)
-    test_set = build_dataset(config.dataset, split="test", transform=test_transforms(), **common)
+    build, common, train_points = _dataset_builder(config)
+    test_set = build(split="test", transform=test_transforms(), num_points=config.num_points, **common)
     if config.up_axis is not None:
         test_set.up_axis = config.up_axis
     loader_options = dict(num_workers=config.num_workers, pin_memory=torch.cuda.is_available(),
@@ -52,13 +47,14 @@ def _build_loaders(config: TrainConfig, generator: torch.Generator, with_train: 
                                  **loader_options)
     if not with_train:
         return None, test_loader
-    train_set = build_dataset(config.dataset, split="train", **common)
+    train_set = build(split="train", num_points=train_points, **common)
     if config.up_axis is not None:
         train_set.up_axis = config.up_axis
-    train_set.transform = (train_transforms(up_axis=train_set.up_axis) if config.augment
-                           else test_transforms())
-    if train_set.classes != test_set.classes:
-        raise ValueError(f"train and test splits disagree on the classes: {train_set.classes} vs {test_set.classes}")
+    train_set.transform = _train_transform(config, train_set, train_points)
+    for name in ("classes", "part_names", "categories"):
+        if list(getattr(train_set, name, [])) != list(getattr(test_set, name, [])):
+            raise ValueError(f"train and test splits disagree on the {name.replace('_', ' ')}: "
+                             f"{list(getattr(train_set, name))} vs {list(getattr(test_set, name))}")
     if len(train_set) < config.batch_size:
         raise ValueError(f"the training split has {len(train_set)} shapes, fewer than batch_size={config.batch_size}")
     # drop_last: BatchNorm cannot take a batch of one cloud.
@@ -73,6 +69,43 @@ def _build_loaders(config: TrainConfig, generator: torch.Generator, with_train: 
         train_loader = DataLoader(train_set, shuffle=True, drop_last=True, generator=generator,
                                   batch_size=config.batch_size, worker_init_fn=seed_worker, **loader_options)
     return train_loader, test_loader
+
+
+def _dataset_builder(config: TrainConfig):
+    """``(build, options, train_points)``: ``build(split=..., num_points=..., transform=..., **options)``
+    makes a split of the config's dataset; the training split holds ``train_points`` points per
+    shape (more than ``config.num_points`` for the built-in parts: the augmentation then draws a
+    new subset of each shape every epoch)."""
+    from ..data import build_dataset, build_part_dataset, default_data_dir
+
+    root = config.data_root
+    if config.download and root is None:
+        root = str(default_data_dir())
+    common = dict(format=config.format, root=root, use_normals=config.use_normals)
+    if config.download:
+        common.update(download=True)
+    if config.task == "partseg":
+        common.update(skip_missing=config.skip_missing)
+        train_points = max(2048, config.num_points) if config.dataset == "builtin-parts" else config.num_points
+        return functools.partial(build_part_dataset, config.dataset), common, train_points
+    return functools.partial(build_dataset, config.dataset), common, config.num_points
+
+
+def _train_transform(config: TrainConfig, train_set, train_points: int):
+    """The training augmentation of a config (see :func:`pcattn.data.train_transforms`)."""
+    from ..data import test_transforms, train_transforms
+
+    subsample = config.num_points if train_points > config.num_points else None
+    if not config.augment:
+        return test_transforms() if subsample is None else train_transforms(
+            rotate=False, scale=None, shift=0, jitter=0, dropout=0, num_points=subsample)
+    if config.task == "partseg":
+        # No point dropout: it repeats the first point, which leaves fewer distinct points to label.
+        # The built-in shapes stand at any angle about the up axis; ShapeNetPart's are aligned, so they
+        # are not turned (as PointNet++ and Point Transformer train on them).
+        return train_transforms(up_axis=train_set.up_axis, rotate=config.dataset == "builtin-parts", dropout=0,
+                                num_points=subsample)
+    return train_transforms(up_axis=train_set.up_axis)
 
 
 def batch_inputs(batch: Dict[str, Tensor], device: torch.device, use_normals: bool) -> Tuple[Tensor, Optional[Tensor]]:

@@ -5,9 +5,12 @@
 2. seed every random stream and build the loaders (:mod:`~pcattn.engine.loaders`);
 3. :func:`build_training`: the model, its optimizer, the learning-rate schedule and the fp16 scaler,
    held together in a :class:`TrainingState`; :func:`restore` loads them from the checkpoint;
-4. per epoch, :func:`run_epoch` (:func:`train_one_epoch`, then :func:`~pcattn.engine.evaluate`) and
+4. per epoch, :func:`run_epoch` (:func:`train_one_epoch`, then the task's evaluation) and
    :func:`end_epoch` (checkpoints, ``metrics.jsonl``, a log line);
 5. :func:`finish_run`: ``best.pt`` evaluated into ``eval.json``, the plots.
+
+Classification and part segmentation run the same steps; what differs (the model, the target and
+loss, the metrics, the score that picks ``best.pt``) is the run's :class:`~pcattn.engine.tasks.Task`.
 
 Under ``torchrun`` (:mod:`~pcattn.engine.distributed`) the shape is the same: every process runs
 these steps; :func:`build_training` wraps the model in ``DistributedDataParallel`` (SyncBatchNorm
@@ -26,20 +29,18 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models import create_model
-from .checkpoint import CheckpointError, classifier_checkpoint, load_checkpoint, load_model, rng_state, \
-    save_checkpoint, seed_everything, set_rng_state
+from .checkpoint import CheckpointError, load_checkpoint, load_model, model_checkpoint, rng_state, save_checkpoint, \
+    seed_everything, set_rng_state
 from .config import TrainConfig
 from .device import autocast, grad_scaler, resolve_device, resolve_precision
 from .distributed import (SYNC_BATCHNORMS, Distributed, broadcast_buffers, convert_sync_batchnorm, distributed_session,
                           is_main_process, reseed_rank, sum_over_ranks)
-from .evaluation import evaluate
-from .loaders import batch_inputs, build_loaders
+from .loaders import build_loaders
 from .run_folder import (CONFIG, METRICS, RunFolderLock, append_metrics, prepare_run_folder, remove_temporary_files,
                          start_metrics, write_json)
+from .tasks import Labels, Task, describe_labels, get_task
 
 __all__ = ["TrainingState", "train", "build_training", "restore", "run_epoch", "train_one_epoch", "end_epoch",
            "finish_run", "lr_schedule"]
@@ -54,9 +55,10 @@ class TrainingState:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: Optional[torch.amp.GradScaler]  # fp16 only
     generator: torch.Generator  # the train loader's shuffling (and its workers' seeds)
-    classes: List[str]
+    labels: Labels  # what the model predicts (class names; part names, categories and their parts)
+    task: Task
     epoch: int = 0  # the last finished epoch
-    best_oa: float = -1.0
+    best_score: float = -1.0  # the best test score: OA (classification), instance mIoU (partseg)
     best_epoch: int = 0
     history: Optional[List[Dict[str, Any]]] = None  # every epoch's metrics row (metrics.jsonl is rebuilt from it)
     run_id: str = ""  # the run folder's identity (config.json and every checkpoint carry it)
@@ -67,17 +69,18 @@ class TrainingState:
         return self.network if self.network is not None else self.model
 
     def checkpoint(self, config: TrainConfig, metrics: Dict[str, Any]) -> Dict[str, Any]:
-        return classifier_checkpoint(
-            self.model, self.classes, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-            scaler=self.scaler.state_dict() if self.scaler is not None else None, epoch=self.epoch,
-            rng_state=rng_state(self.generator), best_acc=self.best_oa, best_epoch=self.best_epoch,
+        return model_checkpoint(
+            self.model, **self.labels.entries(), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            epoch=self.epoch, rng_state=rng_state(self.generator), best_acc=self.best_score, best_epoch=self.best_epoch,
             metrics=metrics, history=list(self.history or []), run_id=self.run_id, train_config=config.to_dict())
 
 
 def train(config: TrainConfig) -> Dict[str, Any]:
-    """Train a classifier as ``config`` says; returns a summary
-    ``{"best_oa", "best_epoch", "final": metrics of the last epoch, "eval": evaluation of best.pt,
-    "run_dir", "seconds"}``.
+    """Train a classifier or a part segmenter as ``config`` says; returns a summary
+    ``{"task", "score": the metric that chose best.pt, "best_score", "best_epoch", "final": metrics of
+    the last epoch, "eval": evaluation of best.pt, "run_dir", "seconds"}`` (and ``"best_oa"`` =
+    ``best_score`` for classification).
 
     Raises:
         FileExistsError: ``out`` already holds a run and ``resume`` is off.
@@ -120,12 +123,13 @@ def _train_locked(config: TrainConfig, device: torch.device, out: Path, distribu
     generator = torch.Generator().manual_seed(config.seed)
     train_loader, test_loader = build_loaders(config, generator, distributed=distributed)
     config.up_axis = int(train_loader.dataset.up_axis)
-    state = build_training(config, list(train_loader.dataset.classes), len(train_loader), device, generator,
+    state = build_training(config, Labels.of_dataset(train_loader.dataset), len(train_loader), device, generator,
                            distributed)
     state.run_id = run_id
     if checkpoint is not None:
         restore(state, checkpoint, out / "last.pt")
-        _log(f"resuming {out} after epoch {state.epoch} (best test OA so far {state.best_oa:.4f})", config.progress)
+        _log(f"resuming {out} after epoch {state.epoch} (best {state.task.score_name} so far {state.best_score:.4f})",
+             config.progress)
     metrics_path = out / METRICS
     if distributed.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -133,7 +137,7 @@ def _train_locked(config: TrainConfig, device: torch.device, out: Path, distribu
         state.history = start_metrics(out, state.epoch, state.history)
     parameters = sum(p.numel() for p in state.model.parameters())
     _log(f"training {config.model} ({parameters / 1e6:.2f} M parameters) on {config.dataset} "
-         f"({len(train_loader.dataset)} train / {len(test_loader.dataset)} test shapes, {len(state.classes)} classes, "
+         f"({len(train_loader.dataset)} train / {len(test_loader.dataset)} test shapes, {describe_labels(state.labels)}, "
          f"{config.num_points} points) on {device}, precision {config.precision}, {torch.get_num_threads()} threads"
          + (f", {distributed.world_size} processes (DistributedDataParallel, global batch {config.batch_size}, "
             f"{_count_sync_bn(state.model)} SyncBatchNorm layers)" if distributed.enabled else ""), config.progress)
@@ -183,16 +187,17 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
 
 
-def build_training(config: TrainConfig, classes: List[str], steps_per_epoch: int, device: torch.device,
+def build_training(config: TrainConfig, labels: Labels, steps_per_epoch: int, device: torch.device,
                    generator: torch.Generator, distributed: Optional[Distributed] = None) -> TrainingState:
-    """A fresh model on ``device`` with its optimizer, schedule and (fp16) gradient scaler; in a job of
+    """A fresh model for ``labels`` (the task's: :meth:`~pcattn.engine.tasks.Task.build_model`) on
+    ``device`` with its optimizer, schedule and (fp16) gradient scaler; in a job of
     several processes with ``config.sync_bn`` (default on there) its BatchNorm layers synchronised,
     and wrapped in ``DistributedDataParallel`` (``state.network``; ``state.model`` stays the plain
     module that checkpoints save)."""
     distributed = distributed or Distributed(device=device)
+    task = get_task(config.task)
     options = {"attention_kwargs": dict(config.attention_options)} if config.attention_options else {}
-    model = create_model(config.model, num_classes=len(classes), in_channels=6 if config.use_normals else 3,
-                         **options)
+    model = task.build_model(config.model, labels, 6 if config.use_normals else 3, **options)
     sync_bn = config.sync_bn if config.sync_bn is not None else distributed.world_size > 1
     if sync_bn and distributed.world_size > 1:
         model = convert_sync_batchnorm(model, device)
@@ -205,7 +210,7 @@ def build_training(config: TrainConfig, classes: List[str], steps_per_epoch: int
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(config.epochs * steps_per_epoch,
                                                                          config.warmup))
-    return TrainingState(model, optimizer, scheduler, grad_scaler(device, config.precision), generator, classes,
+    return TrainingState(model, optimizer, scheduler, grad_scaler(device, config.precision), generator, labels, task,
                          network=network)
 
 
@@ -219,9 +224,9 @@ def restore(state: TrainingState, checkpoint: Dict[str, Any], path: Path) -> Non
     if checkpoint["model_config"] != state.model.config:
         raise CheckpointError(f"{path}: holds a {checkpoint['model_config'].get('name')} model that differs from "
                               f"this run's ({state.model.config}); start a new --out")
-    if list(checkpoint["classes"]) != state.classes:
-        raise CheckpointError(f"{path}: trained on classes {checkpoint['classes']}, but the data now has "
-                              f"{state.classes}")
+    different = Labels.of_checkpoint(checkpoint).differences(state.labels)
+    if different:
+        raise CheckpointError(f"{path}: trained on other labels than the data now has ({different})")
     state.model.load_state_dict(checkpoint["model_state"])
     state.optimizer.load_state_dict(checkpoint["optimizer"])
     state.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -229,7 +234,7 @@ def restore(state: TrainingState, checkpoint: Dict[str, Any], path: Path) -> Non
         state.scaler.load_state_dict(checkpoint["scaler"])
     set_rng_state(checkpoint["rng_state"], state.generator)
     state.epoch = int(checkpoint["epoch"])
-    state.best_oa, state.best_epoch = float(checkpoint.get("best_acc", -1.0)), int(checkpoint.get("best_epoch", 0))
+    state.best_score, state.best_epoch = float(checkpoint.get("best_acc", -1.0)), int(checkpoint.get("best_epoch", 0))
     state.history = checkpoint.get("history")  # None in checkpoints of older versions: metrics.jsonl is kept
 
 
@@ -240,48 +245,48 @@ def run_epoch(state: TrainingState, epoch: int, train_loader, test_loader, confi
     started = time.perf_counter()
     trained = train_one_epoch(state, epoch, train_loader, config, device)
     broadcast_buffers(state.model)  # every rank evaluates rank 0's BatchNorm statistics, the ones saved
-    result = evaluate(state.model, test_loader, device, classes=state.classes,
-                      label_smoothing=config.label_smoothing, precision=config.precision)
+    result = state.task.evaluate(state.model, test_loader, device, state.labels,
+                                 label_smoothing=config.label_smoothing, precision=config.precision)
     return {"epoch": epoch, "train_loss": trained["loss"], "train_acc": trained["acc"],
-            "test_loss": result["loss"], "test_oa": result["oa"], "test_macc": result["macc"],
-            "lr": state.optimizer.param_groups[0]["lr"], "epoch_time": time.perf_counter() - started,
+            **state.task.epoch_row(result), "lr": state.optimizer.param_groups[0]["lr"], "epoch_time": time.perf_counter() - started,
             "samples_per_s": trained["samples"] / trained["seconds"]}
 
 
 def train_one_epoch(state: TrainingState, epoch: int, loader, config: TrainConfig,
                     device: torch.device) -> Dict[str, float]:
-    """One pass over ``loader``: ``{"loss", "acc", "samples", "seconds"}`` (mean training loss and accuracy)."""
+    """One pass over ``loader``: ``{"loss", "acc", "samples", "seconds"}`` (mean training loss; accuracy
+    of the clouds, or for part segmentation of the points)."""
     from tqdm.auto import tqdm
 
     state.model.train()
     started = time.perf_counter()
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, correct, counted, seen = 0.0, 0, 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress, unit="batch",
                leave=False, dynamic_ncols=True)
     for batch in bar:
-        pos, x = batch_inputs(batch, device, config.use_normals)
-        labels = batch["label"].to(device, non_blocking=True)
-        loss, logits = train_step(state, x, pos, labels, config, device, epoch)
-        size = labels.shape[0]
+        args, kwargs, target = state.task.inputs(batch, device, config.use_normals)
+        loss, logits = train_step(state, args, kwargs, target, config, device, epoch)
+        size = target.shape[0]
+        right, count = state.task.hits(logits, target)
         loss_sum += float(loss) * size
-        correct += int((logits.argmax(-1) == labels).sum())
-        seen += size
+        correct, counted, seen = correct + right, counted + count, seen + size
         elapsed = time.perf_counter() - started
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / counted:.3f}",
                         rate=f"{seen / max(elapsed, 1e-9):.1f}/s")
     bar.close()
-    totals = sum_over_ranks(torch.tensor([loss_sum, correct, seen], dtype=torch.float64), device)  # the global batch's
-    loss_sum, correct, seen = float(totals[0]), int(totals[1]), int(totals[2])
-    return {"loss": loss_sum / seen, "acc": correct / seen, "samples": seen, "seconds": time.perf_counter() - started}
+    totals = sum_over_ranks(torch.tensor([loss_sum, correct, counted, seen], dtype=torch.float64), device)
+    loss_sum, correct, counted, seen = float(totals[0]), int(totals[1]), int(totals[2]), int(totals[3])
+    return {"loss": loss_sum / seen, "acc": correct / counted, "samples": seen,
+            "seconds": time.perf_counter() - started}
 
 
-def train_step(state: TrainingState, x: Optional[Tensor], pos: Tensor, labels: Tensor, config: TrainConfig,
-               device: torch.device, epoch: int) -> Tuple[Tensor, Tensor]:
-    """Forward (under the run's autocast), backward and one optimizer and schedule step:
-    ``(loss, logits)``, both detached."""
+def train_step(state: TrainingState, args: Tuple[Any, ...], kwargs: Dict[str, Any], target: Tensor,
+               config: TrainConfig, device: torch.device, epoch: int) -> Tuple[Tensor, Tensor]:
+    """Forward ``model(*args, **kwargs)`` (under the run's autocast), the task's loss against ``target``,
+    backward and one optimizer and schedule step: ``(loss, logits)``, both detached."""
     with autocast(device, config.precision):
-        logits = state.forward(x, pos)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+        logits = state.forward(*args, **kwargs)
+        loss = state.task.loss(logits, target, config.label_smoothing)
     if not torch.isfinite(loss.detach()):
         raise FloatingPointError(f"epoch {epoch}: the training loss became {float(loss.detach())}; lower --lr "
                                  f"(now {config.lr}) or check the data for NaN coordinates")
@@ -301,11 +306,12 @@ def train_step(state: TrainingState, x: Optional[Tensor], pos: Tensor, labels: T
 
 def end_epoch(state: TrainingState, metrics: Dict[str, Any], config: TrainConfig, out: Path,
               metrics_path: Path) -> None:
-    """Record a finished epoch: ``best.pt`` when the test OA improved, ``last.pt``, the metrics row, a log line."""
+    """Record a finished epoch: ``best.pt`` when the test score improved, ``last.pt``, the metrics row, a log line."""
     state.epoch = metrics["epoch"]
-    improved = metrics["test_oa"] > state.best_oa
+    score = metrics[state.task.score]
+    improved = score > state.best_score
     if improved:
-        state.best_oa, state.best_epoch = metrics["test_oa"], state.epoch
+        state.best_score, state.best_epoch = score, state.epoch
     state.history = list(state.history or []) + [metrics]
     if not is_main_process():
         return  # rank 0 writes; the others wait at the barrier after this
@@ -318,7 +324,7 @@ def end_epoch(state: TrainingState, metrics: Dict[str, Any], config: TrainConfig
     save_checkpoint(out / "last.pt", checkpoint)
     append_metrics(metrics_path, metrics)
     _log(f"epoch {state.epoch:3d}/{config.epochs}  loss {metrics['train_loss']:.4f}  train acc "
-         f"{metrics['train_acc']:.4f}  test OA {metrics['test_oa']:.4f}  mAcc {metrics['test_macc']:.4f}  "
+         f"{metrics['train_acc']:.4f}  {state.task.describe(metrics)}  "
          f"({metrics['samples_per_s']:.1f} samples/s, {metrics['epoch_time']:.1f} s)"
          + ("  *best*" if improved else ""), config.progress)
 
@@ -327,13 +333,15 @@ def end_epoch(state: TrainingState, metrics: Dict[str, Any], config: TrainConfig
 def finish_run(state: TrainingState, config: TrainConfig, out: Path, test_loader, device: torch.device,
                final: Dict[str, Any], seconds: float) -> Dict[str, Any]:
     """Evaluate ``best.pt`` into ``eval.json``, draw the plots; returns :func:`train`'s summary."""
-    summary: Dict[str, Any] = {"best_oa": state.best_oa, "best_epoch": state.best_epoch, "final": final,
-                               "run_dir": str(out), "seconds": seconds}
+    summary: Dict[str, Any] = {"task": state.task.name, "score": state.task.score, "best_score": state.best_score,
+                               "best_epoch": state.best_epoch, "final": final, "run_dir": str(out), "seconds": seconds}
+    if state.task.name == "classification":
+        summary["best_oa"] = state.best_score
     best_path = out / "best.pt"
     if best_path.exists():
         best_model, _, _ = load_model(best_path, device)
-        evaluation = evaluate(best_model, test_loader, device, classes=state.classes, up_axis=config.up_axis,
-                              precision=config.precision)
+        evaluation = state.task.evaluate(best_model, test_loader, device, state.labels, up_axis=config.up_axis,
+                                         precision=config.precision)
         evaluation.update(checkpoint=str(best_path), epoch=state.best_epoch)
         if is_main_process():
             write_json(out / "eval.json", evaluation)
@@ -346,7 +354,8 @@ def finish_run(state: TrainingState, config: TrainConfig, out: Path, test_loader
                 _log(f"wrote {path}", config.progress)
         except Exception as error:  # plots are a convenience: never lose a finished run to them
             warnings.warn(f"could not draw the training plots: {error}")
-    _log(f"done: best test OA {state.best_oa:.4f} at epoch {state.best_epoch}; checkpoints in {out}", config.progress)
+    _log(f"done: best {state.task.score_name} {state.best_score:.4f} at epoch {state.best_epoch}; checkpoints in {out}",
+         config.progress)
     return summary
 
 

@@ -13,7 +13,7 @@ fraction of points labelled right, over all points.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 from torch import Tensor
@@ -50,7 +50,8 @@ def shape_part_ious(pred, target, parts: Sequence[int]) -> np.ndarray:
 
 
 class PartSegmentationMetrics:
-    """Accumulates shapes, then reports accuracy, instance mIoU, class mIoU and per-category mIoU.
+    """Accumulates shapes, then reports accuracy, instance mIoU, class mIoU, per-category mIoU and the
+    part confusion matrix.
 
     Args:
         category_parts: for each category id, the global part ids of that category
@@ -61,6 +62,10 @@ class PartSegmentationMetrics:
     ``(P, num_classes)`` logits, ``target (P,)``, ``category`` an int) or a batch (``(B, P)`` /
     ``(B, P, num_classes)``, ``(B, P)``, ``(B,)``). Logits are restricted to the category's parts;
     given labels are scored as they are.
+
+    Everything is kept as sums (per category: the shapes' mIoUs and their count; correct and total
+    points; the confusion counts), so the metrics of several processes merge exactly:
+    :meth:`state` gives them as one float64 tensor to all-reduce, :meth:`load_state` takes the sum.
     """
 
     def __init__(self, category_parts: Sequence[Sequence[int]], category_names: Optional[Sequence[str]] = None):
@@ -68,13 +73,16 @@ class PartSegmentationMetrics:
         if category_names is not None and len(category_names) != len(self.category_parts):
             raise ValueError(f"category_names has {len(category_names)} names for {len(self.category_parts)} categories")
         self.category_names = list(category_names) if category_names is not None else None
+        self.num_parts = 1 + max((part for parts in self.category_parts for part in parts), default=-1)
         self.reset()
 
     def reset(self) -> None:
-        self.shape_ious: List[float] = []
-        self.shape_categories: List[int] = []
+        categories = len(self.category_parts)
+        self.iou_sums = np.zeros(categories, dtype=np.float64)  # sum of shape mIoUs per category
+        self.shape_counts = np.zeros(categories, dtype=np.int64)
         self.correct = 0
         self.total = 0
+        self.confusion = np.zeros((self.num_parts, self.num_parts), dtype=np.int64)  # rows: true part
 
     def update(self, output, target, category) -> None:
         output, target = _numpy(output), _numpy(target)
@@ -89,25 +97,55 @@ class PartSegmentationMetrics:
                 raise ValueError(f"category {shape_category} is not in [0, {len(self.category_parts)})")
             parts = self.category_parts[shape_category]
             pred = restrict_to_parts(shape_output, parts) if shape_output.ndim == 2 else shape_output
+            pred, shape_target = np.asarray(pred, dtype=np.int64), np.asarray(shape_target, dtype=np.int64)
             self.correct += int(np.count_nonzero(pred == shape_target))
             self.total += int(shape_target.size)
-            self.shape_ious.append(float(shape_part_ious(pred, shape_target, parts).mean()))
-            self.shape_categories.append(shape_category)
+            self.iou_sums[shape_category] += float(shape_part_ious(pred, shape_target, parts).mean())
+            self.shape_counts[shape_category] += 1
+            inside = (pred >= 0) & (pred < self.num_parts) & (shape_target >= 0) & (shape_target < self.num_parts)
+            np.add.at(self.confusion, (shape_target[inside], pred[inside]), 1)
+
+    def state(self) -> Tensor:
+        """The sums as one float64 tensor (exact for counts below 2**53): all-reduce it, then :meth:`load_state`."""
+        import torch
+
+        return torch.from_numpy(np.concatenate([self.iou_sums, self.shape_counts, [self.correct, self.total],
+                                                self.confusion.reshape(-1)]).astype(np.float64))
+
+    def load_state(self, state) -> None:
+        """Replace the sums by ``state`` (what :meth:`state` returns, e.g. summed over processes)."""
+        values = _numpy(state).astype(np.float64)
+        categories = len(self.category_parts)
+        if values.shape != (2 * categories + 2 + self.num_parts ** 2,):
+            raise ValueError(f"a metrics state of shape {values.shape} does not fit {categories} categories and "
+                             f"{self.num_parts} parts")
+        self.iou_sums = values[:categories].copy()
+        self.shape_counts = np.rint(values[categories:2 * categories]).astype(np.int64)
+        self.correct, self.total = (int(round(v)) for v in values[2 * categories:2 * categories + 2])
+        self.confusion = np.rint(values[2 * categories + 2:]).astype(np.int64).reshape(self.num_parts, self.num_parts)
+
+    @property
+    def shapes(self) -> int:
+        return int(self.shape_counts.sum())
 
     def compute(self) -> Dict[str, object]:
-        """``{"accuracy", "instance_miou", "class_miou", "per_category": {name: mIoU}, "shapes"}``
-        (fractions in ``[0, 1]``; categories without shapes are left out of the class mean)."""
-        if not self.shape_ious:
+        """``{"accuracy", "instance_miou", "class_miou", "per_category": {name: mIoU},
+        "category_shapes": {name: count}, "shapes", "confusion"}`` (fractions in ``[0, 1]``; categories
+        without shapes are left out of the class mean and the tables; ``confusion[true][predicted]``
+        counts points over the global part ids)."""
+        if not self.shapes:
             raise ValueError("no shapes were added: call update() first")
-        ious, categories = np.asarray(self.shape_ious), np.asarray(self.shape_categories)
-        per_category = {}
-        for index in sorted(set(self.shape_categories)):
+        per_category, category_shapes = {}, {}
+        for index in np.flatnonzero(self.shape_counts):
             name = self.category_names[index] if self.category_names else str(index)
-            per_category[name] = float(ious[categories == index].mean())
+            per_category[name] = float(self.iou_sums[index] / self.shape_counts[index])
+            category_shapes[name] = int(self.shape_counts[index])
         return {
             "accuracy": self.correct / self.total,
-            "instance_miou": float(ious.mean()),
+            "instance_miou": float(self.iou_sums.sum() / self.shapes),
             "class_miou": float(np.mean(list(per_category.values()))),
             "per_category": per_category,
-            "shapes": len(self.shape_ious),
+            "category_shapes": category_shapes,
+            "shapes": self.shapes,
+            "confusion": self.confusion.tolist(),
         }

@@ -1,4 +1,5 @@
-"""Training plots: a run's loss/accuracy curves (``metrics.jsonl``) and confusion matrix (``eval.json``).
+"""Training plots: a run's loss/accuracy curves (``metrics.jsonl``) and confusion matrix (``eval.json``),
+of classification runs (classes) and part-segmentation runs (parts, with the mIoU curves).
 
 Owns :func:`plot_run` and the reading of ``metrics.jsonl``; matplotlib is imported lazily.
 """
@@ -35,8 +36,9 @@ def _read_metrics(path: Path) -> List[dict]:
 def plot_run(run_dir) -> List[Path]:
     """Draw a training run's plots into its folder.
 
-    * ``curves.png``: train/test loss and train/test accuracy (overall and mean per class) per
-      epoch, from ``metrics.jsonl`` (one JSON object per epoch).
+    * ``curves.png``: train/test loss and train/test accuracy (overall and mean per class; for part
+      segmentation point accuracy and instance/class mIoU) per epoch, from ``metrics.jsonl`` (one JSON
+      object per epoch).
     * ``confusion.png``: the confusion matrix (row-normalised colours, counts written in the
       cells when there are few classes) from ``eval.json``, if present.
 
@@ -70,20 +72,25 @@ def plot_run(run_dir) -> List[Path]:
 
             for key, label, ax in (("train_loss", "train loss", loss_ax), ("test_loss", "test loss", loss_ax),
                                    ("train_acc", "train accuracy", acc_ax), ("test_oa", "test overall accuracy", acc_ax),
-                                   ("test_macc", "test mean class accuracy", acc_ax)):
+                                   ("test_macc", "test mean class accuracy", acc_ax),
+                                   ("test_acc", "test point accuracy", acc_ax),
+                                   ("test_instance_miou", "test instance mIoU", acc_ax),
+                                   ("test_class_miou", "test class mIoU", acc_ax)):
                 found = series(key)
                 if found:
                     ax.plot(*found, marker="o" if len(found[0]) < 30 else None, markersize=3, label=label)
             from matplotlib.ticker import MaxNLocator
 
             loss_ax.set(title="loss", xlabel="epoch", ylabel="cross-entropy")
-            acc_ax.set(title="accuracy", xlabel="epoch", ylabel="accuracy", ylim=(0, 1.02))
+            segmentation = any("test_instance_miou" in row for row in rows)
+            acc_ax.set(title="accuracy and mIoU" if segmentation else "accuracy", xlabel="epoch",
+                       ylabel="fraction", ylim=(0, 1.02))
             for ax in (loss_ax, acc_ax):
                 ax.grid(alpha=0.3)
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 if ax.lines:
                     ax.legend(fontsize=8)
-            best = series("test_oa")
+            best = series("test_instance_miou" if segmentation else "test_oa")
             if best:
                 i = int(np.argmax(best[1]))
                 acc_ax.annotate(f"best {best[1][i]:.3f} (epoch {best[0][i]})", (best[0][i], best[1][i]),
@@ -114,16 +121,19 @@ def plot_run(run_dir) -> List[Path]:
         shown = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
         ax.set_xticks(range(n), classes, rotation=90, fontsize=max(5, 9 - n // 10))
         ax.set_yticks(range(n), classes, fontsize=max(5, 9 - n // 10))
-        ax.set(xlabel="predicted class", ylabel="true class")
+        unit = "part" if "instance_miou" in result else "class"
+        ax.set(xlabel=f"predicted {unit}", ylabel=f"true {unit}")
         if n <= 20:
             for i in range(n):
                 for j in range(n):
                     if confusion[i, j]:
                         ax.text(j, i, f"{int(confusion[i, j])}", ha="center", va="center", fontsize=7,
                                 color="white" if rates[i, j] > 0.5 else "black")
-        figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-        oa, macc = result.get("oa"), result.get("macc")
-        scores = ", ".join(f"{k} {v:.3f}" for k, v in (("OA", oa), ("mAcc", macc)) if isinstance(v, (int, float)))
+        figure.colorbar(shown, ax=ax, fraction=0.046, pad=0.04,
+                        label=f"fraction of the true {unit}" + ("'s points" if unit == "part" else ""))
+        named = (("OA", "oa"), ("mAcc", "macc"), ("instance mIoU", "instance_miou"), ("class mIoU", "class_miou"))
+        scores = ", ".join(f"{name} {result[key]:.3f}" for name, key in named
+                           if isinstance(result.get(key), (int, float)))
         ax.set_title(f"confusion matrix: {run_dir.name}" + (f" ({scores})" if scores else ""))
         figure.tight_layout()
         figure.savefig(run_dir / "confusion.png")

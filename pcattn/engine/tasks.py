@@ -1,0 +1,191 @@
+"""What differs between the tasks a run trains: classification of whole clouds and part segmentation.
+
+The training loop (:mod:`~pcattn.engine.loop`) is the same for both; a :class:`Task` supplies the
+pieces that differ:
+
+==================  ==========================================  ==============================================
+                    ``"classification"``                        ``"partseg"``
+==================  ==========================================  ==============================================
+model               :class:`~pcattn.models.PointTransformerClassifier`  :class:`~pcattn.models.PointTransformerSegmenter`
+                                                                (category one-hot into the head)
+labels              ``classes``                                 ``classes`` = part names, ``categories``,
+                                                                ``category_parts``
+target, loss        ``label (B,)``, cross-entropy per cloud     ``seg (B, P)``, cross-entropy per point
+train accuracy      clouds right                                points right
+evaluation          :func:`~pcattn.engine.evaluate`: OA, mAcc   :func:`~pcattn.engine.evaluate_parts`:
+                                                                accuracy, instance / class mIoU
+best checkpoint     highest ``test_oa``                         highest ``test_instance_miou``
+==================  ==========================================  ==============================================
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models import PointTransformerSegmenter, create_model
+from .evaluation import evaluate, evaluate_parts
+from .loaders import batch_inputs
+
+__all__ = ["Labels", "Task", "ClassificationTask", "PartSegmentationTask", "get_task", "task_of_model", "describe_labels"]
+
+
+@dataclass
+class Labels:
+    """What a model predicts, saved in its checkpoints.
+
+    Attributes:
+        classes: class names (index = label), or for part segmentation the global part names.
+        categories: part segmentation: the object categories (index = category id).
+        category_parts: part segmentation: the global part ids of each category.
+    """
+
+    classes: List[str]
+    categories: Optional[List[str]] = None
+    category_parts: Optional[List[List[int]]] = field(default=None)
+
+    @classmethod
+    def of_dataset(cls, dataset) -> "Labels":
+        if hasattr(dataset, "category_parts"):
+            return cls(list(dataset.part_names), list(dataset.categories),
+                       [list(parts) for parts in dataset.category_parts])
+        return cls(list(dataset.classes))
+
+    @classmethod
+    def of_checkpoint(cls, checkpoint: Dict[str, Any]) -> "Labels":
+        parts = checkpoint.get("category_parts")
+        return cls(list(checkpoint["classes"]), checkpoint.get("categories"),
+                   None if parts is None else [list(p) for p in parts])
+
+    def entries(self) -> Dict[str, Any]:
+        """The checkpoint entries: ``classes`` and, for part segmentation, the categories and their parts."""
+        entries: Dict[str, Any] = {"classes": list(self.classes)}
+        if self.category_parts is not None:
+            entries.update(categories=list(self.categories), category_parts=[list(p) for p in self.category_parts])
+        return entries
+
+    def differences(self, other: "Labels") -> Optional[str]:
+        """``None`` when ``other`` labels the same things, else what differs."""
+        for name in ("classes", "categories", "category_parts"):
+            if getattr(self, name) != getattr(other, name):
+                return f"{name} {getattr(self, name)} vs {getattr(other, name)}"
+        return None
+
+
+class Task:
+    """The pieces of a training run that depend on the task (see the module docstring)."""
+
+    name = ""
+    score = ""        # the metrics row's key that chooses best.pt (higher is better)
+    score_name = ""   # how log lines call it
+
+    def build_model(self, model_name: str, labels: Labels, in_channels: int, **options: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def inputs(self, batch: Dict[str, Tensor], device: torch.device, use_normals: bool
+               ) -> Tuple[Tuple[Any, ...], Dict[str, Any], Tensor]:
+        """``(args, kwargs, target)``: the model is called ``model(*args, **kwargs)``."""
+        raise NotImplementedError
+
+    def loss(self, logits: Tensor, target: Tensor, label_smoothing: float) -> Tensor:
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
+                               label_smoothing=label_smoothing)
+
+    @staticmethod
+    def hits(logits: Tensor, target: Tensor) -> Tuple[int, int]:
+        """``(right, counted)``: arg-max predictions equal to the target (clouds or points)."""
+        return int((logits.argmax(-1) == target).sum()), target.numel()
+
+    def evaluate(self, model: nn.Module, loader, device: torch.device, labels: Labels,
+                 **options: Any) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def epoch_row(self, result: Dict[str, Any]) -> Dict[str, Any]:
+        """The test entries of an epoch's ``metrics.jsonl`` row, from :meth:`evaluate`'s result."""
+        raise NotImplementedError
+
+    def describe(self, row: Dict[str, Any]) -> str:
+        """The test part of an epoch's log line."""
+        raise NotImplementedError
+
+    def summary(self, result: Dict[str, Any]) -> str:
+        """One line on an evaluation (``pcattn train``'s last line)."""
+        raise NotImplementedError
+
+
+class ClassificationTask(Task):
+    name, score, score_name = "classification", "test_oa", "test OA"
+
+    def build_model(self, model_name, labels, in_channels, **options):
+        return create_model(model_name, num_classes=len(labels.classes), in_channels=in_channels, **options)
+
+    def inputs(self, batch, device, use_normals):
+        pos, x = batch_inputs(batch, device, use_normals)
+        return (x, pos), {}, batch["label"].to(device, non_blocking=True)
+
+    def evaluate(self, model, loader, device, labels, **options):
+        return evaluate(model, loader, device, classes=labels.classes, **options)
+
+    def epoch_row(self, result):
+        return {"test_loss": result["loss"], "test_oa": result["oa"], "test_macc": result["macc"]}
+
+    def describe(self, row):
+        return f"test OA {row['test_oa']:.4f}  mAcc {row['test_macc']:.4f}"
+
+    def summary(self, result):
+        return f"test OA {result['oa']:.4f}, mAcc {result['macc']:.4f}"
+
+
+class PartSegmentationTask(Task):
+    name, score, score_name = "partseg", "test_instance_miou", "test instance mIoU"
+
+    def build_model(self, model_name, labels, in_channels, **options):
+        return create_model(model_name, num_classes=len(labels.classes), in_channels=in_channels,
+                            num_categories=len(labels.categories), **options)
+
+    def inputs(self, batch, device, use_normals):
+        pos, x = batch_inputs(batch, device, use_normals)
+        category = batch["category"].to(device, non_blocking=True)
+        return (x, pos), {"category": category}, batch["seg"].to(device, non_blocking=True)
+
+    def evaluate(self, model, loader, device, labels, **options):
+        return evaluate_parts(model, loader, device, category_parts=labels.category_parts,
+                              categories=labels.categories, part_names=labels.classes, **options)
+
+    def epoch_row(self, result):
+        return {"test_loss": result["loss"], "test_acc": result["accuracy"],
+                "test_instance_miou": result["instance_miou"], "test_class_miou": result["class_miou"]}
+
+    def describe(self, row):
+        return (f"test instance mIoU {row['test_instance_miou']:.4f}  class mIoU {row['test_class_miou']:.4f}  "
+                f"acc {row['test_acc']:.4f}")
+
+    def summary(self, result):
+        return (f"instance mIoU {result['instance_miou']:.4f}, class mIoU {result['class_miou']:.4f}, "
+                f"point accuracy {result['accuracy']:.4f}")
+
+
+_TASKS = {task.name: task for task in (ClassificationTask(), PartSegmentationTask())}
+
+
+def get_task(name: str) -> Task:
+    """The :class:`Task` of a :class:`~pcattn.engine.TrainConfig` ``task`` name."""
+    if name not in _TASKS:
+        raise ValueError(f"task must be one of {tuple(_TASKS)}, got {name!r}")
+    return _TASKS[name]
+
+
+def task_of_model(model: nn.Module) -> Task:
+    """The task a model was built for: a segmenter segments parts, anything else classifies."""
+    return _TASKS["partseg" if isinstance(model, PointTransformerSegmenter) else "classification"]
+
+
+def describe_labels(labels: Labels) -> str:
+    """``"10 classes"`` or ``"8 categories, 20 parts"``, for log lines."""
+    if labels.categories is None:
+        return f"{len(labels.classes)} classes"
+    return f"{len(labels.categories)} categories, {len(labels.classes)} parts"
+
