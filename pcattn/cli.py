@@ -262,10 +262,16 @@ def run_plot(args: argparse.Namespace) -> int:
 # ============================================================================ visualize
 def add_visualize_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of ``pcattn visualize`` / ``scripts/visualize_attention.py``."""
-    parser.add_argument("--checkpoint", required=True, metavar="PT", help="trained classifier (best.pt / last.pt)")
+    parser.add_argument("--checkpoint", required=True, metavar="PT",
+                        help="trained classifier or part segmenter (best.pt / last.pt)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", metavar="FILE", help="a point cloud: .ply .pcd .xyz .txt .npy or .off (mesh)")
-    source.add_argument("--dataset", metavar="NAME", help="take a sample of a dataset: builtin, modelnet10, modelnet40")
+    source.add_argument("--dataset", metavar="NAME",
+                        help="take a sample of a dataset: builtin, modelnet10, modelnet40, builtin-parts, "
+                             "shapenetpart (these two with true parts)")
+    parser.add_argument("--category", metavar="NAME", default=None,
+                        help="part segmenter: the object category of --input (one of the checkpoint's categories; "
+                             "a part dataset's sample has its own)")
     parser.add_argument("--index", type=int, default=0, help="sample index in --dataset (default 0)")
     parser.add_argument("--split", default="test", choices=("train", "test"), help="dataset split (default test)")
     parser.add_argument("--data-root", default=None, help="dataset folder (default: the checkpoint's, else the usual)")
@@ -274,12 +280,14 @@ def add_visualize_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
                         help="attention layer(s) by index (0 = first, -1 = last) or module name; "
                              "several give one row each (default: the first attention layer)")
     parser.add_argument("--query", type=int, default=0, help="query point index in the input cloud (default 0)")
-    parser.add_argument("--mode", choices=("query", "received"), default="query",
+    parser.add_argument("--mode", choices=("query", "received", "parts"), default="query",
                         help="query: weights the query gives its neighbours; received: total weight each point "
-                             "receives (default query)")
+                             "receives (default query); parts (part segmenter): predicted parts, and with the "
+                             "truth known the true parts and the wrong points")
     parser.add_argument("--reduce", default="mean", help="over groups/heads: mean (default), max, or an index")
     parser.add_argument("--out", default="attention.png", help="picture to write (PNG; default attention.png)")
-    parser.add_argument("--ply", default=None, metavar="PLY", help="also write the coloured cloud as .ply")
+    parser.add_argument("--ply", default=None, metavar="PLY",
+                        help="also write the coloured cloud as .ply (--mode parts: the predicted parts' colours)")
     parser.add_argument("--compare", default=None, metavar="PT",
                         help="a second checkpoint (e.g. scalar vs vector) shown below the first")
     parser.add_argument("--views", type=int, default=3, help="fixed camera views side by side (default 3)")
@@ -307,42 +315,65 @@ def run_visualize(args: argparse.Namespace) -> int:
     views = [tuple(v) for v in args.view] if args.view else args.views
     if not Path(args.out).suffix:  # the picture is a PNG: name the file that is really written
         args.out = f"{args.out}.png"
+    parts = args.mode == "parts"
     try:
         for path in (args.out, args.ply):
             if path:
                 check_writable(path)
         classifiers = viz.load_classifiers([args.checkpoint] + ([args.compare] if args.compare else []))
+        if parts and not classifiers[0].is_segmenter:
+            raise ValueError(f"--mode parts needs a part segmentation checkpoint, but {args.checkpoint} is a "
+                             f"classifier (show its attention with --mode query or --mode received)")
         cloud = viz.checkpoint_input(classifiers[0], input_file=args.input, dataset=args.dataset, index=args.index,
                                      split=args.split, data_root=args.data_root, format=args.format,
-                                     num_points=args.num_points, sampling=args.sampling, up_axis=args.up_axis)
-        result = viz.checkpoint_picture(classifiers, cloud, title=args.title, layers=args.layer or [None],
-                                        mode=args.mode, query=args.query, reduce=args.reduce, views=views,
-                                        size=(args.size, args.size), backend=args.renderer, path=args.out)
+                                     num_points=args.num_points, sampling=args.sampling, up_axis=args.up_axis,
+                                     category=args.category)
+        if parts:
+            result = viz.checkpoint_parts_picture(classifiers, cloud, title=args.title, views=views,
+                                                  size=(args.size, args.size), backend=args.renderer, path=args.out)
+        else:
+            result = viz.checkpoint_picture(classifiers, cloud, title=args.title, layers=args.layer or [None],
+                                            mode=args.mode, query=args.query, reduce=args.reduce, views=views,
+                                            size=(args.size, args.size), backend=args.renderer, path=args.out)
     except (OSError, ValueError, viz.RenderingUnavailable) as error:
         print(f"pcattn visualize: error: {error}", file=sys.stderr)
         return 2
 
-    rows = result.picture.rows
-    for classifier, prediction in zip(classifiers, result.predictions):
-        print(f"{classifier.name}: predicted {prediction}" + (f", true class {cloud.truth}" if cloud.truth else ""))
-    print(f"input: {cloud.source}, {cloud.pos.shape[0]} points; layers: "
-          + ", ".join(sorted({f"{row.layer.index} '{row.layer.name}'" for row in rows})))
-    if args.mode == "query" and any(row.values.query_point != args.query for row in rows):
-        print(f"note: in deeper layers the query is the kept point nearest to point {args.query}")
+    if parts:
+        for segmenter, segmentation in zip(classifiers, result.segmentations):
+            scores = (f"{100 * segmentation.accuracy:.1f}% of points right, mIoU {segmentation.miou:.3f}"
+                      if segmentation.accuracy is not None else "true parts unknown")
+            print(f"{segmenter.name}: category {segmentation.category}, {scores}")
+        legend = viz.part_legend(result.segmentations[0].part_names)
+        print(f"input: {cloud.source}, {cloud.pos.shape[0]} points; parts: {legend}")
+        rows, colors, highlight, neighborhood = len(result.picture.captions), result.picture.colors[0], None, None
+        ply_note = f"predicted parts of {classifiers[0].name}"
+    else:
+        truth_label = "true category" if classifiers[0].is_segmenter else "true class"
+        for classifier, prediction in zip(classifiers, result.predictions):
+            truth = f", {truth_label} {cloud.truth}" if cloud.truth else ""
+            print(f"{classifier.name}: predicted {prediction}{truth}")
+        layer_rows = result.picture.rows
+        print(f"input: {cloud.source}, {cloud.pos.shape[0]} points; layers: "
+              + ", ".join(sorted({f"{row.layer.index} '{row.layer.name}'" for row in layer_rows})))
+        if args.mode == "query" and any(row.values.query_point != args.query for row in layer_rows):
+            print(f"note: in deeper layers the query is the kept point nearest to point {args.query}")
+        first = layer_rows[0]
+        rows, colors = len(layer_rows), first.colors
+        highlight, neighborhood = first.values.query_point, first.values.neighborhood
+        ply_note = f"first row: {first.name}, layer {first.layer.index}"
     height, width = result.picture.image.shape[:2]
-    print(f"wrote {args.out} ({len(rows)} row(s) x {len(viz.view_angles(views))} view(s), {width}x{height} px)")
-    first = rows[0]
+    print(f"wrote {args.out} ({rows} row(s) x {len(viz.view_angles(views))} view(s), {width}x{height} px)")
     if args.ply:
         try:
-            viz.write_ply(args.ply, cloud.pos, first.colors)
+            viz.write_ply(args.ply, cloud.pos, colors)
         except (ValueError, OSError) as error:
             print(f"pcattn visualize: error: {error}", file=sys.stderr)
             return 2
-        print(f"wrote {args.ply} (coloured cloud of the first row: {first.name}, layer {first.layer.index})")
+        print(f"wrote {args.ply} (coloured cloud of the {ply_note})")
     if args.show:
         try:
-            viz.show_interactive(cloud.pos, first.colors, first.values.query_point, first.values.neighborhood,
-                                 result.title)
+            viz.show_interactive(cloud.pos, colors, highlight, neighborhood, result.title)
         except RuntimeError as error:
             print(f"pcattn visualize: --show: {error}", file=sys.stderr)
     return 0

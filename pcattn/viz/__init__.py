@@ -11,7 +11,9 @@ The pipeline, one function per step::
     write_ply("attention.ply", pos, colors)
 
 or all of it at once with :func:`attention_picture` (:func:`checkpoint_picture` for trained
-checkpoints, as ``pcattn visualize`` does). Rendering uses Open3D's headless
+checkpoints, as ``pcattn visualize`` does; classifiers and part segmenters alike). A part
+segmenter's predicted parts, true parts and wrong points are drawn by :func:`parts_picture`
+(:func:`checkpoint_parts_picture` for a checkpoint, ``pcattn visualize --mode parts``). Rendering uses Open3D's headless
 ``OffscreenRenderer`` (software Vulkan from Debian's ``mesa-vulkan-drivers``); when it is not
 available a matplotlib scatter renderer draws the same picture (``backend="matplotlib"``, or
 automatically with a warning for ``backend="auto"``). Open3D and matplotlib are imported lazily.
@@ -24,18 +26,22 @@ Modules, each importing only those above it:
 * :mod:`~pcattn.viz.values`: per-point values and colours;
 * :mod:`~pcattn.viz.render`: cameras, the Open3D and matplotlib renderers;
 * :mod:`~pcattn.viz.figures`: composed pictures, :func:`attention_picture`, ``.ply`` files, windows;
+* :mod:`~pcattn.viz.parts`: part colours and part-segmentation pictures;
 * :mod:`~pcattn.viz.checkpoint`: pictures of trained checkpoints (their input and predictions);
 * :mod:`~pcattn.viz.plots`: training plots (independent of the rest).
 
 (:func:`load_cloud` and :func:`prepare_cloud` live in :mod:`pcattn.data.cloud`.)
 """
 from ..data.cloud import load_cloud, prepare_cloud
-from .checkpoint import (CheckpointInput, CheckpointPicture, TrainedClassifier, checkpoint_input, checkpoint_picture,
-                         load_classifiers, predictions)
+from .checkpoint import (CheckpointInput, CheckpointPartsPicture, CheckpointPicture, Segmentation, TrainedClassifier,
+                         checkpoint_input, checkpoint_parts_picture, checkpoint_picture, load_classifiers, predictions,
+                         segment)
 from .extract import (AttentionExtraction, LayerAttention, attention_layer_names, extract_attention, reduce_groups,
                       select_layer)
 from .figures import (AttentionPicture, FigureRow, RowResult, attention_picture, compose_figure, has_display,
                       show_interactive, write_ply)
+from .parts import (RIGHT_COLOR, WRONG_COLOR, PartsPicture, error_colors, part_colors, part_legend, part_palette,
+                    parts_picture)
 from .plots import plot_run
 from .render import (BACKENDS, BACKGROUND, DEBIAN_RENDER_PACKAGES, RENDER_HELP, RenderingUnavailable,
                      open3d_rendering_available, render_views, view_angles)
@@ -73,6 +79,18 @@ __all__ = [
     "checkpoint_input",
     "predictions",
     "checkpoint_picture",
+    "Segmentation",
+    "CheckpointPartsPicture",
+    "segment",
+    "checkpoint_parts_picture",
+    "PartsPicture",
+    "part_palette",
+    "part_colors",
+    "error_colors",
+    "part_legend",
+    "parts_picture",
+    "WRONG_COLOR",
+    "RIGHT_COLOR",
     "QUERY_COLOR",
     "INACTIVE_COLOR",
     "BACKGROUND",

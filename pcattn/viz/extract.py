@@ -77,9 +77,12 @@ def _kind(module: nn.Module) -> str:
     return type(module).__name__
 
 
-def _call_model(model: nn.Module, pos: Tensor, x: Optional[Tensor], batch: Optional[Tensor]):
+def _call_model(model: nn.Module, pos: Tensor, x: Optional[Tensor], batch: Optional[Tensor],
+                category: Optional[Tensor]):
     if isinstance(model, ATTENTION_LAYERS):  # a bare layer needs features: the positions stand in
         return model(pos if x is None else x, pos, batch)
+    if category is not None:  # a part segmenter: the object category of each cloud goes into its head
+        return model(x, pos, batch, category=category)
     return model(x, pos, batch)
 
 
@@ -89,6 +92,7 @@ def extract_attention(
     x: Optional[Tensor] = None,
     batch: Optional[Tensor] = None,
     forward: Optional[Callable[[nn.Module], object]] = None,
+    category: Union[int, Tensor, None] = None,
 ) -> AttentionExtraction:
     """Run one forward pass and collect every attention layer's weights and neighbourhoods.
 
@@ -107,7 +111,9 @@ def extract_attention(
         x: input features matching ``pos`` (``None``: the model uses ``pos``).
         batch: ``(N,)`` sorted cloud ids for flat input.
         forward: custom call for other model signatures: ``forward(model) -> output``
-            (``pos``, ``x`` and ``batch`` are then ignored).
+            (``pos``, ``x``, ``batch`` and ``category`` are then ignored).
+        category: for a part segmenter (:class:`~pcattn.models.PointTransformerSegmenter`), the
+            object category id of each cloud: int64 ``(B,)``, or an int for one cloud.
 
     Returns:
         :class:`AttentionExtraction` ``(output, layers)``; ``layers[i]`` is a
@@ -126,6 +132,8 @@ def extract_attention(
         if pos.dim() == 2 and batch is None:  # one cloud: the models expect (B, P, 3)
             pos = pos[None]
             x = None if x is None else x[None]
+        if category is not None:
+            category = torch.as_tensor(category, dtype=torch.long, device=pos.device).reshape(-1)
     if model.training and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         warnings.warn(f"{type(model).__name__} is in training mode: BatchNorm uses this batch's statistics "
                       f"(and updates its running ones); call model.eval() to see the trained model's attention",
@@ -136,7 +144,7 @@ def extract_attention(
             module.record_attention = True
             module.last_attention = None
         with torch.no_grad():
-            output = forward(model) if forward is not None else _call_model(model, pos, x, batch)
+            output = forward(model) if forward is not None else _call_model(model, pos, x, batch, category)
         layers = []
         for name, module in modules:
             recorded: Optional[RecordedAttention] = module.last_attention

@@ -114,7 +114,7 @@ class RowResult(NamedTuple):
     layer: LayerAttention
     values: PointValues
     colors: np.ndarray           # (P, 3)
-    probabilities: Optional[Tensor]   # (num_classes,) softmax of the logits, or None
+    probabilities: Optional[Tensor]   # (num_classes,) softmax of a classifier's logits, else None
 
 
 class AttentionPicture(NamedTuple):
@@ -137,12 +137,14 @@ def attention_picture(
     title: str = "",
     path=None,
     colorbar: bool = True,
+    category: Optional[int] = None,
 ) -> AttentionPicture:
     """Extract, colour, render and tile: one row per (model, layer), one column per view.
 
     ``models`` is one model or ``[(name, model), ...]`` (e.g. vector and scalar checkpoints side by
     side); ``layers`` lists layer indices or names (``None`` = first attention layer), each its own
-    row. ``pos (P, 3)`` is one cloud, ``x (P, C)`` its features. Writes a PNG to ``path`` if given.
+    row. ``pos (P, 3)`` is one cloud, ``x (P, C)`` its features; ``category`` is its object
+    category id, which part segmenters take (``None`` for classifiers). Writes a PNG to ``path`` if given.
     """
     if isinstance(models, nn.Module):
         models = [("", models)]
@@ -153,7 +155,7 @@ def attention_picture(
         raise ValueError(f"query {query} out of range: the cloud has {pos.shape[0]} points (0..{pos.shape[0] - 1})")
     results, figure_rows = [], []
     for name, model in models:
-        extraction = extract_attention(model, pos, x)
+        extraction = extract_attention(model, pos, x, category=category)
         output = extraction.output
         probabilities = torch.softmax(output[0].float(), -1) if isinstance(output, Tensor) and output.dim() == 2 else None
         for which in layers:
