@@ -254,3 +254,24 @@ def test_two_processes_with_bf16_and_loader_workers(tiny_modelnet10_root, tmp_pa
     rows = metric_rows(out)
     assert [row["epoch"] for row in rows] == [1] and math.isfinite(rows[0]["train_loss"])
     assert json.loads((out / "config.json").read_text())["precision"] == "bf16"
+
+
+def test_two_processes_train_and_evaluate_part_segmentation(tmp_path):
+    """--task partseg under torchrun: one epoch, then the sharded evaluation (mIoU sums merged over the ranks,
+    votes in step) equals the one-process evaluation of the same checkpoint."""
+    from test_partseg import write_hdf5_layout
+
+    root = write_hdf5_layout(tmp_path / "shapenet_part_seg_hdf5_data", shapes=10, points=96)
+    out = tmp_path / "parts"
+    torchrun(2, "train", "--task", "partseg", "--dataset", "shapenetpart", "--data-root", root, "--model",
+             "pt-seg-tiny-vector", "--num-points", 96, "--batch-size", 4, "--epochs", 1, "--threads", 1,
+             "--no-progress", "--no-plots", "--out", out)
+    result_path = tmp_path / "eval2.json"
+    torchrun(2, "eval", "--checkpoint", out / "best.pt", "--votes", 2, "--batch-size", 3, "--json", result_path,
+             "--no-progress")
+    two = json.loads(result_path.read_text())
+    one = evaluate_checkpoint(out / "best.pt", votes=2, batch_size=3, progress=False)
+    assert two["samples"] == one["samples"] == 10
+    assert two["confusion"] == one["confusion"] and two["category_shapes"] == one["category_shapes"]
+    for key in ("instance_miou", "class_miou", "accuracy", "loss"):
+        assert two[key] == pytest.approx(one[key], rel=1e-9), key
