@@ -1,6 +1,7 @@
 """GPU checks (marked ``cuda``; ``bash scripts/gpu_check.sh`` runs them): skipped without a CUDA GPU.
 
-* every layer option and every named model on CUDA equals the CPU in float32 (forward and gradients);
+* every layer option and every named model (classifiers and segmenters) on CUDA equals the CPU in
+  float32 (forward and gradients);
 * an AMP training step (fp16 with a GradScaler, and bf16) of every named model is finite;
 * kNN and farthest point sampling on CUDA tensors equal the CPU and stay on the device;
 * a checkpoint written by a run on the GPU loads on the CPU and back, with the same outputs.
@@ -88,6 +89,31 @@ def test_amp_training_step_of_every_named_model(name, dtype):
         scaler.update()
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("name", list_models("segmentation"))
+def test_named_segmenter_on_cuda_equals_cpu_and_takes_an_amp_step(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=6, num_categories=3).eval()
+    pos = torch.randn(3, 400, 3, generator=torch.Generator().manual_seed(0))
+    category = torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        cpu = model(None, pos, category=category)
+        gpu_model = copy.deepcopy(model).to(CUDA)
+        gpu = gpu_model(None, pos.to(CUDA), category=category.to(CUDA))
+    assert gpu.shape == (3, 400, 6) and relative_error(gpu.cpu(), cpu) < 1e-3
+    gpu_model.train()
+    optimizer = torch.optim.AdamW(gpu_model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda")
+    target = torch.randint(0, 6, (3, 400), device=CUDA)
+    with torch.autocast("cuda", dtype=torch.float16):
+        logits = gpu_model(None, pos.to(CUDA), category=category.to(CUDA))
+        loss = F.cross_entropy(logits.float().reshape(-1, 6), target.reshape(-1))
+    assert logits.dtype == torch.float16 and torch.isfinite(loss)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert all(torch.isfinite(p).all() for p in gpu_model.parameters())
 
 
 def test_knn_and_fps_on_cuda_equal_cpu_and_stay_on_the_device():
