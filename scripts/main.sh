@@ -5,6 +5,7 @@
 #
 #   bash scripts/main.sh                 # vector attention (default)
 #   ATTENTION=scalar bash scripts/main.sh
+#   TASK=partseg bash scripts/main.sh    # part segmentation of the built-in parts -> runs/builtin-parts-<attention>/
 #
 # A killed run continues where its last checkpoint left it when started again.
 set -euo pipefail
@@ -13,6 +14,30 @@ bash scripts/setup.sh
 . .venv/bin/activate
 
 attention=${ATTENTION:-vector}
+task=${TASK:-classification}
+
+if [ "$task" = partseg ]; then
+    run=runs/builtin-parts-$attention
+    resume=()
+    [ -f "$run/last.pt" ] && resume=(--resume)
+    echo "[main] training pt-seg-tiny-$attention on the built-in parts -> $run"
+    pcattn train --task partseg --dataset builtin-parts --attention "$attention" --out "$run" "${resume[@]}"
+
+    echo "[main] evaluating $run/best.pt with 3 votes (instance and class mIoU, per category)"
+    pcattn eval --checkpoint "$run/best.pt" --votes 3 --json "$run/eval_votes.json"
+
+    echo "[main] parts of test shapes 52 (a chair) and 4 (an airplane) -> $run/parts.png, $run/parts_airplane.png"
+    pcattn visualize --checkpoint "$run/best.pt" --dataset builtin-parts --split test --index 52 \
+        --mode parts --views 2 --size 320 --out "$run/parts.png" --ply "$run/parts.ply"
+    pcattn visualize --checkpoint "$run/best.pt" --dataset builtin-parts --split test --index 4 \
+        --mode parts --views 2 --size 320 --out "$run/parts_airplane.png"
+    echo "[main] done: $run/{best.pt,metrics.jsonl,eval.json,eval_votes.json,curves.png,confusion.png,parts.png,parts_airplane.png,parts.ply}"
+    exit 0
+elif [ "$task" != classification ]; then
+    echo "[main] TASK must be classification (default) or partseg, got '$task'" >&2
+    exit 2
+fi
+
 run=runs/builtin-$attention
 resume=()
 [ -f "$run/last.pt" ] && resume=(--resume)

@@ -14,7 +14,7 @@ from ..models import MODEL_CONFIGS, SEGMENTER_CONFIGS
 from .checkpoint import load_checkpoint
 from .device import check_precision_name
 
-__all__ = ["TrainConfig", "TASKS", "TASK_DATASETS", "RESULT_FIELDS", "check_resume_settings", "merge_resume_config", "read_run_config"]
+__all__ = ["TrainConfig", "TASKS", "TASK_DATASETS", "TASK_DEFAULTS", "RESULT_FIELDS", "check_resume_settings", "merge_resume_config", "read_run_config"]
 
 # TrainConfig fields that change what a run computes: a resumed run must not change them.
 RESULT_FIELDS = ("task", "dataset", "format", "data_root", "model", "attention", "batch_size", "num_points", "use_normals",
@@ -25,6 +25,10 @@ RESULT_FIELDS = ("task", "dataset", "format", "data_root", "model", "attention",
 TASKS = ("classification", "partseg")
 TASK_DATASETS = {"classification": ("builtin", "modelnet10", "modelnet40"),
                  "partseg": ("builtin-parts", "shapenetpart")}
+#: the defaults of the settings that depend on the task (the part segmenter was tuned on the built-in parts:
+#: a higher learning rate, smaller batches and no label smoothing)
+TASK_DEFAULTS = {"classification": dict(epochs=15, batch_size=32, lr=2e-3, weight_decay=1e-4, label_smoothing=0.1),
+                 "partseg": dict(epochs=18, batch_size=16, lr=5e-3, weight_decay=1e-2, label_smoothing=0.0)}
 #: file formats of each dataset family (``None`` in a config: guessed from the files)
 _FORMATS = {"classification": ("off", "normal_resampled", "hdf5", "folder"), "partseg": ("normal", "v0", "hdf5")}
 
@@ -56,6 +60,9 @@ class TrainConfig:
             ``torchrun``: each of N processes takes ``batch_size / N``); ``num_points=None`` is 512 for the built-in
             datasets, 1024 for ModelNet and 2048 for ShapeNetPart.
         lr, weight_decay, optimizer (``"adamw"`` or ``"sgd"``), momentum (SGD only).
+            ``None`` for ``epochs``, ``batch_size``, ``lr``, ``weight_decay`` and ``label_smoothing`` takes the
+            task's default (:data:`TASK_DEFAULTS`: 15, 32, 2e-3, 1e-4, 0.1 for classification; 18, 16, 5e-3,
+            1e-2, 0 for part segmentation).
         warmup: fraction of the iterations with a linear learning-rate warm-up, followed by a
             cosine decay to zero (stepped every iteration).
         label_smoothing: cross-entropy label smoothing.
@@ -95,15 +102,15 @@ class TrainConfig:
     model: Optional[str] = None
     attention: Optional[str] = None
     attention_options: Optional[Dict[str, Any]] = None
-    epochs: int = 15
-    batch_size: int = 32
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
     num_points: Optional[int] = None
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
     optimizer: str = "adamw"
     momentum: float = 0.9
     warmup: float = 0.1
-    label_smoothing: float = 0.1
+    label_smoothing: Optional[float] = None
     use_normals: bool = False
     download: bool = False
     up_axis: Optional[int] = None
@@ -130,6 +137,9 @@ class TrainConfig:
         stays ``None`` until the device is known: see :func:`pcattn.engine.device.resolve_precision`)."""
         config = dataclasses.replace(self)
         _resolve_task(config)
+        for name, value in TASK_DEFAULTS[config.task].items():
+            if getattr(config, name) is None:
+                setattr(config, name, value)
         if config.attention not in (None, "vector", "scalar"):
             raise ValueError(f"attention must be 'vector' or 'scalar', got {config.attention!r}")
         models = SEGMENTER_CONFIGS if config.task == "partseg" else MODEL_CONFIGS
