@@ -61,7 +61,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                        metavar="KEY=VALUE", help="an option of every attention layer, repeatable: "
                        "positional_encoding=none, relation=addition, normalization=sigmoid, mapping=linear, ...")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int, help="default 15 (partseg 18)")
+    optim.add_argument("--epochs", type=int, help="default 15 (both tasks)")
     optim.add_argument("--batch-size", type=int, help="default 32 (partseg 16); under torchrun the global batch, split "
                                                        "evenly over the processes")
     optim.add_argument("--lr", type=float, help="peak learning rate (default 2e-3, partseg 5e-3)")

@@ -28,7 +28,7 @@ TASK_DATASETS = {"classification": ("builtin", "modelnet10", "modelnet40"),
 #: the defaults of the settings that depend on the task (the part segmenter was tuned on the built-in parts:
 #: a higher learning rate, smaller batches and no label smoothing)
 TASK_DEFAULTS = {"classification": dict(epochs=15, batch_size=32, lr=2e-3, weight_decay=1e-4, label_smoothing=0.1),
-                 "partseg": dict(epochs=18, batch_size=16, lr=5e-3, weight_decay=1e-2, label_smoothing=0.0)}
+                 "partseg": dict(epochs=15, batch_size=16, lr=5e-3, weight_decay=1e-2, label_smoothing=0.0)}
 #: file formats of each dataset family (``None`` in a config: guessed from the files)
 _FORMATS = {"classification": ("off", "normal_resampled", "hdf5", "folder"), "partseg": ("normal", "v0", "hdf5")}
 
@@ -61,7 +61,7 @@ class TrainConfig:
             datasets, 1024 for ModelNet and 2048 for ShapeNetPart.
         lr, weight_decay, optimizer (``"adamw"`` or ``"sgd"``), momentum (SGD only).
             ``None`` for ``epochs``, ``batch_size``, ``lr``, ``weight_decay`` and ``label_smoothing`` takes the
-            task's default (:data:`TASK_DEFAULTS`: 15, 32, 2e-3, 1e-4, 0.1 for classification; 18, 16, 5e-3,
+            task's default (:data:`TASK_DEFAULTS`: 15, 32, 2e-3, 1e-4, 0.1 for classification; 15, 16, 5e-3,
             1e-2, 0 for part segmentation).
         warmup: fraction of the iterations with a linear learning-rate warm-up, followed by a
             cosine decay to zero (stepped every iteration).
