@@ -18,8 +18,9 @@ from pcattn.data import BuiltinParts
 from pcattn.data.shapenetpart import SHAPENET_CATEGORIES, SHAPENET_CATEGORY_PARTS
 from pcattn.engine import TrainConfig, evaluate_parts, load_checkpoint, load_model, train
 from pcattn.engine.metrics import PartSegmentationMetrics
-from pcattn.engine.tasks import get_task
 from pcattn.models import PointTransformerSegmenter
+
+from test_engine import metric_rows, train_killed_in_epoch_2
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models: threads only add overhead
 
@@ -37,13 +38,6 @@ def parts_config(out, **overrides):
                    plots=False, seed=0)
     options.update(overrides)
     return TrainConfig(**options)
-
-
-def metric_rows(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    for row in rows:  # wall-clock fields differ between runs
-        row.pop("epoch_time"), row.pop("samples_per_s")
-    return rows
 
 
 def test_partseg_run_writes_a_complete_run_folder(small_parts, tmp_path):
@@ -85,19 +79,7 @@ def test_killed_partseg_run_resumes_to_the_same_result(small_parts, tmp_path, mo
     train(parts_config(whole, epochs=3))
 
     killed = tmp_path / "killed"
-    task = get_task("partseg")
-    real_evaluate, calls = task.evaluate, []
-
-    def dying_evaluate(*args, **kwargs):  # killed in epoch 2, after its training pass
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(task, "evaluate", dying_evaluate)
-    with pytest.raises(KeyboardInterrupt):
-        train(parts_config(killed, epochs=3))
-    monkeypatch.setattr(task, "evaluate", real_evaluate)
+    train_killed_in_epoch_2(parts_config(killed, epochs=3), monkeypatch)
     assert load_checkpoint(killed / "last.pt")["epoch"] == 1
     torch.manual_seed(1234), np.random.seed(99)                                # the checkpoint restores them
     train(parts_config(killed, epochs=3, resume=True))

@@ -5,7 +5,7 @@ of a checkpoint on the test split it was trained for."""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -78,35 +78,17 @@ def evaluate(model: nn.Module, loader, device: Union[str, torch.device, None] = 
     precision = resolve_precision(precision, device)
     classes = list(classes) if classes is not None else list(getattr(loader.dataset, "classes", []))
     num_classes = getattr(model, "num_classes", None) or len(classes)
-    use_normals = getattr(model, "in_channels", 3) == 6
-    generator = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     loss_sum, count = 0.0, 0
-    from tqdm.auto import tqdm
-
-    sharded = isinstance(getattr(loader, "batch_sampler", None), ShardedBatches)
-    for number, batch in enumerate(tqdm(loader, desc="evaluating", leave=False, disable=not progress, unit="batch")):
-        for size in loader.batch_sampler.skipped[number] if sharded else ():
-            _skip_votes(generator, size, votes)
-        pos, x = batch_inputs(batch, device, use_normals)
+    for batch, logits, probabilities in _voted_batches(model, loader, device, precision, votes, up_axis, seed,
+                                                       progress):
         labels = batch["label"].to(device)
-        probabilities = torch.zeros(pos.shape[0], num_classes, device=device)
-        for vote in range(votes):
-            p, f = (pos, x) if vote == 0 else vote_augment(pos, x, up_axis, generator)
-            with autocast(device, precision):
-                logits = model(f, p)
-            logits = logits.float()
-            if vote == 0:
-                loss_sum += float(F.cross_entropy(logits, labels, label_smoothing=label_smoothing,
-                                                  reduction="sum"))
-            probabilities += logits.softmax(-1)
+        loss_sum += float(F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction="sum"))
         predicted = probabilities.argmax(-1).cpu()
         confusion += torch.bincount(labels.cpu() * num_classes + predicted,
                                     minlength=num_classes * num_classes).view(num_classes, num_classes)
-        count += pos.shape[0]
-    model.train(was_training)
+        count += labels.shape[0]
+    sharded = isinstance(getattr(loader, "batch_sampler", None), ShardedBatches)
     if sharded:
         totals = sum_over_ranks(torch.tensor([loss_sum, count], dtype=torch.float64), device)
         loss_sum, count = float(totals[0]), int(totals[1])
@@ -163,35 +145,20 @@ def evaluate_parts(model: nn.Module, loader, device: Union[str, torch.device, No
     part_names = list(part_names if part_names is not None else getattr(dataset, "part_names", []))
     device = torch.device(device) if device is not None else _model_device(model)
     precision = resolve_precision(precision, device)
-    use_normals = getattr(model, "in_channels", 3) == 6
     metrics = PartSegmentationMetrics(category_parts, categories)
-    generator = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
     loss_sum, points = 0.0, 0
-    from tqdm.auto import tqdm
 
+    def category_input(batch):
+        return {"category": batch["category"].to(device)}
+
+    for batch, logits, probabilities in _voted_batches(model, loader, device, precision, votes, up_axis, seed,
+                                                       progress, category_input):
+        seg = batch["seg"].to(device)
+        loss_sum += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), seg.reshape(-1),
+                                          label_smoothing=label_smoothing, reduction="sum"))
+        points += seg.numel()
+        metrics.update(probabilities.cpu(), seg.cpu(), batch["category"])
     sharded = isinstance(getattr(loader, "batch_sampler", None), ShardedBatches)
-    for number, batch in enumerate(tqdm(loader, desc="evaluating", leave=False, disable=not progress, unit="batch")):
-        for size in loader.batch_sampler.skipped[number] if sharded else ():
-            _skip_votes(generator, size, votes)
-        pos, x = batch_inputs(batch, device, use_normals)
-        seg, category = batch["seg"].to(device), batch["category"].to(device)
-        probabilities = None
-        for vote in range(votes):
-            p, f = (pos, x) if vote == 0 else vote_augment(pos, x, up_axis, generator)
-            with autocast(device, precision):
-                logits = model(f, p, category=category)
-            logits = logits.float()
-            if vote == 0:
-                loss_sum += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), seg.reshape(-1),
-                                                  label_smoothing=label_smoothing, reduction="sum"))
-                points += seg.numel()
-                probabilities = logits.softmax(-1)
-            else:
-                probabilities += logits.softmax(-1)
-        metrics.update(probabilities.cpu(), seg.cpu(), category.cpu())
-    model.train(was_training)
     if sharded:
         metrics.load_state(sum_over_ranks(metrics.state(), device).cpu())
         totals = sum_over_ranks(torch.tensor([loss_sum, points], dtype=torch.float64), device)
@@ -202,6 +169,44 @@ def evaluate_parts(model: nn.Module, loader, device: Union[str, torch.device, No
     result.update(classes=part_names or [str(i) for i in range(metrics.num_parts)], loss=loss_sum / points,
                   votes=votes, samples=result.pop("shapes"))
     return result
+
+
+def _voted_batches(model: nn.Module, loader, device: torch.device, precision: str, votes: int, up_axis: int,
+                   seed: int, progress: bool, extra_inputs: Optional[Callable[[Dict[str, Tensor]], Dict[str, Any]]] = None
+                   ) -> Iterator[Tuple[Dict[str, Tensor], Tensor, Tensor]]:
+    """The evaluation passes over ``loader``, shared by :func:`evaluate` and :func:`evaluate_parts`: for
+    each batch ``(batch, logits of the first pass, softmax probabilities summed over the votes)`` (both
+    float32; pass 1 sees the clouds as they are, the others :func:`vote_augment`'s copies), with the
+    model in eval mode meanwhile. ``extra_inputs(batch)`` gives further keyword arguments of the model
+    (a segmenter's ``category``). On a :class:`~pcattn.engine.distributed.ShardedBatches` loader the
+    voting draws of the other ranks' batches are skipped, so every batch sees the one-process draws."""
+    from tqdm.auto import tqdm
+
+    use_normals = getattr(model, "in_channels", 3) == 6
+    generator = torch.Generator().manual_seed(seed)
+    sharded = isinstance(getattr(loader, "batch_sampler", None), ShardedBatches)
+    was_training = model.training
+    model.eval()
+    try:
+        for number, batch in enumerate(tqdm(loader, desc="evaluating", leave=False, disable=not progress,
+                                            unit="batch")):
+            for size in loader.batch_sampler.skipped[number] if sharded else ():
+                _skip_votes(generator, size, votes)
+            pos, x = batch_inputs(batch, device, use_normals)
+            options = extra_inputs(batch) if extra_inputs is not None else {}
+            first = probabilities = None
+            for vote in range(votes):
+                p, f = (pos, x) if vote == 0 else vote_augment(pos, x, up_axis, generator)
+                with autocast(device, precision):
+                    logits = model(f, p, **options)
+                logits = logits.float()
+                if vote == 0:
+                    first, probabilities = logits, logits.softmax(-1)
+                else:
+                    probabilities = probabilities + logits.softmax(-1)
+            yield batch, first, probabilities
+    finally:
+        model.train(was_training)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -222,7 +227,8 @@ def evaluate_checkpoint(checkpoint_path, votes: int = 1, device: str = "auto", b
                         progress: bool = True, precision: Optional[str] = None) -> Dict[str, Any]:
     """Evaluate a checkpoint on the test split of the data it was trained on (from the checkpoint
     alone; ``data_root`` overrides where the data is, ``precision`` the precision of its training
-    run). Returns :func:`evaluate`'s dictionary plus ``"checkpoint"`` and ``"epoch"``.
+    run). Returns :func:`evaluate`'s dictionary (a segmenter's: :func:`evaluate_parts`'s) plus
+    ``"checkpoint"`` and ``"epoch"``.
 
     Under ``torchrun`` every process evaluates its share of the test set and every process returns
     the whole result (equal to a one-process evaluation's)."""

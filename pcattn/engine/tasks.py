@@ -136,7 +136,7 @@ class ClassificationTask(Task):
         return f"test OA {row['test_oa']:.4f}  mAcc {row['test_macc']:.4f}"
 
     def summary(self, result):
-        return f"test OA {result['oa']:.4f}, mAcc {result['macc']:.4f}"
+        return f"OA {result['oa']:.4f}, mAcc {result['macc']:.4f}"
 
 
 class PartSegmentationTask(Task):
