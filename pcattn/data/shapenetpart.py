@@ -299,8 +299,8 @@ class ShapeNetPart(Dataset):
             if absent:
                 message = f"{absent[0]}: listed in the {self.split} split but not found"
                 if self.missing == "error":
-                    raise FileNotFoundError(message + " (pass missing='skip', or --skip-missing to pcattn train, to leave such "
-                                            "shapes out)")
+                    raise FileNotFoundError(message + " (pass missing='skip', or --skip-missing to pcattn train, "
+                                            "to leave such shapes out)")
                 warnings.warn(message + "; skipped")
                 continue
             if self.format == "normal":

@@ -38,7 +38,8 @@ epoch and every random stream (torch's global RNG, which drives augmentation and
 data loader's shuffling generator), so a run killed at any point and resumed gives the same weights
 and metrics as an uninterrupted run, on the same machine and thread count.
 """
-from .checkpoint import (CHECKPOINT_KIND, FORMAT_VERSION, SEGMENTER_KIND, CheckpointError, DiskFullError, load_checkpoint,
+from .checkpoint import (CHECKPOINT_KIND, FORMAT_VERSION, SEGMENTER_KIND, CheckpointError, DiskFullError,
+                         load_checkpoint,
                          load_model, model_from_checkpoint, save_checkpoint)
 from .config import TrainConfig, merge_resume_config
 from .device import PRECISIONS, resolve_device, resolve_precision

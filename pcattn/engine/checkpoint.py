@@ -7,7 +7,8 @@ A checkpoint is a dictionary readable with ``torch.load(weights_only=True)``: ``
 ``model_state``, ``classes`` (always: class names, or a segmenter's part names), for a segmenter
 ``categories`` and ``category_parts`` (the global part ids of each category), and for a training
 run also ``optimizer``, ``scheduler``, ``scaler`` (fp16 only, else ``None``), ``epoch``,
-``rng_state``, ``best_acc`` (the best test score: OA, or instance mIoU for part segmentation), ``best_epoch``, ``metrics``, ``history`` (every epoch's metrics row so
+``rng_state``, ``best_acc`` (the best test score: OA, or instance mIoU for part segmentation),
+``best_epoch``, ``metrics``, ``history`` (every epoch's metrics row so
 far: ``metrics.jsonl`` is rewritten from it on resume), ``run_id`` (the run folder's identity),
 ``train_config`` and ``torch_version``.
 
@@ -37,7 +38,8 @@ from torch import Tensor, nn
 from ..models import PointTransformerClassifier, PointTransformerSegmenter, create_model
 from .device import resolve_device
 
-__all__ = ["CHECKPOINT_KIND", "SEGMENTER_KIND", "FORMAT_VERSION", "CheckpointError", "DiskFullError", "model_checkpoint",
+__all__ = ["CHECKPOINT_KIND", "SEGMENTER_KIND", "FORMAT_VERSION", "CheckpointError", "DiskFullError",
+           "model_checkpoint",
            "save_checkpoint", "state_checksum", "load_checkpoint", "model_from_checkpoint", "load_model", "seed_everything", "rng_state",
            "set_rng_state"]
 

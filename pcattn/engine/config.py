@@ -14,10 +14,12 @@ from ..models import MODEL_CONFIGS, SEGMENTER_CONFIGS
 from .checkpoint import load_checkpoint
 from .device import check_precision_name
 
-__all__ = ["TrainConfig", "TASKS", "TASK_DATASETS", "TASK_DEFAULTS", "RESULT_FIELDS", "check_resume_settings", "merge_resume_config", "read_run_config"]
+__all__ = ["TrainConfig", "TASKS", "TASK_DATASETS", "TASK_DEFAULTS", "RESULT_FIELDS", "check_resume_settings",
+           "merge_resume_config", "read_run_config"]
 
 # TrainConfig fields that change what a run computes: a resumed run must not change them.
-RESULT_FIELDS = ("task", "dataset", "format", "data_root", "model", "attention", "batch_size", "num_points", "use_normals",
+RESULT_FIELDS = ("task", "dataset", "format", "data_root", "model", "attention", "batch_size", "num_points",
+                 "use_normals",
                  "lr", "weight_decay", "optimizer", "momentum", "warmup", "label_smoothing", "seed", "augment",
                  "up_axis", "attention_options", "precision", "skip_missing")
 

@@ -172,7 +172,8 @@ def evaluate_parts(model: nn.Module, loader, device: Union[str, torch.device, No
 
 
 def _voted_batches(model: nn.Module, loader, device: torch.device, precision: str, votes: int, up_axis: int,
-                   seed: int, progress: bool, extra_inputs: Optional[Callable[[Dict[str, Tensor]], Dict[str, Any]]] = None
+                   seed: int, progress: bool,
+                   extra_inputs: Optional[Callable[[Dict[str, Tensor]], Dict[str, Any]]] = None
                    ) -> Iterator[Tuple[Dict[str, Tensor], Tensor, Tensor]]:
     """The evaluation passes over ``loader``, shared by :func:`evaluate` and :func:`evaluate_parts`: for
     each batch ``(batch, logits of the first pass, softmax probabilities summed over the votes)`` (both

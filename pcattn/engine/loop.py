@@ -137,7 +137,8 @@ def _train_locked(config: TrainConfig, device: torch.device, out: Path, distribu
         state.history = start_metrics(out, state.epoch, state.history)
     parameters = sum(p.numel() for p in state.model.parameters())
     _log(f"training {config.model} ({parameters / 1e6:.2f} M parameters) on {config.dataset} "
-         f"({len(train_loader.dataset)} train / {len(test_loader.dataset)} test shapes, {describe_labels(state.labels)}, "
+         f"({len(train_loader.dataset)} train / {len(test_loader.dataset)} test shapes, "
+         f"{describe_labels(state.labels)}, "
          f"{config.num_points} points) on {device}, precision {config.precision}, {torch.get_num_threads()} threads"
          + (f", {distributed.world_size} processes (DistributedDataParallel, global batch {config.batch_size}, "
             f"{_count_sync_bn(state.model)} SyncBatchNorm layers)" if distributed.enabled else ""), config.progress)
@@ -248,7 +249,8 @@ def run_epoch(state: TrainingState, epoch: int, train_loader, test_loader, confi
     result = state.task.evaluate(state.model, test_loader, device, state.labels,
                                  label_smoothing=config.label_smoothing, precision=config.precision)
     return {"epoch": epoch, "train_loss": trained["loss"], "train_acc": trained["acc"],
-            **state.task.epoch_row(result), "lr": state.optimizer.param_groups[0]["lr"], "epoch_time": time.perf_counter() - started,
+            **state.task.epoch_row(result), "lr": state.optimizer.param_groups[0]["lr"],
+            "epoch_time": time.perf_counter() - started,
             "samples_per_s": trained["samples"] / trained["seconds"]}
 
 

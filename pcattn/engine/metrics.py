@@ -71,7 +71,8 @@ class PartSegmentationMetrics:
     def __init__(self, category_parts: Sequence[Sequence[int]], category_names: Optional[Sequence[str]] = None):
         self.category_parts = [list(parts) for parts in category_parts]
         if category_names is not None and len(category_names) != len(self.category_parts):
-            raise ValueError(f"category_names has {len(category_names)} names for {len(self.category_parts)} categories")
+            raise ValueError(f"category_names has {len(category_names)} names for {len(self.category_parts)} "
+                             f"categories")
         self.category_names = list(category_names) if category_names is not None else None
         self.num_parts = 1 + max((part for parts in self.category_parts for part in parts), default=-1)
         self.reset()

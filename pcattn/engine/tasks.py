@@ -3,19 +3,16 @@
 The training loop (:mod:`~pcattn.engine.loop`) is the same for both; a :class:`Task` supplies the
 pieces that differ:
 
-==================  ==========================================  ==============================================
-                    ``"classification"``                        ``"partseg"``
-==================  ==========================================  ==============================================
-model               :class:`~pcattn.models.PointTransformerClassifier`  :class:`~pcattn.models.PointTransformerSegmenter`
-                                                                (category one-hot into the head)
-labels              ``classes``                                 ``classes`` = part names, ``categories``,
-                                                                ``category_parts``
-target, loss        ``label (B,)``, cross-entropy per cloud     ``seg (B, P)``, cross-entropy per point
-train accuracy      clouds right                                points right
-evaluation          :func:`~pcattn.engine.evaluate`: OA, mAcc   :func:`~pcattn.engine.evaluate_parts`:
-                                                                accuracy, instance / class mIoU
-best checkpoint     highest ``test_oa``                         highest ``test_instance_miou``
-==================  ==========================================  ==============================================
+* model: a :class:`~pcattn.models.PointTransformerClassifier`, or a
+  :class:`~pcattn.models.PointTransformerSegmenter` that also takes the object category (one-hot
+  into its head);
+* labels (:class:`Labels`, saved in checkpoints): the class names, or the part names with the
+  categories and each category's parts;
+* target and loss: ``label (B,)`` and cross-entropy per cloud, or ``seg (B, P)`` and cross-entropy
+  per point; the training accuracy counts clouds, or points;
+* evaluation: :func:`~pcattn.engine.evaluate` (OA, mAcc), or :func:`~pcattn.engine.evaluate_parts`
+  (point accuracy, instance and class mIoU);
+* the score that picks ``best.pt``: ``test_oa``, or ``test_instance_miou``.
 """
 from __future__ import annotations
 
@@ -30,7 +27,8 @@ from ..models import PointTransformerSegmenter, create_model
 from .evaluation import evaluate, evaluate_parts
 from .loaders import batch_inputs
 
-__all__ = ["Labels", "Task", "ClassificationTask", "PartSegmentationTask", "get_task", "task_of_model", "describe_labels"]
+__all__ = ["Labels", "Task", "ClassificationTask", "PartSegmentationTask", "get_task", "task_of_model",
+           "describe_labels"]
 
 
 @dataclass
