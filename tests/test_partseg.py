@@ -242,3 +242,17 @@ def test_a_segmenter_is_not_exported_and_a_classifier_run_cannot_resume_as_parts
     assert "a segmenter checkpoint, but a classifier is needed" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"cannot resume .*\(task: run has 'partseg', now 'classification'"):
         train(TrainConfig(task="classification", out=str(out), resume=True, progress=False))
+
+
+def test_the_partseg_script_trains_part_segmentation(tmp_path):
+    """scripts/train_partseg.py is pcattn train --task partseg: a classification dataset is refused as such."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_partseg.py"
+    done = subprocess.run([sys.executable, str(script), "--dataset", "modelnet40", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "dataset 'modelnet40' is a classification dataset, not a partseg one" in done.stderr
+    assert not (tmp_path / "run").exists()
