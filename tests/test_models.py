@@ -160,13 +160,13 @@ def test_tiny_training_run_learns(attention):
 
 def test_the_static_equal_clouds_path_gives_the_eager_result(monkeypatch):
     """GPUs (and torch.compile/export) take the batched kNN/FPS of equal-sized clouds: same logits."""
-    import pcattn.models.classifier as classifier_module
+    import pcattn.models.inputs as inputs_module
 
     torch.manual_seed(0)
     model = create_model("pt-tiny-vector", num_classes=5).eval()
     pos = torch.randn(3, 200, 3)
     with torch.no_grad():
         eager = model(None, pos)
-        monkeypatch.setattr(classifier_module, "tracing", lambda: True)
+        monkeypatch.setattr(inputs_module, "tracing", lambda: True)
         static = model(None, pos)
     assert torch.allclose(static, eager, atol=1e-5)

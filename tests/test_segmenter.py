@@ -135,3 +135,35 @@ def test_tiny_run_learns_two_parts():
     with torch.no_grad():
         accuracy = (model.eval()(None, test_pos).argmax(-1) == test_labels).float().mean().item()
     assert accuracy > 0.9  # chance is 0.6 (always "disc")
+
+
+def test_the_static_equal_clouds_path_gives_the_eager_result(monkeypatch):
+    """GPUs (and torch.compile/export) take the batched kNN/FPS of equal-sized clouds through the whole U-Net,
+    interpolation included: the same logits as the per-cloud path."""
+    import pcattn.models.inputs as inputs_module
+    import pcattn.models.segmenter as segmenter_module
+
+    torch.manual_seed(0)
+    model = create_model("pt-seg-tiny-vector", num_classes=6, num_categories=2).eval()
+    pos, category = torch.randn(3, 150, 3), torch.tensor([1, 0, 1])
+    calls = []
+    real_knn_equal = segmenter_module.knn_equal_clouds
+    monkeypatch.setattr(segmenter_module, "knn_equal_clouds",
+                        lambda *args, **kwargs: calls.append(1) or real_knn_equal(*args, **kwargs))
+    with torch.no_grad():
+        eager = model(None, pos, category=category)
+        assert not calls
+        monkeypatch.setattr(inputs_module, "tracing", lambda: True)
+        static = model(None, pos, category=category)
+    assert calls                                                              # the static path ran
+    assert torch.allclose(static, eager, atol=1e-5)
+
+
+def test_segmenter_compiles_fullgraph():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = create_model("pt-seg-tiny-vector", num_classes=6, num_categories=2).eval()
+    pos, category = torch.randn(2, 64, 3), torch.tensor([1, 0])
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        assert (compiled(None, pos, category=category) - model(None, pos, category=category)).abs().max() < 1e-5

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from ..nn.blocks import PointTransformerBlock, TransitionDown
-from ..nn.geometry import checked_inputs, knn, knn_equal_clouds, tracing
-from .inputs import flat_model_inputs
+from ..nn.geometry import checked_inputs, knn, knn_equal_clouds
+from .inputs import flat_model_inputs, static_clouds
 
 __all__ = ["PointTransformerClassifier"]
 
@@ -102,16 +102,9 @@ class PointTransformerClassifier(nn.Module):
         a ``FutureWarning`` (see :func:`_legacy_order`).
         """
         x, pos = _legacy_order(x, pos, self.in_channels)
-        x, pos, batch, B, dense_shape = flat_model_inputs(x, pos, batch, self.in_channels)
-        dense = dense_shape is not None
-
-        # B equal-sized clouds take the static-shape kNN and FPS (one batched search, no host
-        # synchronisation): always while torch.compile / export records, and on accelerators, where
-        # reading cloud sizes per stage would stall the device (the results are the same).
-        clouds = B if dense and (tracing() or pos.device.type != "cpu") else None
-        if clouds is None and not dense and pos.device.type != "cpu" and not tracing():
-            counts = torch.bincount(batch, minlength=B)
-            clouds = B if bool((counts == counts[0]).all()) and int(counts[0]) > 0 else None  # once, at the entry
+        inputs = flat_model_inputs(x, pos, batch, self.in_channels)
+        x, pos, batch, B, _ = inputs
+        clouds = static_clouds(inputs)  # equal-sized clouds on accelerators / while tracing: batched kNN, FPS
         with checked_inputs():  # checked above: the layers below skip their checks (no host syncs)
             x = self.stem(x)
             for s, blocks in enumerate(self.stages):

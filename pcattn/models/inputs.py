@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..nn.geometry import check_batch, check_positions, to_flat, tracing
 
-__all__ = ["ModelInputs", "flat_model_inputs"]
+__all__ = ["ModelInputs", "flat_model_inputs", "static_clouds"]
 
 
 class ModelInputs(NamedTuple):
@@ -61,3 +61,19 @@ def flat_model_inputs(x: Optional[Tensor], pos: Tensor, batch: Optional[Tensor],
         batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
     check_batch(batch, pos.shape[0], pos.device)
     return ModelInputs(x, pos, batch, int(batch[-1]) + 1, None)
+
+
+def static_clouds(inputs: ModelInputs) -> Optional[int]:
+    """The number of equal-sized clouds the rows hold when the network should take the static-shape kNN
+    and FPS (:func:`~pcattn.nn.geometry.knn_equal_clouds`: one batched search, no host synchronisation),
+    else ``None`` (the per-cloud path). Taken always while ``torch.compile`` / export records dense
+    input, and on accelerators, where reading the cloud sizes at every stage would stall the device;
+    flat input on an accelerator is checked once here. Both paths give the same result."""
+    accelerator = inputs.pos.device.type != "cpu"
+    if inputs.dense_shape is not None:
+        return inputs.clouds if tracing() or accelerator else None
+    if not accelerator or tracing():
+        return None
+    counts = torch.bincount(inputs.batch, minlength=inputs.clouds)
+    return inputs.clouds if bool((counts == counts[0]).all()) and int(counts[0]) > 0 else None
+

@@ -144,8 +144,13 @@ class TransitionUp(nn.Module):
         self.skip = nn.Sequential(nn.Linear(skip_channels, out_channels), nn.BatchNorm1d(out_channels), nn.ReLU())
 
     def forward(self, x_coarse: Tensor, pos_coarse: Tensor, batch_coarse: Tensor,
-                x_fine: Tensor, pos_fine: Tensor, batch_fine: Tensor) -> Tensor:
-        neighbors = knn(pos_coarse, self.interpolation_k, batch_coarse, query=pos_fine, query_batch=batch_fine)
+                x_fine: Tensor, pos_fine: Tensor, batch_fine: Tensor, clouds: Optional[int] = None) -> Tensor:
+        """``clouds``: the rows are that many equal-sized clouds back to back, at both levels (static
+        shapes; see :func:`~pcattn.nn.geometry.knn_equal_clouds`)."""
+        if clouds is None:
+            neighbors = knn(pos_coarse, self.interpolation_k, batch_coarse, query=pos_fine, query_batch=batch_fine)
+        else:
+            neighbors = knn_equal_clouds(pos_coarse, self.interpolation_k, clouds, query=pos_fine)
         valid = neighbors >= 0
         neighbors = neighbors.clamp(min=0)
         dist2 = (pos_fine[:, None, :] - gather(pos_coarse, neighbors)).square().sum(-1)
