@@ -20,7 +20,7 @@ Shapes are built from the same primitive surfaces (boxes, frusta, tori), sampled
 with exact normals, centred in the unit sphere, scaled by a random factor in ``[0.75, 1]``, turned
 about the up axis (y) and jittered. Every shape draws from its own ``numpy`` generator seeded by
 ``(seed, split, category, index)``: the train and test splits are disjoint and deterministic.
-The dataset is generated in memory (about a second for the default size).
+The dataset is generated in memory (1 to 2 seconds for the default size, both splits).
 """
 from __future__ import annotations
 
