@@ -141,21 +141,27 @@ def test_the_static_equal_clouds_path_gives_the_eager_result(monkeypatch):
     """GPUs (and torch.compile/export) take the batched kNN/FPS of equal-sized clouds through the whole U-Net,
     interpolation included: the same logits as the per-cloud path."""
     import pcattn.models.inputs as inputs_module
-    import pcattn.models.segmenter as segmenter_module
+    import pcattn.nn.blocks as blocks_module
 
     torch.manual_seed(0)
     model = create_model("pt-seg-tiny-vector", num_classes=6, num_categories=2).eval()
     pos, category = torch.randn(3, 150, 3), torch.tensor([1, 0, 1])
-    calls = []
-    real_knn_equal = segmenter_module.knn_equal_clouds
-    monkeypatch.setattr(segmenter_module, "knn_equal_clouds",
-                        lambda *args, **kwargs: calls.append(1) or real_knn_equal(*args, **kwargs))
+    calls = {"static": 0, "per_cloud": 0}
+
+    def counted(kind, search):
+        def call(*args, **kwargs):
+            calls[kind] += 1
+            return search(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(blocks_module, "knn_equal_clouds", counted("static", blocks_module.knn_equal_clouds))
+    monkeypatch.setattr(blocks_module, "knn", counted("per_cloud", blocks_module.knn))
     with torch.no_grad():
         eager = model(None, pos, category=category)
-        assert not calls
+        assert calls == {"static": 0, "per_cloud": 10}   # 4 encoder stages, 3 transitions down, 3 up
         monkeypatch.setattr(inputs_module, "tracing", lambda: True)
         static = model(None, pos, category=category)
-    assert calls                                                              # the static path ran
+    assert calls == {"static": 10, "per_cloud": 10}      # every search of the static run took the static path
     assert torch.allclose(static, eager, atol=1e-5)
 
 

@@ -47,9 +47,9 @@ CHECKPOINT_KIND = "pcattn-classifier"
 SEGMENTER_KIND = "pcattn-segmenter"
 _KINDS = (CHECKPOINT_KIND, SEGMENTER_KIND)
 FORMAT_VERSION = 1
-_REQUIRED_KEYS = {CHECKPOINT_KIND: ("kind", "format_version", "model_config", "model_state", "classes"),
-                  SEGMENTER_KIND: ("kind", "format_version", "model_config", "model_state", "classes", "categories",
-                                   "category_parts")}
+_SEGMENTER_KEYS = ("categories", "category_parts")  # what a segmenter's checkpoint adds
+_CLASSIFIER_KEYS = ("kind", "format_version", "model_config", "model_state", "classes")
+_REQUIRED_KEYS = {CHECKPOINT_KIND: _CLASSIFIER_KEYS, SEGMENTER_KIND: _CLASSIFIER_KEYS + _SEGMENTER_KEYS}
 
 
 class CheckpointError(ValueError):
@@ -114,7 +114,7 @@ def model_checkpoint(model: nn.Module, classes: List[str], **extra: Any) -> Dict
     ``category_parts``) and its class (part) names, with ``extra`` entries (``epoch``,
     ``optimizer``, ...)."""
     kind = SEGMENTER_KIND if isinstance(model, PointTransformerSegmenter) else CHECKPOINT_KIND
-    missing = [key for key in _REQUIRED_KEYS[kind][5:] if key not in extra]
+    missing = [key for key in _SEGMENTER_KEYS if key not in extra] if kind == SEGMENTER_KIND else []
     if missing:
         raise ValueError(f"a segmenter's checkpoint needs {missing} (the categories and their global part ids)")
     checkpoint = {"kind": kind, "format_version": FORMAT_VERSION, "model_config": model.config,

@@ -7,8 +7,8 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..nn.blocks import PointTransformerBlock, TransitionDown
-from ..nn.geometry import checked_inputs, knn, knn_equal_clouds
+from ..nn.blocks import PointTransformerBlock, TransitionDown, encode
+from ..nn.geometry import checked_inputs
 from .inputs import flat_model_inputs, static_clouds
 
 __all__ = ["PointTransformerClassifier"]
@@ -106,13 +106,7 @@ class PointTransformerClassifier(nn.Module):
         x, pos, batch, B, _ = inputs
         clouds = static_clouds(inputs)  # equal-sized clouds on accelerators / while tracing: batched kNN, FPS
         with checked_inputs():  # checked above: the layers below skip their checks (no host syncs)
-            x = self.stem(x)
-            for s, blocks in enumerate(self.stages):
-                if s > 0:
-                    x, pos, batch, _ = self.transitions[s - 1](x, pos, batch, clouds)
-                neighbors = knn(pos, self.k, batch) if clouds is None else knn_equal_clouds(pos, self.k, clouds)
-                for block in blocks:
-                    x = block(x, pos, batch, neighbors)
+            x, _, batch, _ = encode(self.stages, self.transitions, self.k, self.stem(x), pos, batch, clouds)[-1]
         # Average per cloud, summed in at least float32 (a bf16 sum of 1024 points would round).
         dtype = torch.promote_types(x.dtype, torch.float32)
         pooled = x.new_zeros(B, x.shape[1], dtype=dtype).index_add_(0, batch, x.to(dtype))

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn.blocks import PointTransformerBlock, TransitionDown, TransitionUp
-from ..nn.geometry import checked_inputs, knn, knn_equal_clouds, tracing
+from ..nn.blocks import PointTransformerBlock, TransitionDown, TransitionUp, encode
+from ..nn.geometry import checked_inputs, tracing
 from .inputs import flat_model_inputs, static_clouds
 
 __all__ = ["PointTransformerSegmenter"]
@@ -123,18 +123,12 @@ class PointTransformerSegmenter(nn.Module):
         onehot = self._category_features(category, batch, count)
         clouds = static_clouds(inputs)  # equal-sized clouds on accelerators / while tracing: batched kNN, FPS
         with checked_inputs():  # checked above: the layers skip their own checks
-            levels = []  # (x, pos, batch, neighbors) of each encoder level, finest first
-            x = self.stem(x)
-            for level, blocks in enumerate(self.encoder):
-                if level > 0:
-                    x, pos, batch, _ = self.down[level - 1](x, pos, batch, clouds)
-                neighbors = knn(pos, self.k, batch) if clouds is None else knn_equal_clouds(pos, self.k, clouds)
-                for block in blocks:
-                    x = block(x, pos, batch, neighbors)
-                levels.append((x, pos, batch, neighbors))
+            levels = encode(self.encoder, self.down, self.k, self.stem(x), pos, batch, clouds)  # finest first
+            x = levels[-1].x
             for level in reversed(range(len(self.decoder))):
                 skip, pos, batch, neighbors = levels[level]
-                x = self.up[level](x, levels[level + 1][1], levels[level + 1][2], skip, pos, batch, clouds)
+                coarse = levels[level + 1]
+                x = self.up[level](x, coarse.pos, coarse.batch, skip, pos, batch, clouds)
                 for block in self.decoder[level]:
                     x = block(x, pos, batch, neighbors)
         if onehot is not None:
