@@ -145,6 +145,44 @@ def test_graph_builders_match_brute_force():
     assert fps(pos, batch, ratio=0.3).shape == kept.shape
 
 
+
+def test_fps_takes_one_ratio_per_cloud_or_ptr_as_torch_cluster_does():
+    g = torch.Generator().manual_seed(5)
+    pos, batch = torch.rand(40, 3, generator=g), torch.tensor([0] * 12 + [1] * 20 + [2] * 8)
+    ratios = torch.tensor([0.5, 0.25, 1.0])
+    expected = [brute_fps(pos[a:b], m) + a for (a, b), m in zip(((0, 12), (12, 32), (32, 40)), (6, 5, 8))]
+    assert torch.equal(fps(pos, batch, ratio=ratios, random_start=False), torch.cat(expected))
+    by_ptr = fps(pos, ratio=0.5, random_start=False, ptr=torch.tensor([0, 12, 32, 40]))
+    assert torch.equal(by_ptr, fps(pos, batch, ratio=0.5, random_start=False))   # ptr is not ignored
+    with pytest.raises(ValueError, match=r"one ratio per cloud \(3 clouds\), got 2"):
+        fps(pos, batch, ratio=torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\]"):
+        fps(pos, batch, ratio=torch.tensor([0.5, 0.0, 0.5]))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda pos: knn_graph(pos, 0), "k must be a positive integer, got 0"),
+    (lambda pos: knn_graph(pos, -1), "k must be a positive integer, got -1$"),
+    (lambda pos: knn_graph(pos, 2.5), "k must be a positive integer, got 2.5$"),
+    (lambda pos: radius_graph(pos, -1.0), "r must be a finite positive number, got -1.0"),
+    (lambda pos: radius_graph(pos, float("nan")), "r must be a finite positive number, got nan"),
+    (lambda pos: radius_graph(pos, 0.5, max_num_neighbors=0), "max_num_neighbors must be a positive integer"),
+])
+def test_graph_builders_name_bad_sizes_and_radii(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(torch.rand(20, 3))
+
+
+def test_conv_names_features_of_the_wrong_width():
+    pos = torch.rand(10, 3)
+    conv = PointTransformerConv((8, 5), 16)
+    with pytest.raises(ValueError, match=r"x_dst must have 5 channels \(in_channels\[1\]\), got 4"):
+        conv((torch.randn(10, 8), torch.randn(10, 4)), (pos, pos), knn_graph(pos, 3))
+    with pytest.raises(ValueError, match=r"x_src must have 8 channels \(in_channels\[0\]\), got 5"):
+        conv((torch.randn(10, 5), torch.randn(10, 5)), (pos, pos), knn_graph(pos, 3))
+    with pytest.raises(ValueError, match=r"x must have 8 channels \(in_channels\), got 6"):
+        PointTransformerConv(8, 16)(torch.randn(10, 6), pos, knn_graph(pos, 3))
+
 # ----------------------------------------------------------------------------- PyG's example, imports changed
 # torch_geometric/examples/point_transformer_classification.py, model part, as published, except the
 # import line (was: `from torch_cluster import fps, knn_graph` and PyG's PointTransformerConv and knn).

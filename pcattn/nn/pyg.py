@@ -12,6 +12,7 @@ for them without pyg-lib or torch_cluster). Positions are ``(N, 3)``.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Tuple, Union
 
 import torch
@@ -100,6 +101,9 @@ class PointTransformerConv(VectorSelfAttention):
         pos_src, pos_dst = (pos, pos) if isinstance(pos, Tensor) else pos
         _check_features(x_src, pos_src, "source")
         _check_features(x_dst, pos_dst, "target")
+        bipartite = not isinstance(x, Tensor)
+        _check_width(x_src, self.lin_src, "x_src" if bipartite else "x", "in_channels[0]" if bipartite else "in_channels")
+        _check_width(x_dst, self.lin_dst, "x_dst" if bipartite else "x", "in_channels[1]" if bipartite else "in_channels")
         n_src, n_dst = pos_src.shape[0], pos_dst.shape[0]
         source, target = _edges(edge_index, n_src, n_dst)
         if self.add_self_loops:
@@ -140,6 +144,12 @@ def _check_features(x: Tensor, pos: Tensor, side: str) -> None:
                          f"got {tuple(getattr(x, 'shape', ())) or type(x).__name__}")
 
 
+def _check_width(x: Tensor, linear: nn.Module, name: str, argument: str) -> None:
+    """``x (N, C)`` must have the ``C`` the projection ``linear`` takes (a lazy one not yet built takes any)."""
+    if isinstance(linear, nn.Linear) and not isinstance(linear, nn.LazyLinear) and x.shape[1] != linear.in_features:
+        raise ValueError(f"{name} must have {linear.in_features} channels ({argument}), got {x.shape[1]}")
+
+
 def _edges(edge_index, n_src: int, n_dst: int) -> Tuple[Tensor, Tensor]:
     """``(source, target)`` long vectors from a ``(2, E)`` tensor, an ``EdgeIndex``, a ``SparseTensor``
     or a torch sparse ``adj_t``; checked to lie in range."""
@@ -176,11 +186,29 @@ def _clouds(batch_x: Optional[Tensor], batch_y: Optional[Tensor], x: Tensor, y: 
     return batch_x, batch_y
 
 
-def _self_neighbors(x: Tensor, k: int, batch: Optional[Tensor], loop: bool) -> Tensor:
-    """pcattn's kNN, each point first: ``(N, k)`` without the point itself, or with it (``loop``)."""
+def _self_neighbors(x: Tensor, k: int, batch: Optional[Tensor], loop: bool, name: str = "k") -> Tensor:
+    """pcattn's kNN, each point first: ``(N, k)`` without the point itself, or with it (``loop``).
+    ``name`` is the argument ``k`` came from, for the error message."""
     _check_flat(x)
+    _check_count(k, name)  # checked here: the search below takes k + 1, which would hide the value given
     neighbors = geometry.knn(x, k if loop else k + 1, batch)
     return neighbors if loop else neighbors[:, 1:]
+
+
+def _check_count(k, name: str) -> None:
+    """``k`` (or ``max_num_neighbors``) must be a positive integer, as :func:`pcattn.knn` requires."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"{name} must be a positive integer, got {k!r}")
+
+
+def _check_radius(r) -> float:
+    """``r`` as a float; it must be a finite positive number (a negative one would act as ``|r|``:
+    the test below compares squared distances)."""
+    if isinstance(r, Tensor) and r.numel() == 1:
+        r = r.item()
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
+        raise ValueError(f"r must be a finite positive number, got {r!r}")
+    return float(r)
 
 
 def _check_flat(x: Tensor) -> None:
@@ -212,7 +240,8 @@ def radius_graph(x: Tensor, r: float, batch: Optional[Tensor] = None, loop: bool
     ``< r`` (itself only if ``loop``); where more are in range, the nearest are kept (torch_cluster
     keeps an arbitrary subset). Returns ``edge_index (2, E)`` grouped by centre, nearest first.
     """
-    neighbors = _self_neighbors(x, max_num_neighbors, batch, loop)
+    r = _check_radius(r)
+    neighbors = _self_neighbors(x, max_num_neighbors, batch, loop, "max_num_neighbors")
     distance2 = (x[:, None, :] - x[neighbors.clamp(min=0)]).square().sum(-1)
     neighbors = torch.where(distance2 < r * r, neighbors, neighbors.new_full((), -1))
     return neighbors_to_edge_index(neighbors, flow)
@@ -235,10 +264,54 @@ def knn(x: Tensor, y: Tensor, k: int, batch_x: Optional[Tensor] = None, batch_y:
 
 
 def fps(x: Tensor, batch: Optional[Tensor] = None, ratio: Union[float, Tensor] = 0.5, random_start: bool = True,
-        batch_size: Optional[int] = None, ptr=None) -> Tensor:
+        batch_size: Optional[int] = None, ptr: Optional[Tensor] = None) -> Tensor:
     """Farthest point sampling, as torch_cluster's ``fps``: ``ceil(ratio * n)`` points of each cloud of
     ``x (N, 3)``, returned as global row indices grouped by cloud in the order chosen. The first point of
-    each cloud is random (``random_start``, torch's generator) or the cloud's first row."""
+    each cloud is random (``random_start``, torch's generator) or the cloud's first row.
+
+    ``ratio`` is a number or a tensor: one element, or one ratio per cloud (``(B,)``, ``B`` the number of
+    clouds, or ``batch_size``). ``ptr (B + 1,)`` row offsets may stand in for ``batch`` (it wins when both
+    are given, as in torch_cluster)."""
     _check_flat(x)
-    ratio = float(ratio) if ratio is not None else 0.5
-    return farthest_point_sampling(x, ratio=ratio, batch=batch, random_start=random_start)
+    if ptr is not None:
+        batch = _batch_from_ptr(ptr, x)
+    if ratio is None:
+        ratio = 0.5
+    if not isinstance(ratio, Tensor) or ratio.numel() == 1:
+        return farthest_point_sampling(x, ratio=float(ratio), batch=batch, random_start=random_start)
+    return _fps_per_cloud_ratio(x, batch, ratio, random_start, batch_size)
+
+
+def _batch_from_ptr(ptr: Tensor, x: Tensor) -> Tensor:
+    """torch_cluster's ``ptr`` (row offsets, ``(B + 1,)``) as a ``batch`` vector ``(N,)``."""
+    if not isinstance(ptr, Tensor) or ptr.dim() != 1 or ptr.numel() < 2 or ptr.is_floating_point():
+        raise ValueError(f"ptr must be an integer (B + 1,) tensor of row offsets, got {ptr!r}")
+    sizes = ptr.long().diff()
+    if int(ptr[0]) != 0 or int(ptr[-1]) != x.shape[0] or bool((sizes < 0).any()):
+        raise ValueError(f"ptr must rise from 0 to the {x.shape[0]} rows of x, got {ptr.tolist()}")
+    return torch.repeat_interleave(torch.arange(sizes.numel(), device=x.device), sizes.to(x.device))
+
+
+def _fps_per_cloud_ratio(x: Tensor, batch: Optional[Tensor], ratio: Tensor, random_start: bool,
+                         batch_size: Optional[int]) -> Tensor:
+    """:func:`fps` with ``ratio (B,)``, one per cloud. Farthest point sampling is greedy, so the first
+    ``m`` points it keeps are the same whatever the total: sample every cloud at the largest ratio and
+    keep each cloud's first ``ceil(ratio_b * n_b)`` points."""
+    ratios = ratio.detach().flatten().float().cpu()
+    if batch is not None:
+        geometry.check_batch(batch, x.shape[0], x.device)
+    sizes = geometry.batch_ptr(batch, x.shape[0]).diff()
+    clouds = sizes.numel()
+    if ratios.numel() not in (clouds, batch_size):
+        raise ValueError(f"ratio must be a number or hold one ratio per cloud ({clouds} clouds), "
+                         f"got {ratios.numel()} ratios")
+    if not bool(((ratios > 0) & (ratios <= 1)).all()):
+        raise ValueError(f"ratio must be in (0, 1], got {ratios.tolist()}")
+    ratios = ratios[:clouds]  # (ratios of trailing empty clouds that batch_size counts keep no point)
+    largest = float(ratios.max())
+    chosen = farthest_point_sampling(x, ratio=largest, batch=batch, random_start=random_start)
+    taken = torch.ceil(sizes * largest).long()      # as farthest_point_sampling counts them
+    keep = torch.ceil(sizes * ratios).long()
+    first_of_cloud = torch.repeat_interleave(taken.cumsum(0) - taken, taken)
+    rank_in_cloud = torch.arange(int(taken.sum())) - first_of_cloud
+    return chosen[(rank_in_cloud < torch.repeat_interleave(keep, taken)).to(chosen.device)]
