@@ -29,7 +29,7 @@ import random
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from .device import resolve_device
 __all__ = ["CHECKPOINT_KIND", "SEGMENTER_KIND", "FORMAT_VERSION", "CheckpointError", "DiskFullError",
            "model_checkpoint",
            "save_checkpoint", "state_checksum", "load_checkpoint", "model_from_checkpoint", "load_model", "seed_everything", "rng_state",
-           "set_rng_state"]
+           "set_rng_state", "restore_cuda_rng_states"]
 
 CHECKPOINT_KIND = "pcattn-classifier"
 SEGMENTER_KIND = "pcattn-segmenter"
@@ -311,7 +311,18 @@ def set_rng_state(state: Dict[str, Any], generator: torch.Generator) -> None:
     version, internal, gauss = _from_json_tensor(state["python"])
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        restore_cuda_rng_states(state["cuda"])
+
+
+def restore_cuda_rng_states(saved: Sequence[Tensor]) -> int:
+    """Give the visible CUDA devices the saved random states, device ``i`` the ``i``-th: the first
+    ``min(saved, visible)`` of them (a run saved on 8 GPUs and resumed on 1 restores device 0's
+    state; one resumed on more GPUs than it saved leaves the extra devices' streams as seeded).
+    Returns the number of states restored."""
+    count = min(len(saved), torch.cuda.device_count())
+    for index in range(count):
+        torch.cuda.set_rng_state(saved[index], index)
+    return count
 
 
 def _numpy_state():
