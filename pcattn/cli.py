@@ -161,7 +161,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--precision", choices=("32", "bf16", "fp16"), default=None,
-                        help="autocast of the forward passes (default: as in training)")
+                        help="autocast of the forward passes (default: 32, whatever the run trained in)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the voting augmentation")
     parser.add_argument("--json", default=None, help="also write the full result (confusion matrix...) as JSON")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=True)

@@ -39,3 +39,34 @@ def test_resume_restores_the_cuda_states_of_the_gpus_now_visible(monkeypatch, vi
     assert sorted(restored) == list(range(min(8, visible)))
     assert all(torch.equal(state, saved["cuda"][device]) for device, state in restored.items())
     assert checkpoint_module.restore_cuda_rng_states(saved["cuda"]) == min(8, visible)
+
+
+# ---------------------------------------------------------------------------------- evaluation precision
+def test_a_checkpoint_trained_in_fp16_evaluates_in_float32_unless_asked(tiny_modelnet10_root, tmp_path, monkeypatch,
+                                                                       capsys):
+    from pcattn.cli import main
+    from pcattn.engine import TrainConfig, evaluate_checkpoint, evaluation
+    from pcattn.engine.checkpoint import model_checkpoint, save_checkpoint
+    from pcattn.models import create_model
+
+    from conftest import TINY_MODELNET10_CLASSES
+
+    torch.manual_seed(0)
+    model = create_model("pt-tiny-vector", num_classes=10)
+    trained_on_gpu = TrainConfig(dataset="modelnet10", format="folder", data_root=str(tiny_modelnet10_root),
+                                 num_points=64, batch_size=8, precision="fp16", device="cuda")
+    path = save_checkpoint(tmp_path / "best.pt", model_checkpoint(model, TINY_MODELNET10_CLASSES, epoch=1,
+                                                                  train_config=trained_on_gpu.to_dict()))
+    used = []
+    autocast = evaluation.autocast
+    monkeypatch.setattr(evaluation, "autocast", lambda device, precision: used.append(precision) or
+                        autocast(device, precision))
+    default = evaluate_checkpoint(path, device="cpu", progress=False)
+    assert default["precision"] == "32" and set(used) == {"32"}
+    used.clear()
+    asked = evaluate_checkpoint(path, device="cpu", progress=False, precision="bf16")
+    assert asked["precision"] == "bf16" and set(used) == {"bf16"}
+    assert asked["loss"] != default["loss"]  # bf16 autocast really ran
+    used.clear()
+    assert main(["eval", "--checkpoint", str(path), "--device", "cpu", "--no-progress"]) == 0
+    assert set(used) == {"32"}

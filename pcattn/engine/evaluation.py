@@ -227,9 +227,11 @@ def evaluate_checkpoint(checkpoint_path, votes: int = 1, device: str = "auto", b
                         num_workers: int = 0, seed: int = 0, data_root: Optional[str] = None,
                         progress: bool = True, precision: Optional[str] = None) -> Dict[str, Any]:
     """Evaluate a checkpoint on the test split of the data it was trained on (from the checkpoint
-    alone; ``data_root`` overrides where the data is, ``precision`` the precision of its training
-    run). Returns :func:`evaluate`'s dictionary (a segmenter's: :func:`evaluate_parts`'s) plus
-    ``"checkpoint"`` and ``"epoch"``.
+    alone; ``data_root`` overrides where the data is). The forward passes run in float32 unless
+    ``precision`` (``"32"``, ``"bf16"``, ``"fp16"``) says otherwise, whatever precision the run trained
+    in (an fp16 GPU run evaluated on a CPU would otherwise run slowly under CPU autocast, and give
+    other numbers than the float32 a user expects). Returns :func:`evaluate`'s dictionary (a
+    segmenter's: :func:`evaluate_parts`'s) plus ``"checkpoint"``, ``"epoch"`` and ``"precision"``.
 
     Under ``torchrun`` every process evaluates its share of the test set and every process returns
     the whole result (equal to a one-process evaluation's)."""
@@ -247,8 +249,7 @@ def _evaluate_checkpoint(checkpoint_path, distributed: Distributed, votes, batch
         config.data_root = data_root
     if batch_size is not None:
         config.batch_size = batch_size
-    if precision is not None:
-        config.precision = precision
+    config.precision = precision if precision is not None else "32"  # not the training run's
     config.num_workers = num_workers
     config = config.resolved()
     _, test_loader = build_loaders(config, torch.Generator(), with_train=False, distributed=distributed)
@@ -257,8 +258,10 @@ def _evaluate_checkpoint(checkpoint_path, distributed: Distributed, votes, batch
         where = getattr(test_loader.dataset, "root", config.dataset)
         raise ValueError(f"{checkpoint_path} was trained on the labels {classes} but the test data at {where} has "
                          f"{found}")
+    precision = resolve_precision(config.precision, resolved_device)
     result = evaluate(model, test_loader, votes=votes, classes=classes, up_axis=test_loader.dataset.up_axis,
-                      seed=seed, progress=progress, precision=resolve_precision(config.precision, resolved_device))
+                      seed=seed, progress=progress, precision=precision)
+    result["precision"] = precision
     result["checkpoint"] = str(checkpoint_path)
     result["epoch"] = checkpoint.get("epoch")
     return result
