@@ -98,6 +98,20 @@ def test_input_errors():
         PointTransformerSegmenter(4, decoder_depths=(1,), **SMALL)
 
 
+
+@pytest.mark.parametrize("kind", ["segmenter", "classifier"])
+def test_no_clouds_and_float64_inputs_are_named(kind):
+    model = (PointTransformerSegmenter(4, **SMALL) if kind == "segmenter"
+             else create_model("pt-tiny-vector", num_classes=3)).eval()
+    with pytest.raises(ValueError, match=r"pos holds no point cloud \(B = 0\)"):
+        model(None, torch.randn(0, 32, 3))
+    with pytest.raises(TypeError, match=r"pos is torch.float64 but the model's parameters are torch.float32"):
+        model(None, torch.randn(2, 32, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"x is torch.float64 but the model's parameters are torch.float32"):
+        model(torch.randn(2, 32, 3, dtype=torch.float64), torch.randn(2, 32, 3))
+    pos = torch.randn(2, 32, 3, dtype=torch.float64)           # a float64 model computes float64 input
+    assert model.double()(None, pos).dtype == torch.float64
+
 def two_part_shapes(count: int, points: int, generator: torch.Generator):
     """A flat disc (label 0) on a vertical stick (label 1), randomly sized and tilted."""
     clouds, labels = [], []

@@ -102,7 +102,7 @@ class PointTransformerClassifier(nn.Module):
         a ``FutureWarning`` (see :func:`_legacy_order`).
         """
         x, pos = _legacy_order(x, pos, self.in_channels)
-        inputs = flat_model_inputs(x, pos, batch, self.in_channels)
+        inputs = flat_model_inputs(x, pos, batch, self.in_channels, self.head[-1].weight.dtype)
         x, pos, batch, B, _ = inputs
         clouds = static_clouds(inputs)  # equal-sized clouds on accelerators / while tracing: batched kNN, FPS
         with checked_inputs():  # checked above: the layers below skip their checks (no host syncs)

@@ -27,14 +27,21 @@ class ModelInputs(NamedTuple):
     dense_shape: Optional[Tuple[int, int]]
 
 
-def flat_model_inputs(x: Optional[Tensor], pos: Tensor, batch: Optional[Tensor], in_channels: int) -> ModelInputs:
+def flat_model_inputs(x: Optional[Tensor], pos: Tensor, batch: Optional[Tensor], in_channels: int,
+                      parameter_dtype: Optional[torch.dtype] = None) -> ModelInputs:
     """Raise a ``TypeError``/``ValueError`` naming the problem, else return the flat inputs.
 
     ``x=None`` uses the positions as the features (``in_channels == 3`` only); ``x`` must match ``pos``
     point for point with ``in_channels`` channels and be finite; dense ``(B, P, 3)`` input takes no
-    ``batch``; flat input takes a sorted ``batch`` (default: one cloud).
+    ``batch`` and holds at least one cloud; flat input takes a sorted ``batch`` (default: one cloud).
+    ``pos`` and ``x`` must have the model's ``parameter_dtype`` (under ``torch.autocast``: any float up
+    to float32), as the layers require.
     """
     check_positions(pos)
+    if parameter_dtype is not None:
+        _check_dtype(pos, "pos", parameter_dtype)
+        if x is not None and isinstance(x, Tensor):
+            _check_dtype(x, "x", parameter_dtype)
     if x is None:
         if in_channels != 3:
             raise ValueError(f"the model takes {in_channels} input channels: pass x "
@@ -50,6 +57,8 @@ def flat_model_inputs(x: Optional[Tensor], pos: Tensor, batch: Optional[Tensor],
     if pos.dim() == 3:
         if batch is not None:
             raise ValueError("batch is only for flat (N, 3) positions; dense (B, P, 3) input needs none")
+        if pos.shape[0] == 0:
+            raise ValueError(f"pos holds no point cloud (B = 0): got {tuple(pos.shape)}")
         if pos.shape[1] == 0:
             raise ValueError("the point clouds are empty (P = 0)")
         B, P = pos.shape[:2]
@@ -61,6 +70,17 @@ def flat_model_inputs(x: Optional[Tensor], pos: Tensor, batch: Optional[Tensor],
         batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
     check_batch(batch, pos.shape[0], pos.device)
     return ModelInputs(x, pos, batch, int(batch[-1]) + 1, None)
+
+
+def _check_dtype(tensor: Tensor, name: str, parameter_dtype: torch.dtype) -> None:
+    """``tensor`` must have the weights' dtype; under autocast any half or single precision is fine."""
+    if tensor.dtype == parameter_dtype:
+        return
+    autocast = torch.is_autocast_enabled(tensor.device.type)
+    if autocast and tensor.dtype in (torch.float16, torch.bfloat16, torch.float32):
+        return
+    raise TypeError(f"{name} is {tensor.dtype} but the model's parameters are {parameter_dtype}: convert the "
+                    f"input ({name}.to({parameter_dtype})) or the model (model.to({tensor.dtype}))")
 
 
 def static_clouds(inputs: ModelInputs) -> Optional[int]:

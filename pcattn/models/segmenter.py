@@ -118,7 +118,7 @@ class PointTransformerSegmenter(nn.Module):
     def forward(self, x: Optional[Tensor], pos: Tensor, batch: Optional[Tensor] = None,
                 category: Optional[Tensor] = None) -> Tensor:
         """Per-point logits; see the class docstring for shapes."""
-        inputs = flat_model_inputs(x, pos, batch, self.in_channels)
+        inputs = flat_model_inputs(x, pos, batch, self.in_channels, self.head[-1].weight.dtype)
         x, pos, batch, count, dense_shape = inputs
         onehot = self._category_features(category, batch, count)
         clouds = static_clouds(inputs)  # equal-sized clouds on accelerators / while tracing: batched kNN, FPS
