@@ -221,10 +221,13 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         values = input.float()
         channels = values.shape[1]
         count = torch.tensor([values.numel() / channels], dtype=values.dtype)
-        totals = _SumOverRanks.apply(torch.cat([values.sum(dims), (values * values).sum(dims), count]))
+        # Two passes, as BatchNorm computes them: the global mean first, then the sum of squared deviations
+        # from it. One pass (E[x^2] - E[x]^2) cancels catastrophically when |mean| >> std.
+        totals = _SumOverRanks.apply(torch.cat([values.sum(dims), count]))
         total = totals[-1]
         mean = totals[:channels] / total
-        variance = (totals[channels:2 * channels] / total - mean * mean).clamp(min=0)
+        centred = values - mean.view(shape)
+        variance = _SumOverRanks.apply((centred * centred).sum(dims)) / total
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
@@ -232,7 +235,7 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
                 unbiased = variance * (total / (total - 1).clamp(min=1))
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
-        output = (values - mean.view(shape)) * torch.rsqrt(variance.view(shape) + self.eps)
+        output = centred * torch.rsqrt(variance.view(shape) + self.eps)
         if self.affine:
             output = output * self.weight.view(shape) + self.bias.view(shape)
         return output.to(input.dtype)
