@@ -57,6 +57,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                                        "pt-<attention> for ModelNet, pt-seg-tiny-<attention> for builtin-parts, "
                                        "pt-seg-<attention> for ShapeNetPart); see pcattn.models.list_models(task)")
     model.add_argument("--attention", choices=("vector", "scalar"), help="attention type (default vector)")
+    model.add_argument("--init-encoder", metavar="CHECKPOINT",
+                       help="start the encoder from a classifier's checkpoint (e.g. a pt-tiny-vector run's best.pt "
+                            "for pt-seg-tiny-vector: each segmenter's encoder is its classifier's)")
     model.add_argument("--attention-option", dest="attention_options", action="append", type=_option,
                        metavar="KEY=VALUE", help="an option of every attention layer, repeatable: "
                        "positional_encoding=none, relation=addition, normalization=sigmoid, mapping=linear, ...")

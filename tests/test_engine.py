@@ -11,7 +11,7 @@ import torch
 
 from pcattn.engine import (CheckpointError, TrainConfig, evaluate, load_checkpoint, load_model, resolve_precision,
                            save_checkpoint, train)
-from pcattn.engine import checkpoint as checkpoint_module
+from pcattn.models import checkpoint as checkpoint_module
 from pcattn.engine import device as device_module
 from pcattn.engine import loop
 from pcattn.engine.tasks import get_task

@@ -1,8 +1,11 @@
+from pathlib import Path
+
 import pytest
 import torch
 
 from pcattn.nn.blocks import PointTransformerBlock, TransitionDown, TransitionUp
-from pcattn.models import PointTransformerClassifier, create_model, list_models
+from pcattn.models import ENCODER_OF, Encoder, PointTransformerClassifier, create_model, list_models
+from pcattn.models.checkpoint import load_model
 
 
 def ragged(sizes=(50, 20), channels=16, seed=0):
@@ -170,3 +173,35 @@ def test_the_static_equal_clouds_path_gives_the_eager_result(monkeypatch):
         monkeypatch.setattr(inputs_module, "tracing", lambda: True)
         static = model(None, pos)
     assert torch.allclose(static, eager, atol=1e-5)
+
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def test_every_network_holds_one_encoder_and_each_segmenter_its_classifiers():
+    """The classifier and the segmenter hold the same Encoder module under the same names; each named
+    segmenter's encoder has its classifier's parameters, name for name and shape for shape."""
+    assert set(ENCODER_OF) == set(list_models(task="segmentation"))
+    for segmenter_name, classifier_name in ENCODER_OF.items():
+        segmenter = create_model(segmenter_name, num_classes=5, num_categories=2)
+        classifier = create_model(classifier_name, num_classes=3)
+        assert type(segmenter.encoder) is Encoder and type(classifier.encoder) is Encoder
+        shapes = {name: tensor.shape for name, tensor in classifier.encoder.state_dict().items()}
+        assert {name: tensor.shape for name, tensor in segmenter.encoder.state_dict().items()} == shapes
+        assert not any(name.startswith(("stem.", "stages.", "transitions.", "down."))
+                       for name in {**classifier.state_dict(), **segmenter.state_dict()})
+
+
+@pytest.mark.parametrize("kind", ["classifier", "segmenter"])
+def test_checkpoints_of_the_earlier_layout_load_and_give_their_outputs(kind):
+    """tests/data/layout0.1_*.pt were written by pcattn before the shared Encoder (classifier keys
+    stem/stages/transitions, segmenter keys stem/encoder.S/down), with an input and the logits of it."""
+    path = DATA / f"layout0.1_{kind}.pt"
+    stored = torch.load(path, weights_only=True)["model_state"]
+    assert any(name.startswith("stem.") for name in stored)  # really the earlier layout
+    model, _, checkpoint = load_model(path)
+    category = {"category": checkpoint["test_category"]} if kind == "segmenter" else {}
+    with torch.no_grad():
+        logits = model(None, checkpoint["test_pos"], **category)
+    assert torch.allclose(logits, checkpoint["test_logits"], atol=1e-5)
+    assert torch.equal(model.encoder.stem[0].weight, stored["stem.0.weight"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -21,6 +22,8 @@ from pcattn.engine.metrics import PartSegmentationMetrics
 from pcattn.models import PointTransformerSegmenter
 
 from test_engine import metric_rows, train_killed_in_epoch_2
+
+DATA = Path(__file__).resolve().parent / "data"
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models: threads only add overhead
 
@@ -256,3 +259,45 @@ def test_the_partseg_script_trains_part_segmentation(tmp_path):
     assert done.returncode == 2
     assert "dataset 'modelnet40' is a classification dataset, not a partseg one" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_classifier_checkpoint_initialises_the_segmenter_encoder(small_parts, tmp_path, monkeypatch, capsys):
+    """pcattn train --task partseg --init-encoder: the first training step sees the classifier's encoder
+    tensors; a segmenter's checkpoint, or a classifier of another encoder, is refused by name."""
+    from pcattn.engine import loop
+    from pcattn.models import create_model
+    from pcattn.models.checkpoint import model_checkpoint, save_checkpoint
+
+    torch.manual_seed(1)
+    classifier = create_model("pt-tiny-vector", num_classes=4)   # pt-seg-tiny-vector's encoder
+    with torch.no_grad():
+        for module in classifier.modules():
+            if isinstance(module, nn.BatchNorm1d):  # statistics that a fresh model does not have
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    save_checkpoint(tmp_path / "classifier.pt", model_checkpoint(classifier, list("abcd")))
+    at_start = {}
+    real_epoch = loop.train_one_epoch
+
+    def first_epoch(state, epoch, *args, **kwargs):
+        if epoch == 1:
+            at_start.update({name: t.clone() for name, t in state.model.encoder.state_dict().items()})
+        return real_epoch(state, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_one_epoch", first_epoch)
+    options = ["--epochs", "1", "--num-points", "96", "--batch-size", "8", "--no-progress", "--no-plots"]
+    assert main(["train", "--task", "partseg", "--init-encoder", str(tmp_path / "classifier.pt"),
+                 "--out", str(tmp_path / "run"), *options]) == 0
+    expected = classifier.encoder.state_dict()
+    assert at_start.keys() == expected.keys()
+    assert all(torch.equal(at_start[name], expected[name]) for name in expected)
+
+    segmenter = shutil.copy(DATA / "layout0.1_segmenter.pt", tmp_path / "segmenter.pt")
+    assert main(["train", "--task", "partseg", "--init-encoder", str(segmenter), "--out", str(tmp_path / "a"),
+                 *options]) == 2
+    assert "classifier" in capsys.readouterr().err
+    other = DATA / "layout0.1_classifier.pt"  # a pt-tiny-vector of widths 8, 16
+    assert main(["train", "--task", "partseg", "--init-encoder", str(other), "--out", str(tmp_path / "b"),
+                 *options]) == 2
+    error = capsys.readouterr().err
+    assert "pt-tiny-vector, widths [8, 16]" in error and "pt-seg-tiny-vector" in error

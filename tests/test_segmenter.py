@@ -45,7 +45,7 @@ def test_registry_keeps_classifiers_and_names_segmenters():
                                                     "pt-seg-tiny-scalar"}
     assert isinstance(create_model("pt-tiny-vector", num_classes=3), PointTransformerClassifier)
     big = create_model("pt-seg-vector", num_classes=50, num_categories=16)
-    assert isinstance(big, PointTransformerSegmenter) and len(big.encoder) == 5 and len(big.decoder) == 4
+    assert isinstance(big, PointTransformerSegmenter) and len(big.encoder.stages) == 5 and len(big.decoder) == 4
     scalar = create_segmenter("pt-seg-scalar", 4)
     assert all(type(m.attention).__name__ == "ScalarSelfAttention" for m in scalar.modules() if hasattr(m, "norm2"))
     with pytest.raises(ValueError, match="unknown segmenter"):
@@ -154,6 +154,7 @@ def test_tiny_run_learns_two_parts():
 def test_the_static_equal_clouds_path_gives_the_eager_result(monkeypatch):
     """GPUs (and torch.compile/export) take the batched kNN/FPS of equal-sized clouds through the whole U-Net,
     interpolation included: the same logits as the per-cloud path."""
+    import pcattn.models.encoder as encoder_module
     import pcattn.models.inputs as inputs_module
     import pcattn.nn.blocks as blocks_module
 
@@ -168,8 +169,9 @@ def test_the_static_equal_clouds_path_gives_the_eager_result(monkeypatch):
             return search(*args, **kwargs)
         return call
 
-    monkeypatch.setattr(blocks_module, "knn_equal_clouds", counted("static", blocks_module.knn_equal_clouds))
-    monkeypatch.setattr(blocks_module, "knn", counted("per_cloud", blocks_module.knn))
+    for module in (blocks_module, encoder_module):  # transitions down and up; the encoder's stages
+        monkeypatch.setattr(module, "knn_equal_clouds", counted("static", module.knn_equal_clouds))
+        monkeypatch.setattr(module, "knn", counted("per_cloud", module.knn))
     with torch.no_grad():
         eager = model(None, pos, category=category)
         assert calls == {"static": 0, "per_cloud": 10}   # 4 encoder stages, 3 transitions down, 3 up

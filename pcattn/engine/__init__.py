@@ -16,8 +16,9 @@ Modules:
   loss, metrics, the score that picks ``best.pt``);
 * :mod:`~pcattn.engine.evaluation`: metrics, test-time voting, :func:`evaluate_checkpoint`;
 * :mod:`~pcattn.engine.metrics`: part-segmentation accuracy, instance and class mIoU;
-* :mod:`~pcattn.engine.checkpoint`: the checkpoint format, atomic writing, reading with named
-  errors, random-state serialisation;
+* :mod:`~pcattn.engine.checkpoint`: random-state serialisation; it re-exports the checkpoint format,
+  atomic writing and reading with named errors, which live in :mod:`pcattn.models.checkpoint` (below
+  the engine and :mod:`pcattn.viz`, which both load checkpoints);
 * :mod:`~pcattn.engine.run_folder`: the run folder's files.
 
 A run folder holds:

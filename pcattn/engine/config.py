@@ -21,7 +21,7 @@ __all__ = ["TrainConfig", "TASKS", "TASK_DATASETS", "TASK_DEFAULTS", "RESULT_FIE
 RESULT_FIELDS = ("task", "dataset", "format", "data_root", "model", "attention", "batch_size", "num_points",
                  "use_normals",
                  "lr", "weight_decay", "optimizer", "momentum", "warmup", "label_smoothing", "seed", "augment",
-                 "up_axis", "attention_options", "precision", "skip_missing")
+                 "up_axis", "attention_options", "precision", "skip_missing", "init_encoder")
 
 #: the tasks a run trains, and the datasets of each (the first is the task's default)
 TASKS = ("classification", "partseg")
@@ -55,6 +55,10 @@ class TrainConfig:
             for the built-in dataset, ``pt-<attention>`` for ModelNet, ``pt-seg-tiny-<attention>``
             for the built-in parts and ``pt-seg-<attention>`` for ShapeNetPart.
         attention: ``"vector"`` (default) or ``"scalar"``; with ``model`` given it must agree with it.
+        init_encoder: a classifier's checkpoint whose encoder initialises the model's (e.g. a
+            ``pt-tiny-vector`` run's ``best.pt`` for ``pt-seg-tiny-vector``: each named segmenter's encoder
+            is its classifier's, :data:`pcattn.models.ENCODER_OF`); the rest starts at random. A
+            resumed run continues from its own checkpoint.
         attention_options: options of every attention layer of the model, e.g.
             ``{"positional_encoding": "none"}`` or ``{"relation": "addition"}`` (see
             :class:`pcattn.VectorSelfAttention` / :class:`pcattn.ScalarSelfAttention`).
@@ -104,6 +108,7 @@ class TrainConfig:
     model: Optional[str] = None
     attention: Optional[str] = None
     attention_options: Optional[Dict[str, Any]] = None
+    init_encoder: Optional[str] = None
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
     num_points: Optional[int] = None
@@ -160,6 +165,10 @@ class TrainConfig:
             raise ValueError(f"model {config.model!r} uses {model_attention} attention, but attention="
                              f"{config.attention!r} was asked for; change one of them")
         config.attention = model_attention
+        if config.init_encoder is not None:
+            config.init_encoder = str(Path(config.init_encoder).expanduser())
+            if not Path(config.init_encoder).is_file():
+                raise ValueError(f"init_encoder {config.init_encoder}: no such checkpoint file")
         if config.num_points is None:
             config.num_points = {"builtin": 512, "builtin-parts": 512, "shapenetpart": 2048}.get(config.dataset, 1024)
         config.optimizer = config.optimizer.lower()

@@ -31,8 +31,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, load_checkpoint, load_model, model_checkpoint, rng_state, save_checkpoint, \
-    seed_everything, set_rng_state
+from .checkpoint import CheckpointError, load_checkpoint, load_encoder, load_model, model_checkpoint, rng_state, \
+    save_checkpoint, seed_everything, set_rng_state
 from .config import TrainConfig
 from .device import autocast, grad_scaler, resolve_device, resolve_precision
 from .distributed import (SYNC_BATCHNORMS, Distributed, broadcast_buffers, convert_sync_batchnorm, distributed_session,
@@ -126,6 +126,9 @@ def _train_locked(config: TrainConfig, device: torch.device, out: Path, distribu
     state = build_training(config, Labels.of_dataset(train_loader.dataset), len(train_loader), device, generator,
                            distributed)
     state.run_id = run_id
+    if checkpoint is None and config.init_encoder:
+        load_encoder(state.model, config.init_encoder)
+        _log(f"encoder initialised from {config.init_encoder}", config.progress)
     if checkpoint is not None:
         restore(state, checkpoint, out / "last.pt")
         _log(f"resuming {out} after epoch {state.epoch} (best {state.task.score_name} so far {state.best_score:.4f})",

@@ -4,8 +4,9 @@
 >>> logits = model(None, torch.randn(16, 1024, 3))          # (16, 40): x=None uses the positions
 """
 from .classifier import PointTransformerClassifier
-from .registry import MODEL_CONFIGS, SEGMENTER_CONFIGS, create_model, create_segmenter, list_models
+from .encoder import Encoder, EncoderLevel
+from .registry import ENCODER_OF, MODEL_CONFIGS, SEGMENTER_CONFIGS, create_model, create_segmenter, list_models
 from .segmenter import PointTransformerSegmenter
 
-__all__ = ["PointTransformerClassifier", "PointTransformerSegmenter", "create_model", "create_segmenter",
-           "list_models", "MODEL_CONFIGS", "SEGMENTER_CONFIGS"]
+__all__ = ["Encoder", "EncoderLevel", "PointTransformerClassifier", "PointTransformerSegmenter", "create_model", "create_segmenter",
+           "list_models", "MODEL_CONFIGS", "SEGMENTER_CONFIGS", "ENCODER_OF"]

@@ -1,4 +1,4 @@
-"""The Point Transformer classifier: stem, stages of blocks with transition down, pooling, head."""
+"""The Point Transformer classifier: the shared :class:`~pcattn.models.encoder.Encoder`, pooling, head."""
 from __future__ import annotations
 
 import warnings
@@ -7,8 +7,8 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..nn.blocks import PointTransformerBlock, TransitionDown, encode
 from ..nn.geometry import checked_inputs
+from .encoder import Encoder, rename_legacy_keys
 from .inputs import flat_model_inputs, static_clouds
 
 __all__ = ["PointTransformerClassifier"]
@@ -17,10 +17,11 @@ __all__ = ["PointTransformerClassifier"]
 class PointTransformerClassifier(nn.Module):
     r"""Point Transformer classifier (Zhao et al. 2021, Sec. 4.2 / Fig. 3).
 
-    stem MLP -> stage 1 (``depths[0]`` Point Transformer blocks at ``widths[0]`` channels) ->
-    for each further stage: :class:`~pcattn.blocks.TransitionDown` (farthest point sampling to
-    ``1/stride`` of the points, kNN max-pooling) and ``depths[s]`` blocks -> global average
-    pooling per cloud -> MLP head with dropout. One kNN per stage is shared by its blocks.
+    :class:`~pcattn.models.encoder.Encoder` (stem MLP -> stage 1, ``depths[0]`` Point Transformer
+    blocks at ``widths[0]`` channels -> for each further stage a
+    :class:`~pcattn.nn.blocks.TransitionDown`, farthest point sampling to ``1/stride`` of the points
+    and kNN max-pooling, and ``depths[s]`` blocks; one kNN per stage shared by its blocks) -> global
+    average pooling per cloud -> MLP head with dropout.
 
     Args:
         num_classes: number of classes.
@@ -70,21 +71,8 @@ class PointTransformerClassifier(nn.Module):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes, self.in_channels, self.k = num_classes, in_channels, k
-        attention_kwargs = dict(attention_kwargs or {})
-
-        def stage_blocks(width: int, depth: int) -> nn.ModuleList:
-            stage_groups = min(groups, width) if groups else max(1, width // group_size)
-            return nn.ModuleList(
-                PointTransformerBlock(width, attention, k=k, groups=stage_groups, heads=heads, **attention_kwargs)
-                for _ in range(depth)
-            )
-
-        self.stem = nn.Sequential(nn.Linear(in_channels, widths[0], bias=False), nn.BatchNorm1d(widths[0]), nn.ReLU())
-        self.stages = nn.ModuleList([stage_blocks(widths[0], depths[0])])
-        self.transitions = nn.ModuleList()
-        for previous, width, depth in zip(widths[:-1], widths[1:], depths[1:]):
-            self.transitions.append(TransitionDown(previous, width, stride=stride, k=k))
-            self.stages.append(stage_blocks(width, depth))
+        self.encoder = Encoder(in_channels, attention, widths, depths, k=k, stride=stride, group_size=group_size,
+                               groups=groups, heads=heads, attention_kwargs=attention_kwargs)
         layers = []
         channels = widths[-1]
         for hidden in head_channels:
@@ -93,6 +81,7 @@ class PointTransformerClassifier(nn.Module):
         layers.append(nn.Linear(channels, num_classes))
         self.head = nn.Sequential(*layers)
         self.config: Dict[str, Any] = {}
+        self._register_load_state_dict_pre_hook(_legacy_keys)
 
     def forward(self, x: Optional[Tensor], pos: Optional[Tensor] = None, batch: Optional[Tensor] = None) -> Tensor:
         """Logits per cloud; the call order is the layers' (and PyG's): ``model(x, pos, batch)``.
@@ -106,12 +95,18 @@ class PointTransformerClassifier(nn.Module):
         x, pos, batch, B, _ = inputs
         clouds = static_clouds(inputs)  # equal-sized clouds on accelerators / while tracing: batched kNN, FPS
         with checked_inputs():  # checked above: the layers below skip their checks (no host syncs)
-            x, _, batch, _ = encode(self.stages, self.transitions, self.k, self.stem(x), pos, batch, clouds)[-1]
+            x, _, batch, _ = self.encoder(x, pos, batch, clouds)[-1]
         # Average per cloud, summed in at least float32 (a bf16 sum of 1024 points would round).
         dtype = torch.promote_types(x.dtype, torch.float32)
         pooled = x.new_zeros(B, x.shape[1], dtype=dtype).index_add_(0, batch, x.to(dtype))
         counts = x.new_zeros(B, dtype=dtype).index_add_(0, batch, x.new_ones(batch.shape[0], dtype=dtype))
         return self.head(pooled / counts.clamp(min=1)[:, None])
+
+
+def _legacy_keys(state_dict, prefix, *args) -> None:
+    """Checkpoints written before the shared encoder name it ``stem``, ``stages`` and ``transitions``."""
+    rename_legacy_keys(state_dict, prefix, [(r"stem\.", "encoder.stem."), (r"stages\.", "encoder.stages."),
+                                            (r"transitions\.", "encoder.down.")])
 
 
 def _legacy_order(x: Optional[Tensor], pos: Optional[Tensor], in_channels: int):

@@ -4,9 +4,10 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Union
 
 from .classifier import PointTransformerClassifier
+from .encoder import ENCODER_ARGUMENTS
 from .segmenter import PointTransformerSegmenter
 
-__all__ = ["MODEL_CONFIGS", "SEGMENTER_CONFIGS", "create_model", "create_segmenter", "list_models"]
+__all__ = ["MODEL_CONFIGS", "SEGMENTER_CONFIGS", "ENCODER_OF", "create_model", "create_segmenter", "list_models"]
 
 
 _TINY = dict(widths=(32, 64, 128, 256), depths=(1, 1, 1, 1), head_channels=(128,))
@@ -24,15 +25,26 @@ MODEL_CONFIGS: Dict[str, Dict[str, Any]] = {
 }
 
 
-# Segmentation U-Nets (PointTransformerSegmenter): the paper's five levels, one block per encoder
-# and decoder stage; the tiny ones have four levels for CPU work.
-_TINY_SEG = dict(widths=(32, 64, 128, 256), depths=(1, 1, 1, 1), head_channels=(32,))
+# Segmentation U-Nets (PointTransformerSegmenter): one block per encoder and decoder stage. Each one's
+# encoder is its classifier's (the settings below are taken from it), so a trained classifier's
+# checkpoint initialises the segmenter's encoder (pcattn train --task partseg --init-encoder ...).
+ENCODER_OF: Dict[str, str] = {
+    "pt-seg-vector": "pt-vector",
+    "pt-seg-scalar": "pt-scalar",
+    "pt-seg-tiny-vector": "pt-tiny-vector",
+    "pt-seg-tiny-scalar": "pt-tiny-scalar",
+}
+
+
+def _encoder_settings(classifier: str) -> Dict[str, Any]:
+    return {key: value for key, value in MODEL_CONFIGS[classifier].items() if key in ENCODER_ARGUMENTS}
+
 
 SEGMENTER_CONFIGS: Dict[str, Dict[str, Any]] = {
-    "pt-seg-vector": dict(attention="vector"),
-    "pt-seg-scalar": dict(attention="scalar"),
-    "pt-seg-tiny-vector": dict(attention="vector", **_TINY_SEG),
-    "pt-seg-tiny-scalar": dict(attention="scalar", **_TINY_SEG),
+    "pt-seg-vector": _encoder_settings("pt-vector"),
+    "pt-seg-scalar": _encoder_settings("pt-scalar"),
+    "pt-seg-tiny-vector": dict(_encoder_settings("pt-tiny-vector"), head_channels=(32,)),
+    "pt-seg-tiny-scalar": dict(_encoder_settings("pt-tiny-scalar"), head_channels=(32,)),
 }
 
 

@@ -1,4 +1,5 @@
-"""The Point Transformer segmenter: a U-Net of Point Transformer blocks with a per-point head."""
+"""The Point Transformer segmenter: the shared :class:`~pcattn.models.encoder.Encoder`, a decoder of
+transitions up and Point Transformer blocks, and a per-point head."""
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence
@@ -7,28 +8,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn.blocks import PointTransformerBlock, TransitionDown, TransitionUp, encode
+from ..nn.blocks import TransitionUp
 from ..nn.geometry import checked_inputs, tracing
+from .encoder import Encoder, make_stage, rename_legacy_keys
 from .inputs import flat_model_inputs, static_clouds
 
 __all__ = ["PointTransformerSegmenter"]
 
 
-def _stage(width: int, depth: int, attention: str, k: int, group_size: int, groups: Optional[int],
-           heads: int, attention_kwargs: Dict[str, Any]) -> nn.ModuleList:
-    """``depth`` Point Transformer blocks of ``width`` channels (groups as in the classifier)."""
-    stage_groups = max(1, width // group_size) if not groups else min(groups, width)
-    blocks = [PointTransformerBlock(width, attention, k=k, groups=stage_groups, heads=heads, **attention_kwargs)
-              for _ in range(depth)]
-    return nn.ModuleList(blocks)
-
-
 class PointTransformerSegmenter(nn.Module):
     r"""Point Transformer segmentation U-Net (Zhao et al. 2021, Sec. 4.3 / Fig. 4).
 
-    Encoder: stem MLP, stage 1 (``depths[0]`` blocks at ``widths[0]`` channels), then for each
-    further stage a :class:`~pcattn.nn.blocks.TransitionDown` (farthest point sampling to
-    ``1/stride`` of each cloud, kNN max-pooling) and ``depths[s]`` blocks. Decoder: for each level
+    Encoder: the classifier's :class:`~pcattn.models.encoder.Encoder` (stem MLP, stage 1 of
+    ``depths[0]`` blocks at ``widths[0]`` channels, then for each further stage a
+    :class:`~pcattn.nn.blocks.TransitionDown`, farthest point sampling to ``1/stride`` of each cloud
+    and kNN max-pooling, and ``depths[s]`` blocks), so a classifier's checkpoint initialises it
+    (:func:`~pcattn.models.checkpoint.load_encoder`). Decoder: for each level
     from the coarsest up, a :class:`~pcattn.nn.blocks.TransitionUp` (inverse-distance
     interpolation from the 3 nearest coarse points, plus the encoder's features at that level as a
     skip connection) and ``decoder_depths[s]`` blocks. Head: a per-point MLP on the finest
@@ -94,15 +89,12 @@ class PointTransformerSegmenter(nn.Module):
             raise ValueError(f"num_categories must be None or >= 1, got {num_categories}")
         self.num_classes, self.in_channels, self.k = num_classes, in_channels, k
         self.num_categories = num_categories
-        options = (attention, k, group_size, groups, heads, dict(attention_kwargs or {}))
-
-        self.stem = nn.Sequential(nn.Linear(in_channels, widths[0], bias=False), nn.BatchNorm1d(widths[0]), nn.ReLU())
-        self.encoder = nn.ModuleList(_stage(w, d, *options) for w, d in zip(widths, depths))
-        self.down = nn.ModuleList(TransitionDown(fine, coarse, stride=stride, k=k)
-                                  for fine, coarse in zip(widths[:-1], widths[1:]))
+        self.encoder = Encoder(in_channels, attention, widths, depths, k=k, stride=stride, group_size=group_size,
+                               groups=groups, heads=heads, attention_kwargs=attention_kwargs)
         # up[s] and decoder[s] bring level s + 1 back to level s (index 0 is the finest level)
         self.up = nn.ModuleList(TransitionUp(coarse, fine, fine) for fine, coarse in zip(widths[:-1], widths[1:]))
-        self.decoder = nn.ModuleList(_stage(w, d, *options) for w, d in zip(widths[:-1], decoder_depths))
+        self.decoder = nn.ModuleList(make_stage(width, depth, attention, k, group_size, groups, heads, attention_kwargs)
+                                     for width, depth in zip(widths[:-1], decoder_depths))
 
         layers = []
         channels = widths[0] + (num_categories or 0)
@@ -114,6 +106,7 @@ class PointTransformerSegmenter(nn.Module):
         layers.append(nn.Linear(channels, num_classes))
         self.head = nn.Sequential(*layers)
         self.config: Dict[str, Any] = {}
+        self._register_load_state_dict_pre_hook(_legacy_keys)
 
     def forward(self, x: Optional[Tensor], pos: Tensor, batch: Optional[Tensor] = None,
                 category: Optional[Tensor] = None) -> Tensor:
@@ -123,7 +116,7 @@ class PointTransformerSegmenter(nn.Module):
         onehot = self._category_features(category, batch, count)
         clouds = static_clouds(inputs)  # equal-sized clouds on accelerators / while tracing: batched kNN, FPS
         with checked_inputs():  # checked above: the layers skip their own checks
-            levels = encode(self.encoder, self.down, self.k, self.stem(x), pos, batch, clouds)  # finest first
+            levels = self.encoder(x, pos, batch, clouds)  # finest first
             x = levels[-1].x
             for level in reversed(range(len(self.decoder))):
                 skip, pos, batch, neighbors = levels[level]
@@ -155,3 +148,9 @@ class PointTransformerSegmenter(nn.Module):
         if not tracing() and bool(((category < 0) | (category >= self.num_categories)).any()):
             raise ValueError(f"category ids must be in [0, {self.num_categories}), got {category.tolist()}")
         return F.one_hot(category.long()[batch], self.num_categories)
+
+
+def _legacy_keys(state_dict, prefix, *args) -> None:
+    """Checkpoints written before the shared encoder name it ``stem``, ``encoder.S`` and ``down``."""
+    rename_legacy_keys(state_dict, prefix, [(r"stem\.", "encoder.stem."), (r"encoder\.(\d)", r"encoder.stages.\1"),
+                                            (r"down\.", "encoder.down.")])

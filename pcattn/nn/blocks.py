@@ -6,7 +6,7 @@ All blocks take flat rows, ``x (N, C)``, ``pos (N, 3)`` and a sorted ``batch (N,
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +17,7 @@ from .scalar import ScalarSelfAttention
 from .vector import VectorSelfAttention
 from .geometry import farthest_point_sampling, fps_equal_clouds, knn, knn_equal_clouds
 
-__all__ = ["make_attention", "PointTransformerBlock", "TransitionDown", "TransitionUp", "Downsampled", "EncoderLevel",
-           "encode"]
+__all__ = ["make_attention", "PointTransformerBlock", "TransitionDown", "TransitionUp", "Downsampled"]
 
 
 def make_attention(attention: str, in_channels: int, out_channels: int, k: int = 16,
@@ -160,35 +159,3 @@ class TransitionUp(nn.Module):
         coarse = self.coarse(x_coarse)
         # weights from float32 positions, applied in the features' dtype (autocast: fp16/bf16 out)
         return (weights[..., None].to(coarse.dtype) * gather(coarse, neighbors)).sum(dim=1) + self.skip(x_fine)
-
-
-class EncoderLevel(NamedTuple):
-    """One level of :func:`encode`: its features ``x (N_l, C_l)``, positions, batch vector and the
-    kNN ``neighbors (N_l, k)`` its blocks attended over."""
-
-    x: Tensor
-    pos: Tensor
-    batch: Tensor
-    neighbors: Tensor
-
-
-def encode(stages: Sequence[Sequence[nn.Module]], downs: Sequence[nn.Module], k: int, x: Tensor, pos: Tensor,
-           batch: Tensor, clouds: Optional[int] = None) -> List[EncoderLevel]:
-    """The encoder pass of the classifier and the segmenter: stage 0's blocks on the input, then for
-    each further stage a :class:`TransitionDown` (``downs[s - 1]``) and its blocks, each stage's blocks
-    sharing one kNN of ``k`` neighbours.
-
-    ``x (N, C)``, ``pos (N, 3)``, sorted ``batch (N,)``; ``clouds``: the rows are that many equal-sized
-    clouds back to back (static shapes: :func:`~pcattn.nn.geometry.knn_equal_clouds`). Returns one
-    :class:`EncoderLevel` per stage, finest first.
-    """
-    levels: List[EncoderLevel] = []
-    for stage, blocks in enumerate(stages):
-        if stage > 0:
-            x, pos, batch, _ = downs[stage - 1](x, pos, batch, clouds)
-        neighbors = knn(pos, k, batch) if clouds is None else knn_equal_clouds(pos, k, clouds)
-        for block in blocks:
-            x = block(x, pos, batch, neighbors)
-        levels.append(EncoderLevel(x, pos, batch, neighbors))
-    return levels
-

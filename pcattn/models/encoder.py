@@ -1,0 +1,116 @@
+"""The encoder every network shares: a stem, stages of Point Transformer blocks, transition down
+between stages, and the neighbour index of each stage.
+
+One module under one set of parameter names (``stem``, ``stages.S.B``, ``down.S``), so the
+classifier (encoder + pooling + head) and the segmenter (encoder + decoder + head) hold the same
+encoder, and a trained classifier's encoder initialises a segmenter's
+(:func:`~pcattn.models.checkpoint.load_encoder`).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+from torch import Tensor, nn
+
+from ..nn.blocks import PointTransformerBlock, TransitionDown
+from ..nn.geometry import knn, knn_equal_clouds
+
+__all__ = ["Encoder", "EncoderLevel", "ENCODER_ARGUMENTS", "make_stage", "rename_legacy_keys"]
+
+#: The constructor arguments of the networks that shape their encoder (and nothing else).
+ENCODER_ARGUMENTS = ("in_channels", "attention", "widths", "depths", "k", "stride", "group_size", "groups",
+                     "heads", "attention_kwargs")
+
+
+class EncoderLevel(NamedTuple):
+    """One level of the encoder's output: its features ``x (N_l, C_l)``, positions ``pos (N_l, 3)``,
+    batch vector ``batch (N_l,)`` and the kNN ``neighbors (N_l, k)`` its blocks attended over."""
+
+    x: Tensor
+    pos: Tensor
+    batch: Tensor
+    neighbors: Tensor
+
+
+def make_stage(width: int, depth: int, attention: str = "vector", k: int = 16, group_size: int = 8,
+               groups: Optional[int] = None, heads: int = 4, attention_kwargs: Optional[Dict[str, Any]] = None
+               ) -> nn.ModuleList:
+    """``depth`` Point Transformer blocks of ``width`` channels: an encoder's or a decoder's stage.
+    Vector attention gets ``groups`` groups (at most ``width``) when given, else one per ``group_size``
+    channels."""
+    stage_groups = min(groups, width) if groups else max(1, width // group_size)
+    return nn.ModuleList(PointTransformerBlock(width, attention, k=k, groups=stage_groups, heads=heads,
+                                               **dict(attention_kwargs or {}))
+                         for _ in range(depth))
+
+
+class Encoder(nn.Module):
+    r"""Stem MLP, then stage 0 (``depths[0]`` Point Transformer blocks at ``widths[0]`` channels), then
+    for each further stage ``s`` a :class:`~pcattn.nn.blocks.TransitionDown` (``down[s - 1]``: farthest
+    point sampling to ``1/stride`` of each cloud, kNN max-pooling) and ``depths[s]`` blocks. The blocks
+    of a stage share one kNN of ``k`` neighbours, computed once per stage.
+
+    Args:
+        in_channels: input feature size (3: xyz; 6: xyz + normals).
+        attention: ``"vector"`` or ``"scalar"`` self-attention in every block.
+        widths: channels per stage.
+        depths: blocks per stage.
+        k: neighbours for attention and for transition down.
+        stride: downsampling factor of each transition down.
+        group_size: channels sharing one vector-attention weight (``width / group_size`` groups).
+        groups: a fixed number of groups in every stage instead (overrides ``group_size``).
+        heads: scalar attention heads.
+        attention_kwargs: further options of the attention layers.
+
+    Shapes:
+        ``x (N, in_channels)``, ``pos (N, 3)``, sorted ``batch (N,)``, and ``clouds``: ``None`` (each
+        cloud searched on its own) or the number of equal-sized clouds the rows hold back to back
+        (static shapes: one batched search, see :func:`~pcattn.nn.geometry.knn_equal_clouds`; both
+        give the same result). Returns one :class:`EncoderLevel` per stage, finest first; the last
+        level's ``x`` has ``widths[-1]`` channels.
+    """
+
+    def __init__(self, in_channels: int = 3, attention: str = "vector",
+                 widths: Sequence[int] = (32, 64, 128, 256, 512), depths: Sequence[int] = (1, 1, 1, 1, 1),
+                 k: int = 16, stride: int = 4, group_size: int = 8, groups: Optional[int] = None, heads: int = 4,
+                 attention_kwargs: Optional[Dict[str, Any]] = None):
+        super().__init__()
+        if not widths or len(widths) != len(depths):
+            raise ValueError(f"widths and depths must have the same non-zero length, got {widths} and {depths}")
+        self.k = k
+        self.widths = tuple(widths)
+        self.stem = nn.Sequential(nn.Linear(in_channels, widths[0], bias=False), nn.BatchNorm1d(widths[0]), nn.ReLU())
+        self.stages = nn.ModuleList(make_stage(width, depth, attention, k, group_size, groups, heads, attention_kwargs)
+                                    for width, depth in zip(widths, depths))
+        # down[s] brings level s to level s + 1
+        self.down = nn.ModuleList(TransitionDown(fine, coarse, stride=stride, k=k)
+                                  for fine, coarse in zip(widths[:-1], widths[1:]))
+
+    def forward(self, x: Tensor, pos: Tensor, batch: Tensor, clouds: Optional[int] = None) -> List[EncoderLevel]:
+        x = self.stem(x)
+        levels: List[EncoderLevel] = []
+        for stage, blocks in enumerate(self.stages):
+            if stage > 0:
+                x, pos, batch, _ = self.down[stage - 1](x, pos, batch, clouds)
+            neighbors = knn(pos, self.k, batch) if clouds is None else knn_equal_clouds(pos, self.k, clouds)
+            for block in blocks:
+                x = block(x, pos, batch, neighbors)
+            levels.append(EncoderLevel(x, pos, batch, neighbors))
+        return levels
+
+
+def rename_legacy_keys(state_dict: Dict[str, Any], prefix: str, renames: Sequence[Tuple[str, str]]) -> None:
+    """Rename, in place, the keys of ``state_dict`` under ``prefix`` that match an old name, so a
+    checkpoint written before the shared :class:`Encoder` loads (a ``load_state_dict`` pre-hook of the
+    networks). ``renames``: ``(pattern, replacement)`` pairs of :func:`re.sub`, anchored at the start
+    of the key below ``prefix``; the first that matches renames a key."""
+    for key in list(state_dict):
+        if not key.startswith(prefix):
+            continue
+        local = key[len(prefix):]
+        for pattern, replacement in renames:
+            renamed, count = re.subn("^" + pattern, replacement, local)
+            if count:
+                state_dict[prefix + renamed] = state_dict.pop(key)
+                break
