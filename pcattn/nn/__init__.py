@@ -5,6 +5,7 @@ chunked <- vector/scalar <- blocks, vector <- pyg.
 from .blocks import Downsampled, PointTransformerBlock, TransitionDown, TransitionUp, make_attention
 from .chunked import AttentionMap, RecordedAttention
 from .geometry import farthest_point_sampling, knn, to_dense, to_flat
+from .grid import GridPool, GridUnpool, voxel_clusters
 from .pyg import PointTransformerConv, fps, knn_graph, radius_graph
 from .scalar import ScalarSelfAttention
 from .vector import VectorSelfAttention
@@ -22,6 +23,9 @@ __all__ = [
     "TransitionDown",
     "TransitionUp",
     "Downsampled",
+    "GridPool",
+    "GridUnpool",
+    "voxel_clusters",
     "make_attention",
     "PointTransformerConv",
     "knn_graph",
