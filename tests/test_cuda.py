@@ -153,3 +153,16 @@ def test_checkpoint_written_on_the_gpu_loads_on_the_cpu_and_back(tiny_modelnet10
     with torch.no_grad():
         assert relative_error(on_gpu(None, pos.to(CUDA)).cpu(), on_cpu(None, pos)) < 1e-3
     assert len(classes) == 10
+
+
+def test_fps_random_start_with_a_cuda_generator():
+    """The start is drawn on the generator's device: a CUDA generator works for CUDA and CPU positions."""
+    pos = torch.randn(3 * 50, 3, generator=torch.Generator().manual_seed(0))
+    batch = torch.arange(3).repeat_interleave(50)
+    runs = []
+    for device in (CUDA, "cpu"):
+        generator = torch.Generator(device=CUDA).manual_seed(4)
+        runs.append(farthest_point_sampling(pos.to(device), ratio=0.25, batch=batch.to(device), random_start=True,
+                                            generator=generator).cpu())
+    assert torch.equal(runs[0], runs[1])   # the same draws, wherever the positions are
+    assert torch.equal(batch[runs[0]].bincount(), torch.tensor([13, 13, 13]))

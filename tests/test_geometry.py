@@ -177,3 +177,21 @@ def test_batched_knn_of_accelerators_equals_per_cloud_search():
     index = torch.tensor([[1, 0, 2], [0, 2, 3], [5, 6, 7]])
     assert torch.equal(geometry._self_first(index, torch.tensor([0, 1, 2])),
                        torch.tensor([[0, 1, 2], [1, 0, 2], [2, 5, 6]]))
+
+
+def test_fps_random_start_draws_on_the_generators_device(monkeypatch):
+    """A CUDA generator cannot draw a CPU tensor: the start is drawn with ``device=generator.device``
+    (checked here with a spy on the CPU; tests/test_cuda.py runs a real CUDA generator)."""
+    pos = torch.randn(2, 30, 3, generator=torch.Generator().manual_seed(0))
+    drawn_on = []
+    real_rand = torch.rand
+
+    def spy(*args, **kwargs):
+        drawn_on.append(kwargs.get("device"))
+        return real_rand(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "rand", spy)
+    generator = torch.Generator(device="cpu").manual_seed(1)
+    chosen = farthest_point_sampling(pos, ratio=0.25, random_start=True, generator=generator)
+    assert drawn_on == [generator.device]
+    assert chosen.shape == (2, 8) and chosen.device == pos.device

@@ -448,7 +448,8 @@ def farthest_point_sampling(
         batch: ``(N,)`` sorted cloud ids of a flat ``pos``.
         random_start: start at a random point of each cloud instead of its first point
             (the default start is deterministic).
-        generator: random generator for ``random_start``.
+        generator: random generator for ``random_start``, on any device (the start is drawn on
+            the generator's device and moved to ``pos``'s).
 
     Returns:
         Long indices of the kept points, in the order they were chosen: ``(M,)`` global
@@ -498,7 +499,10 @@ def _fps_padded(pos: Tensor, sizes: Tensor, m: int, random_start: bool,
     if work.dtype in (torch.float16, torch.bfloat16):
         work = work.float()
     if random_start:
-        start = (torch.rand(B, generator=generator) * sizes.cpu()).long().clamp(max=P - 1).to(pos.device)
+        # Drawn on the generator's device (a CUDA generator cannot draw a CPU tensor), CPU by default.
+        draw_device = generator.device if generator is not None else torch.device("cpu")
+        start = torch.rand(B, generator=generator, device=draw_device) * sizes.to(draw_device)
+        start = start.long().clamp(max=P - 1).to(pos.device)
     else:
         start = torch.zeros(B, dtype=torch.long, device=pos.device)
     # One contiguous (B, P) array per coordinate and preallocated buffers: the loop below runs
