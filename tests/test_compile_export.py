@@ -113,3 +113,44 @@ def test_export_command_round_trips(checkpoint, fmt, tmp_path, capsys):
     with torch.no_grad():
         expected = model(None, clouds)
     assert (run_exported(out, fmt, clouds) - expected).abs().max() <= 1e-4
+
+
+def test_nothing_queries_the_device_while_compiling(monkeypatch):
+    """Chunk sizing asks the device (``torch.cuda.mem_get_info`` on a GPU) in eager calls only: a query
+    cannot be recorded. CPU stand-in: the query function raises; eager calls reach it, the fullgraph
+    compile of a model (legacy call ``model(pos)`` included, which warns only in eager,
+    once per model) never does."""
+    from pcattn.nn import chunked
+
+    def no_query(device):
+        raise RuntimeError("the device was queried")
+
+    monkeypatch.setattr(chunked, "_measure_chunk_elements", no_query)
+    monkeypatch.setattr(chunked, "_DEVICE_CHUNK_ELEMENTS", {})
+    monkeypatch.delenv("PCATTN_CHUNK_ELEMENTS", raising=False)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = VectorSelfAttention(8, 16, k=8)
+    x, pos = torch.randn(2, 40, 8), torch.randn(2, 40, 3)
+    with pytest.raises(RuntimeError, match="queried"):
+        layer(x, pos)                                   # eager: chunk sizing asks the device
+    model = _tiny_model().eval()                        # compiling (its layers inside): never
+    points = torch.randn(2, 64, 3)
+    with torch.no_grad():
+        legacy = torch.compile(model, fullgraph=True, backend="eager")(points)
+    monkeypatch.setattr(chunked, "_DEVICE_CHUNK_ELEMENTS", {"cpu": 1 << 18})   # (eager reference)
+    with torch.no_grad():
+        assert (legacy - model(None, points)).abs().max() < 1e-5
+
+
+def test_legacy_call_order_warns_once_per_model():
+    model = _tiny_model().eval()
+    pos = torch.randn(2, 32, 3)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            for _ in range(3):
+                model(pos)
+    assert [w.category for w in caught] == [FutureWarning]

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..nn.geometry import checked_inputs
+from ..nn.geometry import checked_inputs, tracing
 from .encoder import Encoder, rename_legacy_keys
 from .inputs import flat_model_inputs, static_clouds
 
@@ -88,9 +88,16 @@ class PointTransformerClassifier(nn.Module):
 
         ``x=None`` uses the positions as the input features (``in_channels == 3``). The call order
         of pcattn 0.1, ``model(pos)`` / ``model(pos, x, batch)``, still works for this release with
-        a ``FutureWarning`` (see :func:`_legacy_order`).
+        a ``FutureWarning`` (once per model; see :func:`_legacy_order`).
         """
-        x, pos = _legacy_order(x, pos, self.in_channels)
+        x, pos, legacy = _legacy_order(x, pos, self.in_channels)
+        if legacy and not tracing() and not getattr(self, "_warned_legacy_order", False):
+            # once per model, and never while torch.compile/export records (a warning there breaks
+            # fullgraph=True): a training loop calling model(pos) is told once, not every step
+            self._warned_legacy_order = True
+            warnings.warn(f"{legacy} is the call order of pcattn 0.1; call model(x, pos, batch) as the layers do "
+                          f"(x=None uses the positions); the old order goes in the next release",
+                          FutureWarning, stacklevel=2)
         inputs = flat_model_inputs(x, pos, batch, self.in_channels, self.head[-1].weight.dtype)
         x, pos, batch, B, _ = inputs
         clouds = static_clouds(inputs)  # equal-sized clouds on accelerators / while tracing: batched kNN, FPS
@@ -110,12 +117,13 @@ def _legacy_keys(state_dict, prefix, *args) -> None:
 
 
 def _legacy_order(x: Optional[Tensor], pos: Optional[Tensor], in_channels: int):
-    """Recognise the classifier's 0.1 call order ``(pos, x, batch)`` and return ``(x, pos)``.
+    """Recognise the classifier's 0.1 call order ``(pos, x, batch)``: return ``(x, pos, legacy)``, where
+    ``legacy`` names the old call (``None`` for the current order).
 
     ``model(pos)`` and ``model(pos, None, batch)`` arrive with ``pos=None``; ``model(pos, features)``
     with ``in_channels != 3`` arrives with a 3-channel ``x`` and a ``pos`` of ``in_channels``
-    channels. Both are swapped with a ``FutureWarning``. (With ``in_channels == 3`` and two
-    3-channel tensors the orders cannot be told apart: the new order is assumed.)
+    channels. Both are swapped (the caller warns). (With ``in_channels == 3`` and two 3-channel
+    tensors the orders cannot be told apart: the new order is assumed.)
     """
     legacy = None
     if pos is None and isinstance(x, Tensor):
@@ -125,8 +133,4 @@ def _legacy_order(x: Optional[Tensor], pos: Optional[Tensor], in_channels: int):
         legacy, x, pos = "model(pos, x)", pos, x
     if pos is None:
         raise TypeError("the classifier needs pos: call model(x, pos, batch) (x=None uses the positions)")
-    if legacy:
-        warnings.warn(f"{legacy} is the call order of pcattn 0.1; call model(x, pos, batch) as the layers do "
-                      f"(x=None uses the positions); the old order goes in the next release",
-                      FutureWarning, stacklevel=5)
-    return x, pos
+    return x, pos, legacy

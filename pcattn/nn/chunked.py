@@ -250,21 +250,30 @@ def chunk_elements(device: torch.device) -> int:
     from the memory free when the device is first used (about 1/64 of it in elements of 4 bytes,
     between 1M and 64M), so a ModelNet batch runs in one or a few launches per layer. The
     environment variable ``PCATTN_CHUNK_ELEMENTS`` overrides both; a layer's ``chunk_size``
-    (rows) overrides this.
+    (rows) overrides this. While ``torch.compile``/export records, nothing asks the device (a
+    query such as ``torch.cuda.mem_get_info`` cannot be recorded): the recorded layer runs one
+    chunk anyway, and the size returned is a fixed default.
     """
     override = os.environ.get("PCATTN_CHUNK_ELEMENTS")
     if override:
         return max(1, int(override))
-    if device.type == "cpu":
+    if tracing():
         return _CHUNK_ELEMENTS
     key = str(device)
     if key not in _DEVICE_CHUNK_ELEMENTS:
-        budget = 1 << 24
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            budget = free // 64
-        _DEVICE_CHUNK_ELEMENTS[key] = int(min(max(budget, 1 << 20), 1 << 26))
+        _DEVICE_CHUNK_ELEMENTS[key] = _measure_chunk_elements(device)
     return _DEVICE_CHUNK_ELEMENTS[key]
+
+
+def _measure_chunk_elements(device: torch.device) -> int:
+    """Ask ``device`` how large a chunk may be (eager calls only: see :func:`chunk_elements`)."""
+    if device.type == "cpu":
+        return _CHUNK_ELEMENTS
+    budget = 1 << 24
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = free // 64
+    return int(min(max(budget, 1 << 20), 1 << 26))
 
 
 _DEVICE_CHUNK_ELEMENTS: dict = {}

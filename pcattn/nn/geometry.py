@@ -81,7 +81,7 @@ def tracing() -> bool:
     branches: no ``bool(...)`` shortcuts or finiteness check, kNN of equal-sized clouds as one
     batched ``cdist`` + ``topk`` (never Open3D), one chunk per layer, plain autograd.
     """
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
 def check_positions(pos: Tensor, name: str = "pos") -> None:
