@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pcattn.cli import main
-from pcattn.engine import (CheckpointError, DiskFullError, RunFolderInUse, TrainConfig, load_checkpoint,
+from pcattn.engine import (CheckpointError, DiskFullError, RunFolderInUse, TrainConfig, load_checkpoint, load_model,
                            save_checkpoint, train)
 from pcattn.engine import loop
 from pcattn.engine.tasks import get_task
@@ -156,6 +156,27 @@ def test_checksum_catches_a_flipped_bit_and_non_finite_weights_are_refused(tmp_p
     with pytest.warns(UserWarning, match="without a checksum"):
         assert load_checkpoint(path)["classes"] == ["a", "b", "c"]
 
+
+
+def test_load_model_names_a_bad_kind_and_exported_models(tmp_path):
+    path = save_checkpoint(tmp_path / "model.pt", model_checkpoint(small_model(), ["a", "b", "c"]))
+    with pytest.raises(ValueError, match=r"kind must be None, 'pcattn-classifier' or 'pcattn-segmenter'.*"
+                                         r"got 'classification'"):
+        load_model(path, kind="classification")
+    torch.jit.save(torch.jit.trace(torch.nn.Linear(3, 2), torch.randn(1, 3)), tmp_path / "model_ts.pt")
+    with pytest.raises(CheckpointError, match="a TorchScript archive .*torch.jit.load.*not a pcattn checkpoint"):
+        load_model(tmp_path / "model_ts.pt")
+    program = torch.export.export(torch.nn.Linear(3, 2), (torch.randn(1, 3),))
+    torch.export.save(program, tmp_path / "model.pt2")
+    with pytest.raises(CheckpointError, match="a torch.export program .*torch.export.load"):
+        load_model(tmp_path / "model.pt2")
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+                                   [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    onnx.save(onnx.helper.make_model(graph), tmp_path / "model.onnx")
+    with pytest.raises(CheckpointError, match="an ONNX model .*onnxruntime"):
+        load_model(tmp_path / "model.onnx")
 
 # ---------------------------------------------------------------------------- 3/8. run identity
 def test_a_last_pt_from_another_run_is_refused(tiny_modelnet10_root, tmp_path):

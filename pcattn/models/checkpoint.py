@@ -189,6 +189,9 @@ def load_checkpoint(path, map_location: Union[str, torch.device] = "cpu", kind: 
         CheckpointError: the file is truncated or corrupt, or is not a pcattn checkpoint (of ``kind``):
             a bare ``state_dict``, another library's checkpoint, a newer format.
     """
+    if kind is not None and kind not in _KINDS:
+        raise ValueError(f"kind must be None, {' or '.join(map(repr, _KINDS))} (CHECKPOINT_KIND, SEGMENTER_KIND), "
+                         f"got {kind!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
@@ -202,6 +205,10 @@ def load_checkpoint(path, map_location: Union[str, torch.device] = "cpu", kind: 
             found = text.split("Unsupported global:", 1)[1].strip().split(" was ")[0]
             raise CheckpointError(f"{path}: holds Python objects other than tensors and plain values ({found}), so "
                                   f"it is not a pcattn checkpoint; refusing to unpickle arbitrary code") from None
+        foreign = _foreign_model_file(path)
+        if foreign:
+            raise CheckpointError(f"{path}: {foreign}, not a pcattn checkpoint (pcattn train writes those: "
+                                  f"best.pt / last.pt)") from None
         detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0] \
             if "WeightsUnpickler error:" in text else (text.strip().splitlines() or [type(error).__name__])[0]
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, the file is truncated or corrupt "
@@ -228,6 +235,35 @@ def load_checkpoint(path, map_location: Union[str, torch.device] = "cpu", kind: 
         raise CheckpointError(f"{path}: incomplete pcattn checkpoint, missing {missing}")
     verify_checkpoint(checkpoint, path)
     return checkpoint
+
+
+def _foreign_model_file(path: Path) -> Optional[str]:
+    """What a file that ``torch.load`` cannot read is, when it is an exported model (what
+    ``pcattn export`` writes) rather than a damaged checkpoint: a phrase, or ``None``."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (OSError, zipfile.BadZipFile):
+            return None
+        if any(name.endswith("/constants.pkl") for name in names) and any("/code/" in name for name in names):
+            return "a TorchScript archive (load it with torch.jit.load)"
+        if any(name.endswith("/archive_format") for name in names):
+            return "a torch.export program (load it with torch.export.load)"
+        return None
+    try:
+        import onnx
+    except ImportError:
+        return "an ONNX model, by its name (load it with onnxruntime)" if path.suffix.lower() == ".onnx" else None
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not protobuf, or not a model: a damaged checkpoint after all
+        return None
+    if model.ir_version > 0 and len(model.graph.node) > 0:
+        return "an ONNX model (load it with onnxruntime)"
+    return None
 
 
 def verify_checkpoint(checkpoint: Dict[str, Any], path) -> None:
@@ -266,7 +302,7 @@ def model_from_checkpoint(checkpoint: Dict[str, Any], path="checkpoint"
         model.load_state_dict(checkpoint["model_state"])
     except RuntimeError as error:
         raise CheckpointError(f"{path}: its weights do not fit the model it describes ({name}): "
-                              f"{str(error).splitlines()[0]} ...") from None
+                              f"{(str(error).splitlines() or [type(error).__name__])[0]} ...") from None
     return model
 
 
