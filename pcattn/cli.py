@@ -144,6 +144,8 @@ def run_train(args: argparse.Namespace) -> int:
     except (OSError, ValueError, CheckpointError, FloatingPointError) as error:  # OSError: files, disk, lock
         print(f"pcattn train: error{_rank_tag()}: {error}", file=sys.stderr)
         return 2
+    if config.plots and is_main_process():
+        _plot_finished_run(summary["run_dir"])
     evaluation = summary.get("eval")
     if evaluation and is_main_process():
         from .engine.tasks import get_task
@@ -151,6 +153,17 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"best checkpoint {summary['run_dir']}/best.pt (epoch {summary['best_epoch']}): test "
               f"{get_task(summary['task']).summary(evaluation)}; trained in {summary['seconds']:.0f} s")
     return 0
+
+
+def _plot_finished_run(run_dir: str) -> None:
+    """``curves.png`` and ``confusion.png`` of a finished run (drawn here, above the engine and viz)."""
+    from .viz import plot_run
+
+    try:
+        for path in plot_run(run_dir):
+            print(f"wrote {path}")
+    except Exception as error:  # plots are a convenience: never fail a finished run for them
+        print(f"pcattn train: warning: could not draw the training plots: {error}", file=sys.stderr)
 
 
 # ============================================================================ eval

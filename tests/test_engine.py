@@ -46,6 +46,10 @@ def metric_rows(run_dir):
 def test_train_writes_a_complete_run_folder(data_root, tmp_path):
     out = tmp_path / "run"
     summary = train(tiny_config(data_root, out, plots=True))
+    assert not (out / "curves.png").exists()   # the engine draws nothing: pcattn train (or viz.plot_run) does
+    from pcattn.viz import plot_run
+
+    plot_run(out)
     for name in ("last.pt", "best.pt", "metrics.jsonl", "config.json", "eval.json", "curves.png", "confusion.png"):
         assert (out / name).is_file(), name
     rows = metric_rows(out)

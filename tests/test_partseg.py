@@ -46,6 +46,10 @@ def parts_config(out, **overrides):
 def test_partseg_run_writes_a_complete_run_folder(small_parts, tmp_path):
     out = tmp_path / "run"
     summary = train(parts_config(out, plots=True))
+    assert not (out / "curves.png").exists()   # the engine draws nothing: pcattn train (or viz.plot_run) does
+    from pcattn.viz import plot_run
+
+    plot_run(out)
     for name in ("last.pt", "best.pt", "metrics.jsonl", "config.json", "eval.json", "curves.png", "confusion.png"):
         assert (out / name).is_file(), name
     rows = metric_rows(out)

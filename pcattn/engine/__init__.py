@@ -32,7 +32,8 @@ A run folder holds:
 * ``config.json``: the run's :class:`TrainConfig`;
 * ``eval.json``: evaluation of ``best.pt`` at the end of training (OA, mAcc, per-class accuracy,
   confusion matrix; part segmentation: instance and class mIoU, per-category mIoU, point accuracy,
-  part confusion matrix), and ``curves.png`` / ``confusion.png`` drawn from these files.
+  part confusion matrix), and ``curves.png`` / ``confusion.png`` drawn from these files by ``pcattn
+  train`` (:func:`pcattn.viz.plot_run`; the engine itself does not import :mod:`pcattn.viz`).
 
 Resuming (``TrainConfig(resume=True)``) restores the model, optimizer, scheduler, gradient scaler,
 epoch and every random stream (torch's global RNG, which drives augmentation and dropout, and the

@@ -97,7 +97,9 @@ class TrainConfig:
             ``config.json`` when it was killed before recording an epoch, refuse when it recorded
             some, and start a new run in an empty folder.
         progress: show progress bars.
-        plots: draw ``curves.png`` and ``confusion.png`` at the end.
+        plots: draw ``curves.png`` and ``confusion.png`` at the end: ``pcattn train`` does, after
+            :func:`~pcattn.engine.train` returns (the engine does not import :mod:`pcattn.viz`); in
+            Python call :func:`pcattn.viz.plot_run` on the run folder.
     """
 
     task: Optional[str] = None

@@ -7,7 +7,10 @@
    held together in a :class:`TrainingState`; :func:`restore` loads them from the checkpoint;
 4. per epoch, :func:`run_epoch` (:func:`train_one_epoch`, then the task's evaluation) and
    :func:`end_epoch` (checkpoints, ``metrics.jsonl``, a log line);
-5. :func:`finish_run`: ``best.pt`` evaluated into ``eval.json``, the plots.
+5. :func:`finish_run`: ``best.pt`` evaluated into ``eval.json``.
+
+The plots (``curves.png``, ``confusion.png``) are drawn from the run folder by the layer above both the
+engine and :mod:`pcattn.viz`: ``pcattn train`` (:func:`pcattn.viz.plot_run` in Python).
 
 Classification and part segmentation run the same steps; what differs (the model, the target and
 loss, the metrics, the score that picks ``best.pt``) is the run's :class:`~pcattn.engine.tasks.Task`.
@@ -16,7 +19,7 @@ Under ``torchrun`` (:mod:`~pcattn.engine.distributed`) the shape is the same: ev
 these steps; :func:`build_training` wraps the model in ``DistributedDataParallel`` (SyncBatchNorm
 with ``sync_bn``), :func:`~pcattn.engine.build_loaders` gives each rank its share of every global
 batch and of the test set, and rank 0 alone holds the run folder's lock, prints and writes
-(checkpoints, ``metrics.jsonl``, ``eval.json``, plots) while the others wait at a barrier.
+(checkpoints, ``metrics.jsonl``, ``eval.json``) while the others wait at a barrier.
 """
 from __future__ import annotations
 
@@ -337,7 +340,7 @@ def end_epoch(state: TrainingState, metrics: Dict[str, Any], config: TrainConfig
 # ============================================================================ the end
 def finish_run(state: TrainingState, config: TrainConfig, out: Path, test_loader, device: torch.device,
                final: Dict[str, Any], seconds: float) -> Dict[str, Any]:
-    """Evaluate ``best.pt`` into ``eval.json``, draw the plots; returns :func:`train`'s summary."""
+    """Evaluate ``best.pt`` into ``eval.json``; returns :func:`train`'s summary."""
     summary: Dict[str, Any] = {"task": state.task.name, "score": state.task.score, "best_score": state.best_score,
                                "best_epoch": state.best_epoch, "final": final, "run_dir": str(out), "seconds": seconds}
     if state.task.name == "classification":
@@ -351,14 +354,6 @@ def finish_run(state: TrainingState, config: TrainConfig, out: Path, test_loader
         if is_main_process():
             write_json(out / "eval.json", evaluation)
         summary["eval"] = evaluation
-    if config.plots and is_main_process():
-        try:
-            from ..viz import plot_run
-
-            for path in plot_run(out):
-                _log(f"wrote {path}", config.progress)
-        except Exception as error:  # plots are a convenience: never lose a finished run to them
-            warnings.warn(f"could not draw the training plots: {error}")
     _log(f"done: best {state.task.score_name} {state.best_score:.4f} at epoch {state.best_epoch}; checkpoints in {out}",
          config.progress)
     return summary

@@ -117,8 +117,7 @@ def load_classifiers(checkpoints: Sequence) -> List[TrainedClassifier]:
             parts (they could not be given the same category, or scored on the same labels).
         FileNotFoundError, :class:`~pcattn.engine.CheckpointError`: a missing or unreadable file.
     """
-    from ..engine import load_model
-    from ..engine.checkpoint import SEGMENTER_KIND
+    from ..models.checkpoint import SEGMENTER_KIND, load_model
 
     if not checkpoints:
         raise ValueError("checkpoints is empty: give at least one checkpoint path")
