@@ -71,7 +71,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     optim.add_argument("--weight-decay", type=float, help="default 1e-4 (partseg 1e-2)")
     optim.add_argument("--optimizer", choices=("adamw", "sgd"), help="default adamw")
     optim.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    optim.add_argument("--warmup", type=float, help="fraction of iterations warming up, then cosine (default 0.1)")
+    optim.add_argument("--warmup", type=float, help="fraction of iterations warming up, then the schedule (default 0.1)")
+    optim.add_argument("--lr-schedule", choices=("cosine", "step"),
+                       help="after the warm-up: cosine decay to zero (default), or step: the rate times "
+                            "--lr-step-factor after each epoch of --lr-steps (the papers: --warmup 0 --lr-schedule "
+                            "step --lr-steps 120,160 of 200 epochs)")
+    optim.add_argument("--lr-steps", type=_epochs, metavar="E1,E2,...",
+                       help="step schedule: the epochs after which the rate drops, e.g. 120,160")
+    optim.add_argument("--lr-step-factor", type=float, help="step schedule: the factor of each drop (default 0.1)")
     optim.add_argument("--label-smoothing", type=float, help="default 0.1 (partseg 0)")
     run = parser.add_argument_group("run")
     run.add_argument("--seed", type=int, help="default 0; the same seed gives the same metrics on a CPU")
@@ -82,6 +89,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     run.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
                      help="under torchrun with several processes: SyncBatchNorm, statistics of the global batch "
                           "(default on when there are several processes; --no-sync-bn: per-process statistics)")
+    run.add_argument("--deterministic", action="store_true", default=None,
+                     help="deterministic algorithms (torch.use_deterministic_algorithms, cuBLAS workspace, cuDNN): "
+                          "on a GPU the same seed then gives the same metrics, somewhat slower; the CPU is "
+                          "deterministic without it")
     run.add_argument("--threads", type=int, help="torch threads (default: torch's choice; per process under torchrun)")
     run.add_argument("--out", help="run folder (default runs/<dataset>-<model>)")
     run.add_argument("--resume", action="store_true", default=None,
@@ -102,6 +113,15 @@ def _axis(value: str) -> int:
     if value in ("0", "1", "2"):
         return int(value)
     raise argparse.ArgumentTypeError(f"expected x, y, z, 0, 1 or 2, got {value!r}")
+
+
+def _epochs(text: str) -> tuple:
+    """``"120,160"`` -> ``(120, 160)``, the type of ``--lr-steps``."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole epochs separated by commas (e.g. 120,160), got {text!r}") \
+            from None
 
 
 def _option(text: str):

@@ -70,3 +70,72 @@ def test_a_checkpoint_trained_in_fp16_evaluates_in_float32_unless_asked(tiny_mod
     used.clear()
     assert main(["eval", "--checkpoint", str(path), "--device", "cpu", "--no-progress"]) == 0
     assert set(used) == {"32"}
+
+
+# ---------------------------------------------------------------------------------- --deterministic
+def test_deterministic_flag_reaches_torch_for_the_run_and_is_undone_after(tiny_modelnet10_root, tmp_path,
+                                                                          monkeypatch, capsys):
+    import json
+    import os
+
+    from pcattn.cli import main
+    from pcattn.engine import loop
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    seen = []
+    step = loop.train_step
+
+    def recording_step(*args, **kwargs):
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                     torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", recording_step)
+    args = ["train", "--dataset", "modelnet10", "--format", "folder", "--data-root", str(tiny_modelnet10_root),
+            "--num-points", "32", "--batch-size", "20", "--epochs", "1", "--model", "pt-tiny-vector",
+            "--no-progress", "--no-plots"]
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert main([*args, "--deterministic", "--out", str(tmp_path / "exact")]) == 0
+    assert seen and set(seen) == {(True, True, False, ":4096:8")}
+    assert "deterministic algorithms" in capsys.readouterr().out
+    assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    assert json.loads((tmp_path / "exact" / "config.json").read_text())["deterministic"] is True
+
+
+# ---------------------------------------------------------------------------------- step schedule
+def test_step_schedule_drops_tenfold_after_the_named_epochs():
+    from pcattn.engine.loop import lr_schedule
+
+    per_epoch = 3  # iterations per epoch; epochs 1-2 at 1, 3-4 at 0.1, 5 at 0.01 (--lr-steps 2,4)
+    factor = lr_schedule(5 * per_epoch, 0.0, "step", per_epoch, (2, 4))
+    assert [factor(step) for step in (0, 5)] == [1.0, 1.0]                      # epoch 2's last iteration
+    assert [factor(step) for step in (6, 11)] == pytest.approx([0.1, 0.1])       # epoch 3's first, epoch 4's last
+    assert [factor(step) for step in (12, 14)] == pytest.approx([0.01, 0.01])    # epoch 5
+    warmed = lr_schedule(5 * per_epoch, 0.2, "step", per_epoch, (2, 4))          # 3 warm-up iterations, then steps
+    assert [warmed(step) for step in (0, 2, 3, 6)] == pytest.approx([1 / 3, 1.0, 1.0, 0.1])
+
+
+def test_step_schedule_reaches_the_optimizer_and_is_checked(tmp_path):
+    from pcattn.cli import build_parser
+    from pcattn.engine import TrainConfig
+    from pcattn.engine.loop import build_training
+    from pcattn.engine.tasks import Labels
+
+    args = build_parser().parse_args(["train", "--lr-schedule", "step", "--lr-steps", "1,2", "--lr", "0.5",
+                                      "--warmup", "0", "--epochs", "3"])
+    config = TrainConfig(**{name: value for name, value in vars(args).items()
+                            if value is not None and name in TrainConfig.__dataclass_fields__}).resolved()
+    assert config.lr_steps == [1, 2] and config.lr_step_factor == 0.1
+    state = build_training(config, Labels(["a", "b"]), 2, torch.device("cpu"), torch.Generator())
+    rates = []
+    for _ in range(6):
+        rates.append(state.optimizer.param_groups[0]["lr"])
+        state.optimizer.step()
+        state.scheduler.step()
+    assert rates == pytest.approx([0.5, 0.5, 0.05, 0.05, 0.005, 0.005])
+    for bad, match in [(dict(lr_schedule="step"), "needs lr_steps"), (dict(lr_schedule="step", lr_steps=(160, 120)),
+                       "increasing"), (dict(lr_steps=(120,)), "are for lr_schedule='step'"),
+                       (dict(lr_schedule="linear"), "'cosine' or 'step'"),
+                       (dict(lr_schedule="step", lr_steps=(1,), lr_step_factor=0), "lr_step_factor")]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**bad).resolved()

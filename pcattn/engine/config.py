@@ -8,7 +8,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from ..models import MODEL_CONFIGS, SEGMENTER_CONFIGS
 from .checkpoint import load_checkpoint
@@ -20,7 +20,8 @@ __all__ = ["TrainConfig", "TASKS", "TASK_DATASETS", "TASK_DEFAULTS", "RESULT_FIE
 # TrainConfig fields that change what a run computes: a resumed run must not change them.
 RESULT_FIELDS = ("task", "dataset", "format", "data_root", "model", "attention", "batch_size", "num_points",
                  "use_normals",
-                 "lr", "weight_decay", "optimizer", "momentum", "warmup", "label_smoothing", "seed", "augment",
+                 "lr", "weight_decay", "optimizer", "momentum", "warmup", "lr_schedule", "lr_steps", "lr_step_factor",
+                 "label_smoothing", "seed", "augment",
                  "up_axis", "attention_options", "precision", "skip_missing", "init_encoder")
 
 #: the tasks a run trains, and the datasets of each (the first is the task's default)
@@ -69,8 +70,17 @@ class TrainConfig:
             ``None`` for ``epochs``, ``batch_size``, ``lr``, ``weight_decay`` and ``label_smoothing`` takes the
             task's default (:data:`TASK_DEFAULTS`: 15, 32, 2e-3, 1e-4, 0.1 for classification; 15, 16, 5e-3,
             1e-2, 0 for part segmentation).
-        warmup: fraction of the iterations with a linear learning-rate warm-up, followed by a
-            cosine decay to zero (stepped every iteration).
+        warmup: fraction of the iterations with a linear learning-rate warm-up, followed by the
+            ``lr_schedule`` (stepped every iteration).
+        lr_schedule: ``"cosine"`` (default: a cosine decay to zero) or ``"step"`` (the rate multiplied by
+            ``lr_step_factor``, default 0.1, at the start of each epoch after one in ``lr_steps``: the
+            papers' ``--lr-steps 120,160`` of 200 epochs trains epochs 1-120 at ``lr``, 121-160 at
+            ``lr / 10``, 161-200 at ``lr / 100``).
+        deterministic: ``torch.use_deterministic_algorithms(True)`` for the run, with what CUDA needs
+            for it (``CUBLAS_WORKSPACE_CONFIG=:4096:8``, cuDNN deterministic and not benchmarking):
+            on a GPU the same seed then gives the same metrics on the same GPU model, software and
+            number of processes, at some cost in speed (see :func:`pcattn.engine.device.deterministic_algorithms`).
+            The CPU is deterministic without it. Not a result setting: a resume may change it.
         label_smoothing: cross-entropy label smoothing.
         use_normals: feed normals as features (``in_channels = 6``).
         download: fetch the Princeton ModelNet zip (format ``off``), or the ShapeNetPart archive of
@@ -119,6 +129,9 @@ class TrainConfig:
     optimizer: str = "adamw"
     momentum: float = 0.9
     warmup: float = 0.1
+    lr_schedule: str = "cosine"
+    lr_steps: Optional[Tuple[int, ...]] = None
+    lr_step_factor: float = 0.1
     label_smoothing: Optional[float] = None
     use_normals: bool = False
     download: bool = False
@@ -129,6 +142,7 @@ class TrainConfig:
     precision: Optional[str] = None
     num_workers: int = 0
     sync_bn: Optional[bool] = None
+    deterministic: bool = False
     threads: Optional[int] = None
     out: str = "runs/run"
     resume: bool = False
@@ -190,6 +204,7 @@ class TrainConfig:
             raise ValueError(f"threads must be >= 1, got {config.threads}")
         if not 0 <= config.warmup < 1:
             raise ValueError(f"warmup is a fraction of the iterations in [0, 1), got {config.warmup}")
+        _check_lr_schedule(config)
         if not 0 <= config.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
         if config.attention_options:
@@ -217,6 +232,26 @@ class TrainConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _check_lr_schedule(config: TrainConfig) -> None:
+    """Check ``lr_schedule``, ``lr_steps`` (epochs, increasing, stored as a list) and ``lr_step_factor``."""
+    if config.lr_schedule not in ("cosine", "step"):
+        raise ValueError(f"lr_schedule must be 'cosine' or 'step', got {config.lr_schedule!r}")
+    if config.lr_schedule == "cosine":
+        if config.lr_steps:
+            raise ValueError(f"lr_steps {list(config.lr_steps)} are for lr_schedule='step'; the cosine schedule has "
+                             f"no steps")
+        return
+    steps = list(config.lr_steps or [])
+    if not steps:
+        raise ValueError("lr_schedule 'step' needs lr_steps: the epochs after which the rate drops, e.g. 120,160")
+    if any(isinstance(step, bool) or not isinstance(step, int) or step < 1 for step in steps) or \
+            steps != sorted(set(steps)):
+        raise ValueError(f"lr_steps must be increasing whole epochs >= 1, got {steps}")
+    if not (math.isfinite(float(config.lr_step_factor)) and 0 < config.lr_step_factor <= 1):
+        raise ValueError(f"lr_step_factor must be in (0, 1], got {config.lr_step_factor}")
+    config.lr_steps = steps
 
 
 def _resolve_task(config: TrainConfig) -> None:

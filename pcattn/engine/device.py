@@ -8,12 +8,14 @@ scaler: bfloat16 has float32's range) and ``"fp16"`` (autocast to float16 with a
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
-from typing import ContextManager, Optional
+from typing import ContextManager, Iterator, Optional
 
 import torch
 
-__all__ = ["PRECISIONS", "resolve_device", "resolve_precision", "autocast", "grad_scaler"]
+__all__ = ["PRECISIONS", "resolve_device", "resolve_precision", "autocast", "grad_scaler",
+           "deterministic_algorithms"]
 
 PRECISIONS = ("32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -86,3 +88,38 @@ def autocast(device: torch.device, precision: str) -> ContextManager:
 def grad_scaler(device: torch.device, precision: str) -> Optional[torch.amp.GradScaler]:
     """A ``GradScaler`` for fp16 (its small range would flush small gradients to zero), else ``None``."""
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+#: the cuBLAS workspace setting that makes its matrix products deterministic (CUDA >= 10.2), as
+#: torch's reproducibility notes ask; ``:16:8`` also works, with less memory and less speed
+CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool = True) -> Iterator[None]:
+    """Within the context (with ``enabled``), every torch op takes its deterministic algorithm or
+    raises: ``torch.use_deterministic_algorithms(True)``, cuDNN deterministic and not benchmarking, and
+    ``CUBLAS_WORKSPACE_CONFIG`` set for cuBLAS (when the environment does not set it already). The
+    previous settings come back at the end.
+
+    What it changes on CUDA: ``index_add_`` (the attention's backward and the classifier's pooling)
+    accumulates in a fixed order (sorted indices) instead of with atomics, and cuBLAS keeps a
+    fixed workspace. On the CPU pcattn is deterministic already, and this only checks it.
+    """
+    if not enabled:
+        yield
+        return
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    if workspace is None:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_DETERMINISTIC_WORKSPACE  # read by torch's cuBLAS check at each call
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2], previous[3]
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)

@@ -29,7 +29,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from .checkpoint import CheckpointError, load_checkpoint, load_encoder, load_model, model_checkpoint, rng_state, \
     save_checkpoint, seed_everything, set_rng_state
 from .config import TrainConfig
-from .device import autocast, grad_scaler, resolve_device, resolve_precision
+from .device import autocast, deterministic_algorithms, grad_scaler, resolve_device, resolve_precision
 from .distributed import (SYNC_BATCHNORMS, Distributed, broadcast_buffers, convert_sync_batchnorm, distributed_session,
                           is_main_process, reseed_rank, sum_over_ranks)
 from .loaders import build_loaders
@@ -93,7 +93,8 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         FloatingPointError: the training diverged (the last good checkpoint is kept).
     """
     config = config.resolved()  # every setting is checked before the run folder is touched
-    with distributed_session(resolve_device(config.device)) as distributed:
+    with deterministic_algorithms(config.deterministic), distributed_session(resolve_device(config.device)) \
+            as distributed:
         if config.batch_size % distributed.world_size:
             raise ValueError(f"batch_size {config.batch_size} is the global batch and does not split evenly over "
                              f"{distributed.world_size} processes; use a multiple of {distributed.world_size}")
@@ -146,6 +147,7 @@ def _train_locked(config: TrainConfig, device: torch.device, out: Path, distribu
          f"({len(train_loader.dataset)} train / {len(test_loader.dataset)} test shapes, "
          f"{describe_labels(state.labels)}, "
          f"{config.num_points} points) on {device}, precision {config.precision}, {torch.get_num_threads()} threads"
+         + (", deterministic algorithms" if torch.are_deterministic_algorithms_enabled() else "")
          + (f", {distributed.world_size} processes (DistributedDataParallel, global batch {config.batch_size}, "
             f"{_count_sync_bn(state.model)} SyncBatchNorm layers)" if distributed.enabled else ""), config.progress)
 
@@ -169,14 +171,25 @@ def _train_locked(config: TrainConfig, device: torch.device, out: Path, distribu
 
 
 # ============================================================================ set-up
-def lr_schedule(total_steps: int, warmup: float) -> Callable[[int], float]:
-    """The learning-rate factor of each step: a linear warm-up over the first ``warmup`` fraction of
-    ``total_steps``, then a cosine decay to zero."""
+def lr_schedule(total_steps: int, warmup: float, kind: str = "cosine", steps_per_epoch: int = 1,
+                epoch_steps: Sequence[int] = (), step_factor: float = 0.1) -> Callable[[int], float]:
+    """The learning-rate factor of each iteration ``step`` (from 0): a linear warm-up over the first
+    ``warmup`` fraction of ``total_steps``, then
+
+    * ``kind="cosine"``: a cosine decay to zero at ``total_steps``;
+    * ``kind="step"``: ``step_factor ** d``, ``d`` the number of ``epoch_steps`` that the iteration's
+      epoch (``step // steps_per_epoch`` epochs finished) has reached: PyTorch's ``MultiStepLR`` with
+      milestones ``epoch_steps`` stepped once per epoch (``epoch_steps=(120, 160)``: epochs 1-120 at
+      1, 121-160 at 0.1, 161 on at 0.01).
+    """
     warmup_steps = int(round(warmup * total_steps))
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
+        if kind == "step":
+            finished_epochs = step // steps_per_epoch
+            return step_factor ** sum(finished_epochs >= milestone for milestone in epoch_steps)
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
@@ -215,8 +228,9 @@ def build_training(config: TrainConfig, labels: Labels, steps_per_epoch: int, de
 
         network = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = build_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(config.epochs * steps_per_epoch,
-                                                                         config.warmup))
+    schedule = lr_schedule(config.epochs * steps_per_epoch, config.warmup, config.lr_schedule, steps_per_epoch,
+                           config.lr_steps or (), config.lr_step_factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return TrainingState(model, optimizer, scheduler, grad_scaler(device, config.precision), generator, labels, task,
                          network=network)
 
