@@ -161,7 +161,7 @@ def run_train(args: argparse.Namespace) -> int:
             config.out = f"runs/{probe.dataset}-{probe.model}"
         config = merge_resume_config(config, explicit)
         summary = train(config)
-    except (OSError, ValueError, CheckpointError, FloatingPointError) as error:  # OSError: files, disk, lock
+    except (OSError, ValueError, ImportError, CheckpointError, FloatingPointError) as error:  # OSError: files, disk, lock
         print(f"pcattn train: error{_rank_tag()}: {error}", file=sys.stderr)
         return 2
     if config.plots and is_main_process():
@@ -214,7 +214,7 @@ def run_eval(args: argparse.Namespace) -> int:
         result = evaluate_checkpoint(args.checkpoint, votes=args.votes, device=args.device,
                                      batch_size=args.batch_size, num_workers=args.num_workers, seed=args.seed,
                                      data_root=args.data_root, progress=args.progress, precision=args.precision)
-    except (OSError, ValueError, CheckpointError) as error:  # OSError: e.g. --data-root is a file
+    except (OSError, ValueError, ImportError, CheckpointError) as error:  # OSError: e.g. --data-root is a file
         print(f"pcattn eval: error{_rank_tag()}: {error}", file=sys.stderr)
         return 2
     if not is_main_process():  # under torchrun every process has the whole result; rank 0 reports it
@@ -284,7 +284,7 @@ def run_plot(args: argparse.Namespace) -> int:
 
     try:
         written = plot_run(args.run_dir)
-    except (OSError, ValueError) as error:  # OSError: a read-only run folder
+    except (OSError, ValueError, ImportError) as error:  # OSError: a read-only run folder; ImportError: no matplotlib
         print(f"pcattn plot: error: {error}", file=sys.stderr)
         return 2
     if not written:
@@ -371,7 +371,7 @@ def run_visualize(args: argparse.Namespace) -> int:
             result = viz.checkpoint_picture(classifiers, cloud, title=args.title, layers=args.layer or [None],
                                             mode=args.mode, query=args.query, reduce=args.reduce, views=views,
                                             size=(args.size, args.size), backend=args.renderer, path=args.out)
-    except (OSError, ValueError, viz.RenderingUnavailable) as error:
+    except (OSError, ValueError, ImportError, viz.RenderingUnavailable) as error:  # ImportError: an extra missing
         print(f"pcattn visualize: error: {error}", file=sys.stderr)
         return 2
 

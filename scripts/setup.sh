@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up pcattn on a fresh machine: system libraries for Open3D, a virtual
-# environment in .venv with the CPU build of PyTorch, and pcattn itself (editable, with test extras).
+# environment in .venv with the CPU build of PyTorch, and pcattn itself (editable, with every extra:
+# Open3D, h5py, matplotlib, export, and the test tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,5 +31,5 @@ fi
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 # Pin the CPU build first: an unpinned torch may pull a multi-GB CUDA build.
 python -c "import torch" >/dev/null 2>&1 || python -m pip install -q "torch==${PCATTN_TORCH_VERSION:-2.13.0}"
-python -m pip install -q -e ".[dev]"
+python -m pip install -q -e ".[all,dev]"
 echo "[setup] done: $(python -c 'import torch, pcattn; print("torch", torch.__version__, "pcattn", pcattn.__version__)')"

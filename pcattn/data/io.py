@@ -25,6 +25,8 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
+from ..optional import require
+
 PathLike = Union[str, os.PathLike]
 
 POINT_EXTENSIONS = (".npy", ".txt", ".xyz", ".ply", ".pcd", ".off")
@@ -470,10 +472,7 @@ def _check_complete(path: Path) -> None:
 
 
 def _read_open3d(path: Path) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    try:
-        import open3d as o3d  # lazy: heavy, optional outside file reading
-    except ImportError as error:  # pragma: no cover
-        raise ImportError(f"reading {path.suffix} files needs open3d (pip install open3d)") from error
+    o3d = require("open3d", "io", f"reading {path.suffix} files")  # lazy: heavy, and an extra
     _check_complete(path)
     try:
         cloud = o3d.io.read_point_cloud(str(path), print_progress=False)

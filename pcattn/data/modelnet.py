@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 from torch import Tensor
 
+from ..optional import require
 from .base import (Item, PointCloudDataset, normalize_unit_sphere, resample_rows, scan_class_folders,
                    visible_dirs)
 from .io import check_extent, read_off, read_text_points, sample_mesh_surface
@@ -177,7 +178,7 @@ def _batched_fps(clouds: np.ndarray, count: int, chunk: int = 256) -> np.ndarray
 def _h5_numbers(handle, name: str, path: Path) -> np.ndarray:
     """The HDF5 dataset ``name`` as a float32 (``label``: as stored) array, with named errors for a
     group in its place, or values that are not real numbers."""
-    import h5py
+    h5py = require("h5py", "io", "reading HDF5 files")
 
     node = handle[name]
     if not isinstance(node, h5py.Dataset):
@@ -245,7 +246,7 @@ class ModelNetHDF5(PointCloudDataset):
         self._read_files()
 
     def _read_files(self) -> None:
-        import h5py
+        h5py = require("h5py", "io", "reading ModelNet's HDF5 files")
 
         clouds, labels, names = [], [], []
         for path in self.files:

@@ -34,6 +34,7 @@ import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..optional import require
 from .base import resample_rows
 from .builtin import default_data_dir
 from .modelnet import _safe_extract
@@ -195,7 +196,7 @@ def read_v0_shape(pts_path, seg_path, synset: str,
 
 def read_hdf5_parts(path) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One PointNet ``ply_data_*.h5``: ``data (S, P, 3)`` float32, ``label (S,)`` and ``pid (S, P)`` int64."""
-    import h5py
+    h5py = require("h5py", "io", "reading ShapeNetPart's HDF5 files")
 
     path = Path(path)
     if not path.is_file():

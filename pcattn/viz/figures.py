@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..optional import require
 from .extract import LayerAttention, extract_attention, select_layer
 from .render import render_views, view_angles
 from .values import QUERY_COLOR, PointValues, point_values
@@ -52,6 +53,7 @@ def compose_figure(rows: Sequence[FigureRow], title: str = "", path=None, colorb
     Returns:
         The composed ``(H, W, 3)`` uint8 image.
     """
+    require("matplotlib", "viz", "composing a figure")
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
@@ -184,7 +186,7 @@ def write_ply(path, pos: Union[Tensor, np.ndarray], colors: np.ndarray) -> Path:
 
     ``pos (P, 3)``, ``colors (P, 3)`` in [0, 1] (stored as 8-bit RGB).
     """
-    import open3d as o3d
+    o3d = require("open3d", "viz", "writing a coloured .ply")
 
     pos = np.asarray(pos.detach().cpu() if isinstance(pos, Tensor) else pos, dtype=np.float64)
     colors = np.asarray(colors, dtype=np.float64)
@@ -216,7 +218,7 @@ def show_interactive(pos, colors: np.ndarray, highlight: Optional[int] = None,
     if not has_display():
         raise RuntimeError("no display: $DISPLAY and $WAYLAND_DISPLAY are unset, so no window can open "
                            "(write a picture with --out, or a coloured .ply with --ply, and open it elsewhere)")
-    import open3d as o3d
+    o3d = require("open3d", "viz", "an interactive window")
 
     pos = np.asarray(pos.detach().cpu() if isinstance(pos, Tensor) else pos, dtype=np.float64)
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pos))

@@ -14,6 +14,7 @@ from typing import List, NamedTuple, Sequence, Tuple, Union
 import numpy as np
 from torch import Tensor
 
+from ..optional import require
 from .figures import FigureRow, compose_figure
 from .render import render_views, view_angles
 from .values import INACTIVE_COLOR
@@ -36,7 +37,7 @@ def part_palette(count: int) -> List[Tuple[str, np.ndarray]]:
     Returns:
         ``[(colour name, rgb (3,) float64 in [0, 1]), ...]``, one per part.
     """
-    from matplotlib import colormaps
+    colormaps = require("matplotlib", "viz", "colouring parts").colormaps
 
     if count < 1:
         raise ValueError(f"a category has at least one part, got count={count}")

@@ -12,6 +12,8 @@ from typing import List
 
 import numpy as np
 
+from ..optional import require
+
 __all__ = ["plot_run"]
 
 
@@ -48,6 +50,7 @@ def plot_run(run_dir) -> List[Path]:
     Raises:
         FileNotFoundError: no ``metrics.jsonl`` and no ``eval.json`` in ``run_dir``.
     """
+    require("matplotlib", "viz", "drawing the training plots")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from torch import Tensor
 
+from ..optional import require
 from .values import QUERY_COLOR
 
 __all__ = ["render_views", "view_angles", "open3d_rendering_available", "RenderingUnavailable", "BACKENDS",
@@ -103,7 +104,7 @@ def open3d_rendering_available(refresh: bool = False, env: Optional[Dict[str, st
     try:
         import open3d  # noqa: F401  (fast failure when it is not installed at all)
     except ImportError as error:
-        result = (False, f"open3d is not installed ({error}); pip install open3d")
+        result = (False, f"open3d is not installed ({error}); pip install 'pcattn[viz]'")
     else:
         try:
             done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=180,
@@ -181,6 +182,7 @@ def _render_open3d(pos, colors, angles, size, sizes, highlight, neighborhood, up
 
 
 def _render_matplotlib(pos, colors, angles, size, sizes, highlight, neighborhood, up_axis, fov):
+    require("matplotlib", "viz", "rendering (Open3D cannot render here, and the matplotlib fallback)")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from mpl_toolkits.mplot3d import proj3d

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..nn.geometry import knn
+from ..optional import require
 from .extract import LayerAttention, reduce_groups
 
 __all__ = ["PointValues", "point_values", "colorize", "MODES", "QUERY_COLOR", "INACTIVE_COLOR"]
@@ -167,7 +168,7 @@ def point_values(
 def colorize(values: np.ndarray, cmap: str = "viridis", vmin: Optional[float] = None,
              vmax: Optional[float] = None) -> np.ndarray:
     """Map ``values (P,)`` linearly from ``[vmin, vmax]`` (default: their range) to ``(P, 3)`` RGB in [0, 1]."""
-    from matplotlib import colormaps
+    colormaps = require("matplotlib", "viz", "colouring points").colormaps
 
     values = np.asarray(values, dtype=np.float64)
     low = float(values.min()) if vmin is None else float(vmin)
