@@ -42,7 +42,11 @@ def test_dense_flat_ragged_and_rebuild(name):
 def test_registry_keeps_classifiers_and_names_segmenters():
     assert all(not name.startswith("pt-seg") for name in list_models())
     assert set(list_models(task="segmentation")) == {"pt-seg-vector", "pt-seg-scalar", "pt-seg-tiny-vector",
-                                                    "pt-seg-tiny-scalar"}
+                                                    "pt-seg-tiny-scalar", "pt-scene-vector", "pt-scene-tiny-vector",
+                                                    "pt-scene-tiny-scalar"}
+    scene = create_segmenter("pt-scene-vector", 13, in_channels=6)
+    assert [len(stage) for stage in scene.encoder.stages] == [2, 3, 4, 6, 3]  # the paper's S3DIS network
+    assert scene.encoder.grid_sizes == (0.08, 0.16, 0.32, 0.64)
     assert isinstance(create_model("pt-tiny-vector", num_classes=3), PointTransformerClassifier)
     big = create_model("pt-seg-vector", num_classes=50, num_categories=16)
     assert isinstance(big, PointTransformerSegmenter) and len(big.encoder.stages) == 5 and len(big.decoder) == 4

@@ -14,13 +14,14 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 from torch import Tensor, nn
 
 from ..nn.blocks import PointTransformerBlock, TransitionDown
+from ..nn.grid import GridPool
 from ..nn.geometry import knn, knn_equal_clouds
 
 __all__ = ["Encoder", "EncoderLevel", "ENCODER_ARGUMENTS", "make_stage", "rename_legacy_keys"]
 
 #: The constructor arguments of the networks that shape their encoder (and nothing else).
 ENCODER_ARGUMENTS = ("in_channels", "attention", "widths", "depths", "k", "stride", "group_size", "groups",
-                     "heads", "attention_kwargs")
+                     "heads", "attention_kwargs", "grid_sizes")
 
 
 class EncoderLevel(NamedTuple):
@@ -62,6 +63,10 @@ class Encoder(nn.Module):
         groups: a fixed number of groups in every stage instead (overrides ``group_size``).
         heads: scalar attention heads.
         attention_kwargs: further options of the attention layers.
+        grid_sizes: ``len(widths) - 1`` voxel sides (in the positions' unit, e.g. metres): transition
+            down by :class:`~pcattn.nn.grid.GridPool` (one point per occupied voxel, the scene networks'
+            way) instead of farthest point sampling; ``stride`` is then unused. The number of points per
+            level then depends on the data, so ``clouds`` must be ``None``.
 
     Shapes:
         ``x (N, in_channels)``, ``pos (N, 3)``, sorted ``batch (N,)``, and ``clouds``: ``None`` (each
@@ -74,20 +79,29 @@ class Encoder(nn.Module):
     def __init__(self, in_channels: int = 3, attention: str = "vector",
                  widths: Sequence[int] = (32, 64, 128, 256, 512), depths: Sequence[int] = (1, 1, 1, 1, 1),
                  k: int = 16, stride: int = 4, group_size: int = 8, groups: Optional[int] = None, heads: int = 4,
-                 attention_kwargs: Optional[Dict[str, Any]] = None):
+                 attention_kwargs: Optional[Dict[str, Any]] = None, grid_sizes: Optional[Sequence[float]] = None):
         super().__init__()
         if not widths or len(widths) != len(depths):
             raise ValueError(f"widths and depths must have the same non-zero length, got {widths} and {depths}")
+        if grid_sizes is not None and len(grid_sizes) != len(widths) - 1:
+            raise ValueError(f"grid_sizes needs len(widths) - 1 = {len(widths) - 1} voxel sizes, got {grid_sizes}")
         self.k = k
         self.widths = tuple(widths)
         self.stem = nn.Sequential(nn.Linear(in_channels, widths[0], bias=False), nn.BatchNorm1d(widths[0]), nn.ReLU())
         self.stages = nn.ModuleList(make_stage(width, depth, attention, k, group_size, groups, heads, attention_kwargs)
                                     for width, depth in zip(widths, depths))
+        self.grid_sizes = tuple(grid_sizes) if grid_sizes is not None else None
         # down[s] brings level s to level s + 1
-        self.down = nn.ModuleList(TransitionDown(fine, coarse, stride=stride, k=k)
-                                  for fine, coarse in zip(widths[:-1], widths[1:]))
+        if self.grid_sizes is None:
+            self.down = nn.ModuleList(TransitionDown(fine, coarse, stride=stride, k=k)
+                                      for fine, coarse in zip(widths[:-1], widths[1:]))
+        else:
+            self.down = nn.ModuleList(GridPool(fine, coarse, size)
+                                      for fine, coarse, size in zip(widths[:-1], widths[1:], self.grid_sizes))
 
     def forward(self, x: Tensor, pos: Tensor, batch: Tensor, clouds: Optional[int] = None) -> List[EncoderLevel]:
+        if clouds is not None and self.grid_sizes is not None:
+            raise ValueError("an encoder with grid pooling has data-dependent level sizes: pass clouds=None")
         x = self.stem(x)
         levels: List[EncoderLevel] = []
         for stage, blocks in enumerate(self.stages):

@@ -45,6 +45,15 @@ SEGMENTER_CONFIGS: Dict[str, Dict[str, Any]] = {
     "pt-seg-scalar": _encoder_settings("pt-scalar"),
     "pt-seg-tiny-vector": dict(_encoder_settings("pt-tiny-vector"), head_channels=(32,)),
     "pt-seg-tiny-scalar": dict(_encoder_settings("pt-tiny-scalar"), head_channels=(32,)),
+    # Scene segmenters: transition down by grid pooling (voxels of 0.08, 0.16, ... m: on surfaces sampled at
+    # 0.04 m, each level keeps about a quarter of the points, as the paper's stride 4 does), features
+    # xyz + rgb (in_channels=6). pt-scene-vector has the depths of the paper's S3DIS network (2, 3, 4, 6, 3).
+    "pt-scene-vector": dict(attention="vector", widths=(32, 64, 128, 256, 512), depths=(2, 3, 4, 6, 3),
+                            grid_sizes=(0.08, 0.16, 0.32, 0.64), head_channels=(32,)),
+    "pt-scene-tiny-vector": dict(attention="vector", widths=(32, 64, 128, 256), depths=(1, 1, 1, 1),
+                                 grid_sizes=(0.08, 0.16, 0.32), head_channels=(32,)),
+    "pt-scene-tiny-scalar": dict(attention="scalar", widths=(32, 64, 128, 256), depths=(1, 1, 1, 1),
+                                 grid_sizes=(0.08, 0.16, 0.32), head_channels=(32,)),
 }
 
 

@@ -49,6 +49,8 @@ class PointTransformerSegmenter(nn.Module):
             :class:`~pcattn.models.classifier.PointTransformerClassifier`.
         head_channels: hidden sizes of the per-point MLP.
         dropout: dropout in the per-point MLP (0, as the official code, by default).
+        grid_sizes: voxel sides of grid-pooling transitions down (scene networks; see
+            :class:`~pcattn.models.encoder.Encoder`), instead of farthest point sampling.
 
     Shapes:
         - call: ``model(x, pos, batch=None, category=None)``, the classifier's order.
@@ -75,6 +77,7 @@ class PointTransformerSegmenter(nn.Module):
         head_channels: Sequence[int] = (32,),
         dropout: float = 0.0,
         attention_kwargs: Optional[Dict[str, Any]] = None,
+        grid_sizes: Optional[Sequence[float]] = None,
     ):
         super().__init__()
         if not widths or len(widths) != len(depths):
@@ -90,7 +93,7 @@ class PointTransformerSegmenter(nn.Module):
         self.num_classes, self.in_channels, self.k = num_classes, in_channels, k
         self.num_categories = num_categories
         self.encoder = Encoder(in_channels, attention, widths, depths, k=k, stride=stride, group_size=group_size,
-                               groups=groups, heads=heads, attention_kwargs=attention_kwargs)
+                               groups=groups, heads=heads, attention_kwargs=attention_kwargs, grid_sizes=grid_sizes)
         # up[s] and decoder[s] bring level s + 1 back to level s (index 0 is the finest level)
         self.up = nn.ModuleList(TransitionUp(coarse, fine, fine) for fine, coarse in zip(widths[:-1], widths[1:]))
         self.decoder = nn.ModuleList(make_stage(width, depth, attention, k, group_size, groups, heads, attention_kwargs)
@@ -114,7 +117,9 @@ class PointTransformerSegmenter(nn.Module):
         inputs = flat_model_inputs(x, pos, batch, self.in_channels, self.head[-1].weight.dtype)
         x, pos, batch, count, dense_shape = inputs
         onehot = self._category_features(category, batch, count)
-        clouds = static_clouds(inputs)  # equal-sized clouds on accelerators / while tracing: batched kNN, FPS
+        # equal-sized clouds on accelerators / while tracing: batched kNN, FPS (not after grid pooling,
+        # whose levels hold as many points as the clouds fill voxels)
+        clouds = static_clouds(inputs) if self.encoder.grid_sizes is None else None
         with checked_inputs():  # checked above: the layers skip their own checks
             levels = self.encoder(x, pos, batch, clouds)  # finest first
             x = levels[-1].x

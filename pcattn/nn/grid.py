@@ -65,6 +65,9 @@ class GridPool(nn.Module):
         \mathbf{y}_v = \max_{i \in v} \mathrm{ReLU}(\mathrm{BN}(W \mathbf{x}_i)),\qquad
         \mathbf{p}_v = \frac{1}{|v|} \sum_{i \in v} \mathbf{p}_i
 
+    The pooled positions are means of absolute positions: float32 holds them to its step at their
+    magnitude (1 mm at 10^4 m), so scene data is centred per crop (in float64) before the network.
+
     Shapes: ``x (N, C_in)``, ``pos (N, 3)``, sorted ``batch (N,)`` -> :class:`Pooled` with ``M`` rows,
     ``M`` the number of occupied voxels (data dependent). ``clouds`` is accepted for the interface of
     :class:`~pcattn.nn.TransitionDown` and ignored: the number of voxels is not static.
