@@ -160,6 +160,8 @@ def run_train(args: argparse.Namespace) -> int:
             probe = config.resolved()
             config.out = f"runs/{probe.dataset}-{probe.model}"
         config = merge_resume_config(config, explicit)
+        if "momentum" in explicit and str(config.optimizer).lower() != "sgd":
+            raise ValueError(f"--momentum is SGD's; the optimizer is {config.optimizer} (add --optimizer sgd)")
         summary = train(config)
     except (OSError, ValueError, ImportError, CheckpointError, FloatingPointError) as error:  # OSError: files, disk, lock
         print(f"pcattn train: error{_rank_tag()}: {error}", file=sys.stderr)
@@ -198,7 +200,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--precision", choices=("32", "bf16", "fp16"), default=None,
                         help="autocast of the forward passes (default: 32, whatever the run trained in)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the voting augmentation")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the voting augmentation (default 0; "
+                        "with --votes 2 or more)")
     parser.add_argument("--json", default=None, help="also write the full result (confusion matrix...) as JSON")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=True)
     return parser
@@ -209,10 +212,12 @@ def run_eval(args: argparse.Namespace) -> int:
     from .engine.distributed import is_main_process
 
     try:
+        refuse_unused([("--seed", args.seed is not None and args.votes == 1,
+                        "it seeds the voting augmentation, and --votes 1 has none")])
         if args.json:
             check_writable(args.json)  # before the evaluation, not after it
-        result = evaluate_checkpoint(args.checkpoint, votes=args.votes, device=args.device,
-                                     batch_size=args.batch_size, num_workers=args.num_workers, seed=args.seed,
+        result = evaluate_checkpoint(args.checkpoint, votes=args.votes, device=args.device, batch_size=args.batch_size,
+                                     num_workers=args.num_workers, seed=0 if args.seed is None else args.seed,
                                      data_root=args.data_root, progress=args.progress, precision=args.precision)
     except (OSError, ValueError, ImportError, CheckpointError) as error:  # OSError: e.g. --data-root is a file
         print(f"pcattn eval: error{_rank_tag()}: {error}", file=sys.stderr)
@@ -228,6 +233,14 @@ def run_eval(args: argparse.Namespace) -> int:
             return 2
         print(f"wrote {args.json}")
     return 0
+
+
+def refuse_unused(options) -> None:
+    """Every option a command accepts acts or is refused: raise a ``ValueError`` naming the first of
+    ``options``, ``(option, given_but_unused, why)`` triples, that was given where it does nothing."""
+    for option, unused, why in options:
+        if unused:
+            raise ValueError(f"{option} is not used here: {why}")
 
 
 def _rank_tag() -> str:
@@ -308,19 +321,20 @@ def add_visualize_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     parser.add_argument("--category", metavar="NAME", default=None,
                         help="part segmenter: the object category of --input (one of the checkpoint's categories; "
                              "a part dataset's sample has its own)")
-    parser.add_argument("--index", type=int, default=0, help="sample index in --dataset (default 0)")
-    parser.add_argument("--split", default="test", choices=("train", "test"), help="dataset split (default test)")
+    parser.add_argument("--index", type=int, default=None, help="sample index in --dataset (default 0)")
+    parser.add_argument("--split", default=None, choices=("train", "test"), help="dataset split (default test)")
     parser.add_argument("--data-root", default=None, help="dataset folder (default: the checkpoint's, else the usual)")
     parser.add_argument("--format", default=None, help="dataset format (default: the checkpoint's, else guessed)")
     parser.add_argument("--layer", nargs="+", default=None, metavar="L",
                         help="attention layer(s) by index (0 = first, -1 = last) or module name; "
                              "several give one row each (default: the first attention layer)")
-    parser.add_argument("--query", type=int, default=0, help="query point index in the input cloud (default 0)")
+    parser.add_argument("--query", type=int, default=None,
+                        help="--mode query: query point index in the input cloud (default 0)")
     parser.add_argument("--mode", choices=("query", "received", "parts"), default="query",
                         help="query: weights the query gives its neighbours; received: total weight each point "
                              "receives (default query); parts (part segmenter): predicted parts, and with the "
                              "truth known the true parts and the wrong points")
-    parser.add_argument("--reduce", default="mean", help="over groups/heads: mean (default), max, or an index")
+    parser.add_argument("--reduce", default=None, help="over groups/heads: mean (default), max, or an index")
     parser.add_argument("--out", default="attention.png", help="picture to write (PNG; default attention.png)")
     parser.add_argument("--ply", default=None, metavar="PLY",
                         help="also write the coloured cloud as .ply (--mode parts: the predicted parts' colours)")
@@ -336,7 +350,7 @@ def add_visualize_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
                         help="up axis of the clouds, x, y or z (default: the checkpoint's training data, else y)")
     parser.add_argument("--num-points", type=int, default=None,
                         help="points to sample from --input (default: as in training)")
-    parser.add_argument("--sampling", choices=("fps", "random"), default="fps",
+    parser.add_argument("--sampling", choices=("fps", "random"), default=None,
                         help="how --input files larger than --num-points are subsampled (default fps)")
     parser.add_argument("--title", default=None, help="picture title (default: input and prediction)")
     parser.add_argument("--show", action="store_true", help="also open an interactive Open3D window (needs a display)")
@@ -353,6 +367,9 @@ def run_visualize(args: argparse.Namespace) -> int:
         args.out = f"{args.out}.png"
     parts = args.mode == "parts"
     try:
+        refuse_unused(_unused_visualize_options(args))
+        args.index, args.split = args.index or 0, args.split or "test"
+        args.query, args.reduce, args.sampling = args.query or 0, args.reduce or "mean", args.sampling or "fps"
         for path in (args.out, args.ply):
             if path:
                 check_writable(path)
@@ -413,6 +430,26 @@ def run_visualize(args: argparse.Namespace) -> int:
         except RuntimeError as error:
             print(f"pcattn visualize: --show: {error}", file=sys.stderr)
     return 0
+
+
+def _unused_visualize_options(args: argparse.Namespace):
+    """``pcattn visualize``'s options that the source (``--input`` or ``--dataset``) and ``--mode``
+    leave without effect, as :func:`refuse_unused` takes them."""
+    from_file = args.input is not None
+    attention = "the attention modes' (--mode query or received)"
+    return [
+        ("--index", from_file and args.index is not None, "it picks a sample of --dataset, not of --input"),
+        ("--split", from_file and args.split is not None, "it picks the split of --dataset, not of --input"),
+        ("--data-root", from_file and args.data_root is not None, "it locates --dataset, not --input"),
+        ("--format", from_file and args.format is not None, "it is the format of --dataset; --input's is its "
+                                                            "extension"),
+        ("--sampling", not from_file and args.sampling is not None, "it subsamples --input files; a --dataset "
+                                                                    "sample is taken as in training"),
+        ("--layer", args.mode == "parts" and args.layer is not None, f"--mode parts draws parts; --layer is {attention}"),
+        ("--reduce", args.mode == "parts" and args.reduce is not None, f"--mode parts draws parts; --reduce is "
+                                                                       f"{attention}"),
+        ("--query", args.mode != "query" and args.query is not None, f"--mode {args.mode} has no query point"),
+    ]
 
 
 # ============================================================================ export

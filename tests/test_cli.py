@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -162,3 +163,31 @@ def test_ablation_table_and_rerun_reads_finished_runs(tiny_modelnet10_root, tmp_
                         data_root=str(tiny_modelnet10_root), num_points=64, progress=False)
     assert (tmp_path / "ablation" / "vector-seed0" / "metrics.jsonl").read_text() == before   # not retrained
     assert rows[0]["runs"][0]["best_oa"] == pytest.approx(json.loads(before.splitlines()[-1])["test_oa"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--checkpoint", "missing.pt", "--seed", "3"], "--seed is not used here: it seeds the voting"),
+    (["visualize", "--checkpoint", "missing.pt", "--input", "c.npy", "--index", "3"], "--index is not used here"),
+    (["visualize", "--checkpoint", "missing.pt", "--input", "c.npy", "--split", "train"], "--split is not used"),
+    (["visualize", "--checkpoint", "missing.pt", "--input", "c.npy", "--data-root", "d"], "--data-root is not used"),
+    (["visualize", "--checkpoint", "missing.pt", "--dataset", "builtin", "--sampling", "random"],
+     "--sampling is not used here: it subsamples --input"),
+    (["visualize", "--checkpoint", "missing.pt", "--dataset", "builtin", "--mode", "parts", "--layer", "0"],
+     "--layer is not used here: --mode parts draws parts"),
+    (["visualize", "--checkpoint", "missing.pt", "--dataset", "builtin", "--mode", "received", "--query", "5"],
+     "--query is not used here: --mode received has no query point"),
+    (["train", "--momentum", "0.5"], "--momentum is SGD's; the optimizer is adamw"),
+    (["train", "--dataset", "builtin-parts", "--data-root", "somewhere"], "the built-in parts are generated in memory"),
+    (["train", "--dataset", "builtin", "--format", "off"], "format 'off' .* the builtin dataset is generated"),
+])
+def test_an_option_that_would_do_nothing_is_refused(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    import pcattn.engine
+
+    def no_training(config):
+        raise AssertionError("the option should have been refused before training")
+
+    monkeypatch.setattr(pcattn.engine, "train", no_training)
+    assert main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()                                   # refused before any run folder

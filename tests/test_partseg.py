@@ -247,6 +247,8 @@ def test_a_segmenter_is_not_exported_and_a_classifier_run_cannot_resume_as_parts
     assert main(["export", "--checkpoint", str(out / "best.pt"), "--format", "onnx", "--out",
                  str(tmp_path / "model.onnx")]) == 2
     assert "a segmenter checkpoint, but a classifier is needed" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(out / "best.pt"), "--data-root", str(tmp_path), "--no-progress"]) == 2
+    assert "the built-in parts are generated in memory and read no folder" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"cannot resume .*\(task: run has 'partseg', now 'classification'"):
         train(TrainConfig(task="classification", out=str(out), resume=True, progress=False))
 

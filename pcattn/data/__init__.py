@@ -44,6 +44,7 @@ __all__ = [
     "ShapeNetPart",
     "PART_DATASETS",
     "build_part_dataset",
+    "check_generated_options",
     "ModelNetHDF5",
     "ModelNetNormalResampled",
     "ModelNetOFF",
@@ -133,6 +134,27 @@ def guess_format(root) -> Tuple[str, Path]:
     return found
 
 
+def check_generated_options(dataset: str, root=None, format: Optional[str] = None, skip_missing: bool = False) -> None:
+    """Refuse the options a generated dataset would ignore (an option must act or be refused): a
+    ``format`` for ``"builtin"`` or ``"builtin-parts"``, a ``root`` or ``skip_missing`` for
+    ``"builtin-parts"`` (generated in memory; ``"builtin"`` keeps its generated copy in ``root``).
+
+    Raises:
+        ValueError: naming the option and the dataset."""
+    if dataset not in ("builtin", "builtin-parts"):
+        return
+    if format is not None:
+        raise ValueError(f"format {format!r} (--format) is for datasets read from files; the {dataset} dataset is "
+                         f"generated")
+    if dataset == "builtin-parts" and root is not None:
+        raise ValueError(f"the built-in parts are generated in memory and read no folder: root (--data-root) {root} "
+                         f"is not used; a model trained on them is evaluated on them (train on "
+                         f"--dataset shapenetpart for a folder of part-labelled shapes)")
+    if dataset == "builtin-parts" and skip_missing:
+        raise ValueError("skip_missing (--skip-missing) is for ShapeNetPart's split lists; the built-in parts "
+                         "list no files")
+
+
 def build_dataset(
     dataset: str = "builtin",
     format: Optional[str] = None,
@@ -148,7 +170,7 @@ def build_dataset(
     Args:
         dataset: ``"builtin"``, ``"modelnet10"`` or ``"modelnet40"``.
         format: ``"off"``, ``"normal_resampled"``, ``"hdf5"``, ``"folder"``, or ``None`` to guess it
-            from the files (:func:`guess_format`). Ignored for ``"builtin"``.
+            from the files (:func:`guess_format`); must be ``None`` for ``"builtin"``.
         root: dataset folder; ``None`` uses ``<data dir>/builtin_shapes`` for the built-in dataset, and
             for ModelNet the first of ``modelnet40_normal_resampled``, ``modelnet40_ply_hdf5_2048``,
             ``ModelNet40``/``ModelNet10`` found under :func:`default_data_dir` (``<repo>/datasets``).
@@ -165,6 +187,7 @@ def build_dataset(
         raise ValueError(f"format must be one of {FORMATS} or None, got {format!r}")
     common = dict(split=split, num_points=num_points, use_normals=use_normals, transform=transform)
     if dataset == "builtin":
+        check_generated_options(dataset, format=format)
         return BuiltinShapes(root, **common, **kwargs)
 
     classes = 10 if dataset == "modelnet10" else 40
@@ -232,6 +255,7 @@ def build_part_dataset(
     if dataset not in PART_DATASETS:
         raise ValueError(f"dataset must be one of {PART_DATASETS}, got {dataset!r}")
     if dataset == "builtin-parts":
+        check_generated_options(dataset, root=root, format=format, skip_missing=skip_missing)
         if split not in ("train", "test"):
             raise ValueError(f"the built-in parts have the splits 'train' and 'test', got {split!r}")
         kwargs.setdefault("points_per_shape", max(2048, num_points))

@@ -225,6 +225,9 @@ class TrainConfig:
                                  f"{config.format!r}; see datasets/README.md for the other archives")
             else:
                 config.format = "off"
+        from ..data import check_generated_options
+
+        check_generated_options(config.dataset, config.data_root, config.format)  # before the run folder exists
         if config.data_root is not None:
             config.data_root = str(Path(config.data_root).expanduser())
         config.out = str(config.out)
