@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -29,7 +29,7 @@ from torch.utils.data import Sampler
 
 __all__ = ["Distributed", "distributed_session", "launched_by_torchrun", "is_main_process", "GlobalBatchSampler",
            "ShardedBatches", "sum_over_ranks", "broadcast_buffers", "CPUSyncBatchNorm", "SYNC_BATCHNORMS",
-           "convert_sync_batchnorm", "rank_worker_init", "reseed_rank"]
+           "convert_sync_batchnorm", "rank_worker_init", "reseed_rank", "rank_outcomes", "raise_first_failure"]
 
 
 def launched_by_torchrun() -> bool:
@@ -63,13 +63,47 @@ class Distributed:
 
     @contextlib.contextmanager
     def main_first(self):
-        """Rank 0 runs the block first (e.g. generates a dataset, writes a cache); the others wait at a
-        barrier, then run it on what rank 0 left."""
-        if not self.is_main:
-            self.barrier()
-        yield
+        """Rank 0 runs the block first (e.g. generates a dataset, writes a cache); the others wait for
+        its outcome, then run it on what rank 0 left. An exception on any rank ends the block on every
+        rank with that rank's error: rank 0's is raised on the others instead of running the block,
+        and a failure of another rank is raised everywhere after it (:meth:`together`)."""
+        if not self.enabled:
+            yield
+            return
         if self.is_main:
-            self.barrier()
+            failure = None
+            try:
+                yield
+            except Exception as error:
+                failure = error
+            dist.broadcast_object_list([_portable(failure, self)], src=0)  # where the others wait
+            if failure is not None:
+                raise failure
+        else:
+            box: List[Any] = [None]
+            dist.broadcast_object_list(box, src=0)
+            if box[0] is not None:
+                raise _rebuilt(box[0])
+        with self.together():  # the others' outcome, on every rank (rank 0's block has run)
+            if not self.is_main:
+                yield
+
+    @contextlib.contextmanager
+    def together(self):
+        """Run the block on every rank, then exchange the outcomes: when it raised on any rank, every
+        rank raises that rank's error (the lowest failed rank's; on the other ranks as the same
+        exception type, its message prefixed with ``on rank R of W:``). Put it around work that can
+        fail on one rank alone and is followed by a collective (a barrier, DDP's broadcasts), which
+        would otherwise wait forever for the failed rank. The block must not itself call a
+        collective that a failed rank would skip."""
+        failure = None
+        try:
+            yield
+        except Exception as error:
+            if not self.enabled:
+                raise
+            failure = error
+        self.raise_any(failure)
 
     def on_main(self, function: Callable[[], Any]) -> Any:
         """Run ``function`` on rank 0 and give its result to every rank; an exception it raises is
@@ -77,16 +111,85 @@ class Distributed:
         if not self.enabled:
             return function()
         box: List[Any] = [None]
+        failure = None
         if self.is_main:
             try:
                 box[0] = ("ok", function())
             except Exception as error:  # sent to the other ranks, then raised here too
-                box[0] = ("error", error)
+                failure = error
+                box[0] = ("error", _portable(error, self))
         dist.broadcast_object_list(box, src=0)
         kind, value = box[0]
         if kind == "error":
-            raise value
+            raise failure if failure is not None else _rebuilt(value)
         return value
+
+    def raise_any(self, failure: Optional[BaseException]) -> None:
+        """Every rank calls this with its own outcome (``None``: it succeeded); when any rank failed,
+        each raises the lowest failed rank's error (its own, on that rank). Outside a job: raises
+        ``failure`` when there is one."""
+        if not self.enabled:
+            if failure is not None:
+                raise failure
+            return
+        raise_first_failure(failure)
+
+
+def raise_first_failure(failure: Optional[BaseException]) -> None:
+    """:meth:`Distributed.raise_any` for the job this process belongs to (the process group)."""
+    if not dist.is_initialized():
+        if failure is not None:
+            raise failure
+        return
+    here = Distributed(dist.get_rank(), dist.get_world_size(), enabled=True)
+    outcomes: List[Any] = [None] * here.world_size
+    dist.all_gather_object(outcomes, _portable(failure, here))
+    failed = next((outcome for outcome in outcomes if outcome is not None), None)
+    if failed is None:
+        return
+    if failure is not None and failed[2] == here.rank:
+        raise failure
+    raise _rebuilt(failed)
+
+
+def _portable(error: Optional[BaseException], place: "Distributed"):
+    """What the other ranks need to raise ``error`` again: ``(its type, its message, rank, world)``
+    (the type only when it can be rebuilt from a message elsewhere), or ``None``."""
+    if error is None:
+        return None
+    kind = type(error)
+    try:
+        rebuilt = kind(str(error))
+        import pickle
+
+        pickle.dumps(kind)
+        if str(rebuilt) != str(error):
+            kind = RuntimeError
+    except Exception:  # a type that is not rebuilt from its message, or not importable elsewhere
+        kind = RuntimeError
+    return kind, str(error), place.rank, place.world_size
+
+
+def _rebuilt(portable) -> BaseException:
+    """The exception another rank sent (:func:`_portable`), its message prefixed with the rank."""
+    kind, message, rank, world_size = portable
+    return kind(f"on rank {rank} of {world_size}: {message}")
+
+
+def rank_outcomes(values: Tensor, failed: bool, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """Every rank's ``values`` (a 1-D float tensor) and failure flag, in one all-reduce:
+    ``(values (world_size, V), failed (world_size,) bool)``; outside a job, this process's alone.
+    A cheap per-step check (the loss of each rank): the expensive exchange of messages
+    (:meth:`Distributed.raise_any`) then runs only when a rank failed."""
+    row = torch.cat([values.detach().double().reshape(-1).cpu(), torch.tensor([float(failed)], dtype=torch.float64)])
+    if not dist.is_initialized():
+        return row[None, :-1], row[None, -1] > 0
+    table = torch.zeros(dist.get_world_size(), row.numel(), dtype=torch.float64)
+    table[dist.get_rank()] = row
+    table = table.to(device)
+    dist.all_reduce(table)  # each rank fills its own row: the sum is the table of every rank's row
+    table = table.cpu()
+    return table[:, :-1], table[:, -1] > 0
 
 
 def sum_over_ranks(values: Tensor, device: torch.device) -> Tensor:

@@ -39,10 +39,10 @@ from .checkpoint import CheckpointError, load_checkpoint, load_encoder, load_mod
 from .config import TrainConfig
 from .device import autocast, deterministic_algorithms, grad_scaler, resolve_device, resolve_precision
 from .distributed import (SYNC_BATCHNORMS, Distributed, broadcast_buffers, convert_sync_batchnorm, distributed_session,
-                          is_main_process, reseed_rank, sum_over_ranks)
+                          is_main_process, raise_first_failure, rank_outcomes, reseed_rank, sum_over_ranks)
 from .loaders import build_loaders
-from .run_folder import (CONFIG, METRICS, RunFolderLock, append_metrics, prepare_run_folder, remove_temporary_files,
-                         start_metrics, write_json)
+from .run_folder import (CONFIG, METRICS, RunFolderLock, append_metrics, check_shared_folder, mark_shared_folder,
+                         prepare_run_folder, remove_temporary_files, start_metrics, write_json)
 from .tasks import Labels, Task, describe_labels, get_task
 
 __all__ = ["TrainingState", "train", "build_training", "restore", "run_epoch", "train_one_epoch", "end_epoch",
@@ -103,21 +103,29 @@ def train(config: TrainConfig) -> Dict[str, Any]:
         if not distributed.is_main:
             config.progress = False  # one progress bar, rank 0's
         out = Path(config.out)
-        with RunFolderLock(out) if distributed.is_main else contextlib.nullcontext():
+        with contextlib.ExitStack() as held:
+            # rank 0 takes the lock; a refusal (another run holds it) stops every rank with its message
+            distributed.on_main(lambda: held.enter_context(RunFolderLock(out)) and None)
             return _train_locked(config, device, out, distributed)
 
 
 def _train_locked(config: TrainConfig, device: torch.device, out: Path, distributed: Distributed) -> Dict[str, Any]:
     found: Dict[str, Any] = {}
 
-    def prepare() -> Tuple[List[str], bool, str]:  # rank 0 checks the folder; its error stops every rank
+    def prepare() -> Tuple[List[str], bool, str, Optional[str]]:  # rank 0 checks the folder; its error stops every rank
         removed = [path.name for path in remove_temporary_files(out)]
         found["checkpoint"], run_id = prepare_run_folder(config, out)
-        return removed, found["checkpoint"] is not None, run_id
+        probe = mark_shared_folder(out) if distributed.enabled else None
+        return removed, found["checkpoint"] is not None, run_id, probe
 
-    removed, resuming, run_id = distributed.on_main(prepare)
-    checkpoint = found.get("checkpoint") if distributed.is_main else \
-        (load_checkpoint(out / "last.pt") if resuming else None)
+    removed, resuming, run_id, probe = distributed.on_main(prepare)
+    with distributed.together():  # a rank that fails here (another disk, an unreadable last.pt) stops them all
+        if probe is not None and not distributed.is_main:
+            check_shared_folder(out, probe)
+        checkpoint = found.get("checkpoint") if distributed.is_main else \
+            (load_checkpoint(out / "last.pt") if resuming else None)
+    if probe is not None and distributed.is_main:
+        (out / probe).unlink(missing_ok=True)
     if removed:
         _log(f"removed {len(removed)} temporary file(s) left by an interrupted save: {', '.join(removed)}",
              config.progress)
@@ -130,18 +138,19 @@ def _train_locked(config: TrainConfig, device: torch.device, out: Path, distribu
     state = build_training(config, Labels.of_dataset(train_loader.dataset), len(train_loader), device, generator,
                            distributed)
     state.run_id = run_id
-    if checkpoint is None and config.init_encoder:
-        load_encoder(state.model, config.init_encoder)
-        _log(f"encoder initialised from {config.init_encoder}", config.progress)
-    if checkpoint is not None:
-        restore(state, checkpoint, out / "last.pt")
-        _log(f"resuming {out} after epoch {state.epoch} (best {state.task.score_name} so far {state.best_score:.4f})",
-             config.progress)
     metrics_path = out / METRICS
-    if distributed.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / CONFIG, {**config.to_dict(), "run_id": run_id})
-        state.history = start_metrics(out, state.epoch, state.history)
+    with distributed.together():
+        if checkpoint is None and config.init_encoder:
+            load_encoder(state.model, config.init_encoder)
+            _log(f"encoder initialised from {config.init_encoder}", config.progress)
+        if checkpoint is not None:
+            restore(state, checkpoint, out / "last.pt")
+            _log(f"resuming {out} after epoch {state.epoch} (best {state.task.score_name} so far "
+                 f"{state.best_score:.4f})", config.progress)
+        if distributed.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(out / CONFIG, {**config.to_dict(), "run_id": run_id})
+            state.history = start_metrics(out, state.epoch, state.history)
     parameters = sum(p.numel() for p in state.model.parameters())
     _log(f"training {config.model} ({parameters / 1e6:.2f} M parameters) on {config.dataset} "
          f"({len(train_loader.dataset)} train / {len(test_loader.dataset)} test shapes, "
@@ -163,8 +172,8 @@ def _train_locked(config: TrainConfig, device: torch.device, out: Path, distribu
             kept = f"last.pt keeps epoch {state.epoch}" if state.epoch else "no epoch was saved"
             raise FloatingPointError(f"{error}. The run diverged: {kept}; a resume would diverge again with the "
                                      f"same settings, so start a new run in another --out (or delete {out})") from None
-        end_epoch(state, metrics, config, out, metrics_path)
-        distributed.barrier()  # rank 0 has written the epoch's files
+        with distributed.together():  # rank 0 has written the epoch's files (or every rank raises its error)
+            end_epoch(state, metrics, config, out, metrics_path)
     summary = finish_run(state, config, out, test_loader, device, metrics, time.perf_counter() - started)
     distributed.barrier()
     return summary
@@ -306,12 +315,24 @@ def train_step(state: TrainingState, args: Tuple[Any, ...], kwargs: Dict[str, An
                config: TrainConfig, device: torch.device, epoch: int) -> Tuple[Tensor, Tensor]:
     """Forward ``model(*args, **kwargs)`` (under the run's autocast), the task's loss against ``target``,
     backward and one optimizer and schedule step: ``(loss, logits)``, both detached."""
-    with autocast(device, config.precision):
-        logits = state.forward(*args, **kwargs)
-        loss = state.task.loss(logits, target, config.label_smoothing)
-    if not torch.isfinite(loss.detach()):
-        raise FloatingPointError(f"epoch {epoch}: the training loss became {float(loss.detach())}; lower --lr "
-                                 f"(now {config.lr}) or check the data for NaN coordinates")
+    failure = None
+    try:
+        with autocast(device, config.precision):
+            logits = state.forward(*args, **kwargs)
+            loss = state.task.loss(logits, target, config.label_smoothing)
+    except Exception as error:  # e.g. out of memory on this rank alone: the other ranks must hear of it
+        failure, loss = error, torch.zeros(())
+    # Every rank's loss and outcome, before the backward's gradient all-reduce that a rank stopping
+    # alone would leave the others waiting in (outside torchrun: this process's own).
+    losses, failed = rank_outcomes(loss.detach(), failure is not None, device)
+    if bool(failed.any()):
+        raise_first_failure(failure)
+    finite = torch.isfinite(losses[:, 0])
+    if not bool(finite.all()):
+        rank = int((~finite).nonzero()[0])
+        where = f" on rank {rank} of {len(losses)}" if len(losses) > 1 else ""
+        raise FloatingPointError(f"epoch {epoch}: the training loss became {float(losses[rank, 0])}{where}; lower "
+                                 f"--lr (now {config.lr}) or check the data for NaN coordinates")
     state.optimizer.zero_grad(set_to_none=True)
     if state.scaler is None:
         loss.backward()

@@ -31,7 +31,7 @@ from .checkpoint import CheckpointError, load_checkpoint, raise_if_disk_full
 from .config import TrainConfig, check_resume_settings, read_run_config
 
 __all__ = ["check_writable", "RUN_FILES", "RunFolderInUse", "RunFolderLock", "prepare_run_folder", "read_run_config", "write_json",
-           "start_metrics", "append_metrics", "remove_temporary_files"]
+           "start_metrics", "append_metrics", "remove_temporary_files", "mark_shared_folder", "check_shared_folder"]
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
@@ -212,3 +212,35 @@ def _metrics_rows(path: Path, epoch: Optional[int]) -> List[Dict[str, Any]]:
         if isinstance(row, dict) and isinstance(row.get("epoch"), int) and (epoch is None or row["epoch"] <= epoch):
             kept.append(row)
     return kept
+
+
+def mark_shared_folder(out: Path) -> str:
+    """Rank 0 of a job of several processes: write a file of a new name into ``out`` (call with the
+    lock held) for :func:`check_shared_folder`; returns its name. It ends in ``.tmp``, so a job
+    killed before removing it leaves nothing that the next start does not clean."""
+    name = f".rank0-{uuid.uuid4().hex}.tmp"
+    (out / name).write_text(f"{os.getpid()}\n")
+    return name
+
+
+def check_shared_folder(out: Path, probe: str, wait: float = 2.0) -> None:
+    """A rank other than 0: check that it sees the file rank 0 wrote into ``out``
+    (:func:`mark_shared_folder`), waiting up to ``wait`` seconds for a network file system.
+    Only rank 0 reads and writes the run folder (``last.pt``, ``best.pt``), but every rank decides
+    from it whether and where to resume: on machines that do not share ``out`` they would decide
+    differently and wait for each other forever.
+
+    Raises:
+        FileNotFoundError: the file is not there, naming this host and the need for a shared ``--out``.
+    """
+    import socket
+    import time
+
+    deadline = time.monotonic() + wait
+    while not (out / probe).is_file():
+        if time.monotonic() > deadline:
+            raise FileNotFoundError(
+                f"host {socket.gethostname()} does not see the run folder {out} that rank 0 writes (its file {probe} "
+                f"is not there): with several machines, --out must be a folder every machine shares at the same path "
+                f"(e.g. NFS)")
+        time.sleep(0.05)
