@@ -373,7 +373,7 @@ def run_visualize(args: argparse.Namespace) -> int:
         for path in (args.out, args.ply):
             if path:
                 check_writable(path)
-        classifiers = viz.load_classifiers([args.checkpoint] + ([args.compare] if args.compare else []))
+        classifiers = viz.load_trained_models([args.checkpoint] + ([args.compare] if args.compare else []))
         if parts and not classifiers[0].is_segmenter:
             raise ValueError(f"--mode parts needs a part segmentation checkpoint, but {args.checkpoint} is a "
                              f"classifier (show its attention with --mode query or --mode received)")

@@ -287,7 +287,7 @@ class _MeanPosition(torch.nn.Module):
 
 
 def test_sharded_evaluation_sums_to_the_one_process_result_with_votes():
-    from pcattn.engine import evaluate
+    from pcattn.engine import evaluate_classification as evaluate
 
     generator = torch.Generator().manual_seed(1)
     samples = [{"pos": torch.randn(6, 3, generator=generator) + torch.randn(1, 3, generator=generator),

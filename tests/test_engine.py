@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pcattn.engine import (CheckpointError, TrainConfig, evaluate, load_checkpoint, load_model, resolve_precision,
-                           save_checkpoint, train)
+from pcattn.engine import (CheckpointError, TrainConfig, evaluate_classification, load_checkpoint, load_model,
+                           resolve_precision, save_checkpoint, train)
 from pcattn.models import checkpoint as checkpoint_module
 from pcattn.engine import device as device_module
 from pcattn.engine import loop
@@ -71,6 +71,35 @@ def test_train_writes_a_complete_run_folder(data_root, tmp_path):
     model, classes, _ = load_model(out / "best.pt")
     assert classes == CLASSES and not model.training
     assert model(None, torch.randn(2, 64, 3)).shape == (2, 10)
+    assert_names_say_what_they_hold(tiny_config(data_root, out), checkpoint, out, best, model)
+
+
+def assert_names_say_what_they_hold(config, checkpoint, out, best, model):
+    """The best score is stored as best_score with the metric it is; a checkpoint of 0.1 (best_acc) still
+    restores it; TrainingState.training_module is the module a step calls; evaluate() is split by task;
+    the old names still work, with a FutureWarning."""
+    from pcattn.engine.evaluation import evaluate
+    from pcattn.engine.tasks import Labels
+
+    assert checkpoint["best_score"] == pytest.approx(best) and checkpoint["best_metric"] == "test_oa"
+    assert "best_acc" not in checkpoint
+    old = {key: value for key, value in checkpoint.items() if key not in ("best_score", "best_metric")}
+    old["best_acc"] = 0.125
+    config = config.resolved()
+    state = loop.build_training(config, Labels.of_checkpoint(checkpoint), 5, torch.device("cpu"),
+                                torch.Generator())
+    loop.restore(state, old, out / "last.pt")
+    assert state.best_score == 0.125
+    loop.restore(state, checkpoint, out / "last.pt")
+    assert state.best_score == pytest.approx(best)
+    assert state.training_module is state.model
+    with pytest.warns(FutureWarning, match="training_module"):
+        assert state.forward is state.model
+    with pytest.raises(TypeError, match="evaluate_parts"):
+        evaluate_classification(create_model("pt-seg-tiny-vector", num_classes=4, num_categories=2), [])
+    with pytest.warns(FutureWarning, match="evaluate_classification"):
+        loader = torch.utils.data.DataLoader([{"pos": torch.randn(64, 3), "label": torch.tensor(1)}], batch_size=1)
+        assert evaluate(model, loader, "cpu", classes=CLASSES)["samples"] == 1
 
 
 @pytest.mark.parametrize("attention", ["vector", "scalar"])
@@ -330,7 +359,7 @@ def test_evaluate_metrics_and_confusion():
     pos = torch.zeros(7, 5, 3)
     pos[:, 0, 0] = predicted.float()
     loader = [{"pos": pos[:4], "label": labels[:4]}, {"pos": pos[4:], "label": labels[4:]}]
-    result = evaluate(FixedPredictions(), loader, "cpu", classes=["a", "b", "c"])
+    result = evaluate_classification(FixedPredictions(), loader, "cpu", classes=["a", "b", "c"])
     assert result["oa"] == pytest.approx(5 / 7)
     assert result["per_class"] == {"a": 0.75, "b": 1.0, "c": 0.0}
     assert result["macc"] == pytest.approx((0.75 + 1.0 + 0.0) / 3)
@@ -365,7 +394,7 @@ def test_evaluate_with_votes_averages_the_probabilities_of_augmented_passes():
     labels = torch.zeros(24, dtype=torch.long)
     loader = [{"pos": pos[i:i + 8], "label": labels[i:i + 8]} for i in range(0, 24, 8)]
     model = FirstPointSide()
-    run = functools.partial(evaluate, model, loader, "cpu", up_axis=1, classes=["plus", "minus"])
+    run = functools.partial(evaluate_classification, model, loader, "cpu", up_axis=1, classes=["plus", "minus"])
 
     one = run(votes=1)
     assert one["oa"] == 1.0 and len(model.passes) == 3      # one pass per batch

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pcattn"
 # and of lower layers; two wings of one layer may not import each other. Within ``nn`` the files are
 # layers of their own: geometry <- chunked <- vector/scalar <- blocks/pyg <- the package's __init__.
 LAYERS: List[Tuple[str, ...]] = [
-    ("pcattn.optional",),  # importing the optional packages, with errors naming the extra
+    ("pcattn.optional", "pcattn.deprecation"),  # optional packages; the old names of renamed things
     ("pcattn.nn.geometry",),
     ("pcattn.nn.chunked",),
     ("pcattn.nn.vector", "pcattn.nn.scalar"),

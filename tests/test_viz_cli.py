@@ -118,7 +118,7 @@ def test_visualize_dataset_sample(checkpoints, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--query", "600"], "query 600 out of range: the cloud has 256 points"),
-    (["--layer", "nosuch"], "no attention layer named 'nosuch'; available: 0: stages.0.0.attention"),
+    (["--layer", "nosuch"], "no attention layer named 'nosuch'; available: 0: encoder.stages.0.0.attention"),
     (["--layer", "7"], "layer 7 out of range"),
     (["--reduce", "9"], "reduce=9: this layer has 2 groups/heads"),
 ])
@@ -195,8 +195,8 @@ def test_plot_errors_are_one_line(tmp_path, capsys):
 
 
 def test_default_up_axis_is_the_training_runs(tmp_path, cloud_file):
-    z_up = viz.load_classifiers([write_checkpoint(tmp_path / "z.pt", "vector", BUILTIN_CLASSES, up_axis=2)])[0]
-    unknown = viz.load_classifiers([write_checkpoint(tmp_path / "n.pt", "vector", BUILTIN_CLASSES, up_axis=None,
+    z_up = viz.load_trained_models([write_checkpoint(tmp_path / "z.pt", "vector", BUILTIN_CLASSES, up_axis=2)])[0]
+    unknown = viz.load_trained_models([write_checkpoint(tmp_path / "n.pt", "vector", BUILTIN_CLASSES, up_axis=None,
                                                      dataset="modelnet10")])[0]
     assert viz.checkpoint_input(z_up, input_file=cloud_file).up_axis == 2
     assert viz.checkpoint_input(z_up, input_file=cloud_file, up_axis=0).up_axis == 0    # given: it wins

@@ -127,7 +127,13 @@ def test_parts_mode_draws_predicted_true_and_wrong_points(segmenters, chair, tmp
 
 def test_parts_title_names_accuracy_and_file_input_needs_no_truth(segmenters, chair, tmp_path):
     pos, seg, category = chair
-    segmenter = viz.load_classifiers([segmenters[0]])
+    segmenter = viz.load_trained_models([segmenters[0]])
+    assert segmenter[0].is_segmenter and isinstance(segmenter[0], viz.TrainedModel)
+    with pytest.warns(FutureWarning, match="load_trained_models"):   # the name of 0.1, which loads segmenters too
+        assert viz.load_classifiers is viz.load_trained_models
+    with pytest.warns(FutureWarning, match="TrainedModel"):
+        from pcattn.viz.checkpoint import TrainedClassifier
+    assert TrainedClassifier is viz.TrainedModel
     cloud = viz.checkpoint_input(segmenter[0], dataset="builtin-parts", index=INDEX)
     assert cloud.category == category and np.array_equal(cloud.seg.numpy(), seg) and cloud.truth == "chair"
     result = viz.checkpoint_parts_picture(segmenter, cloud, views=1, size=(64, 64), backend="matplotlib")

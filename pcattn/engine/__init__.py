@@ -1,6 +1,6 @@
 """Training, evaluation and checkpoints for point-cloud classifiers and part segmenters.
 
->>> from pcattn.engine import TrainConfig, train, load_model, evaluate
+>>> from pcattn.engine import TrainConfig, train, load_model, evaluate_classification
 >>> result = train(TrainConfig(dataset="builtin", attention="vector", out="runs/demo"))
 >>> model, classes, checkpoint = load_model("runs/demo/best.pt")
 >>> parts = train(TrainConfig(task="partseg", dataset="builtin-parts", out="runs/parts"))
@@ -45,7 +45,7 @@ from .checkpoint import (CHECKPOINT_KIND, FORMAT_VERSION, SEGMENTER_KIND, Checkp
                          load_model, model_from_checkpoint, save_checkpoint)
 from .config import TrainConfig, merge_resume_config
 from .device import PRECISIONS, resolve_device, resolve_precision
-from .evaluation import evaluate, evaluate_checkpoint, evaluate_parts
+from .evaluation import evaluate, evaluate_checkpoint, evaluate_classification, evaluate_parts
 from .loaders import build_loaders
 from .loop import train
 from .metrics import PartSegmentationMetrics, restrict_to_parts, shape_part_ious
@@ -61,8 +61,9 @@ __all__ = [
     "PRECISIONS",
     "TrainConfig",
     "train",
-    "evaluate",
+    "evaluate_classification",
     "evaluate_parts",
+    "evaluate",  # deprecated: evaluate_classification / evaluate_parts
     "evaluate_checkpoint",
     "build_loaders",
     "save_checkpoint",

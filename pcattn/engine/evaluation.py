@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..deprecation import warn_renamed
 from ..models import PointTransformerSegmenter
 from .checkpoint import load_model
 from .config import TrainConfig
@@ -19,7 +20,7 @@ from .distributed import Distributed, ShardedBatches, distributed_session, sum_o
 from .loaders import batch_inputs, build_loaders
 from .metrics import PartSegmentationMetrics
 
-__all__ = ["vote_augment", "evaluate", "evaluate_parts", "evaluate_checkpoint"]
+__all__ = ["vote_augment", "evaluate_classification", "evaluate_parts", "evaluate_checkpoint", "evaluate"]
 
 
 def vote_augment(pos: Tensor, x: Optional[Tensor], up_axis: int, generator: torch.Generator):
@@ -45,9 +46,9 @@ def vote_augment(pos: Tensor, x: Optional[Tensor], up_axis: int, generator: torc
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: Union[str, torch.device, None] = None, votes: int = 1,
-             classes: Optional[Sequence[str]] = None, up_axis: int = 1, seed: int = 0,
-             label_smoothing: float = 0.0, progress: bool = False, precision: str = "32") -> Dict[str, Any]:
+def evaluate_classification(model: nn.Module, loader, device: Union[str, torch.device, None] = None, votes: int = 1,
+                            classes: Optional[Sequence[str]] = None, up_axis: int = 1, seed: int = 0,
+                            label_smoothing: float = 0.0, progress: bool = False, precision: str = "32") -> Dict[str, Any]:
     """Classification metrics of ``model`` on ``loader``.
 
     Args:
@@ -66,12 +67,12 @@ def evaluate(model: nn.Module, loader, device: Union[str, torch.device, None] = 
         ``{"oa", "macc", "loss", "per_class": {name: acc}, "confusion": [[...]] (rows = true class),
         "classes", "votes", "samples"}``. ``macc`` averages the classes present in the data.
 
-    A :class:`~pcattn.models.PointTransformerSegmenter` is evaluated by :func:`evaluate_parts` instead
-    (its categories and parts taken from ``loader.dataset``).
+    Part segmenters are evaluated by :func:`evaluate_parts`; a run picks the function through its
+    :class:`~pcattn.engine.tasks.Task` (``task_of_model(model).evaluate``).
     """
     if isinstance(model, PointTransformerSegmenter):
-        return evaluate_parts(model, loader, device, votes=votes, up_axis=up_axis, seed=seed,
-                              label_smoothing=label_smoothing, progress=progress, precision=precision)
+        raise TypeError("evaluate_classification got a part segmenter: use evaluate_parts (the metrics of "
+                        "parts: instance and class mIoU)")
     if votes < 1:
         raise ValueError(f"votes must be >= 1, got {votes}")
     device = torch.device(device) if device is not None else _model_device(model)
@@ -110,6 +111,17 @@ def evaluate(model: nn.Module, loader, device: Union[str, torch.device, None] = 
         "votes": votes,
         "samples": count,
     }
+
+
+def evaluate(model: nn.Module, loader, *args, **kwargs) -> Dict[str, Any]:
+    """Deprecated: :func:`evaluate_classification` for a classifier, :func:`evaluate_parts` for a part
+    segmenter (the name said neither, and it chose by the model's type beside the tasks' own choice)."""
+    if isinstance(model, PointTransformerSegmenter):
+        warn_renamed("pcattn.engine.evaluate(segmenter, ...)", "pcattn.engine.evaluate_parts")
+        kwargs.pop("classes", None)
+        return evaluate_parts(model, loader, *args, **kwargs)
+    warn_renamed("pcattn.engine.evaluate", "pcattn.engine.evaluate_classification")
+    return evaluate_classification(model, loader, *args, **kwargs)
 
 
 @torch.no_grad()
@@ -259,8 +271,12 @@ def _evaluate_checkpoint(checkpoint_path, distributed: Distributed, votes, batch
         raise ValueError(f"{checkpoint_path} was trained on the labels {classes} but the test data at {where} has "
                          f"{found}")
     precision = resolve_precision(config.precision, resolved_device)
-    result = evaluate(model, test_loader, votes=votes, classes=classes, up_axis=test_loader.dataset.up_axis,
-                      seed=seed, progress=progress, precision=precision)
+    options = dict(votes=votes, up_axis=test_loader.dataset.up_axis, seed=seed, progress=progress,
+                   precision=precision)
+    if isinstance(model, PointTransformerSegmenter):  # its categories and parts: the test set's, checked above
+        result = evaluate_parts(model, test_loader, **options)
+    else:
+        result = evaluate_classification(model, test_loader, classes=classes, **options)
     result["precision"] = precision
     result["checkpoint"] = str(checkpoint_path)
     result["epoch"] = checkpoint.get("epoch")

@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..deprecation import warn_renamed
 from .checkpoint import CheckpointError, load_checkpoint, load_encoder, load_model, model_checkpoint, rng_state, \
     save_checkpoint, seed_everything, set_rng_state
 from .config import TrainConfig
@@ -68,14 +69,22 @@ class TrainingState:
     network: Optional[nn.Module] = None  # what the training forward calls: DistributedDataParallel(model) or None
 
     @property
-    def forward(self) -> nn.Module:
+    def training_module(self) -> nn.Module:
+        """The module a training step calls: ``network`` (DistributedDataParallel) when set, else ``model``."""
         return self.network if self.network is not None else self.model
+
+    @property
+    def forward(self) -> nn.Module:
+        """Deprecated name of :attr:`training_module` (it is a module, not a forward pass)."""
+        warn_renamed("TrainingState.forward", "TrainingState.training_module")
+        return self.training_module
 
     def checkpoint(self, config: TrainConfig, metrics: Dict[str, Any]) -> Dict[str, Any]:
         return model_checkpoint(
             self.model, **self.labels.entries(), optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict() if self.scaler is not None else None,
-            epoch=self.epoch, rng_state=rng_state(self.generator), best_acc=self.best_score, best_epoch=self.best_epoch,
+            epoch=self.epoch, rng_state=rng_state(self.generator), best_score=self.best_score,
+            best_metric=self.task.score, best_epoch=self.best_epoch,
             metrics=metrics, history=list(self.history or []), run_id=self.run_id, train_config=config.to_dict())
 
 
@@ -264,7 +273,9 @@ def restore(state: TrainingState, checkpoint: Dict[str, Any], path: Path) -> Non
         state.scaler.load_state_dict(checkpoint["scaler"])
     set_rng_state(checkpoint["rng_state"], state.generator)
     state.epoch = int(checkpoint["epoch"])
-    state.best_score, state.best_epoch = float(checkpoint.get("best_acc", -1.0)), int(checkpoint.get("best_epoch", 0))
+    # best_acc: the name of best_score before it was known to hold mIoU for part segmentation too
+    state.best_score = float(checkpoint.get("best_score", checkpoint.get("best_acc", -1.0)))
+    state.best_epoch = int(checkpoint.get("best_epoch", 0))
     state.history = checkpoint.get("history")  # None in checkpoints of older versions: metrics.jsonl is kept
 
 
@@ -318,7 +329,7 @@ def train_step(state: TrainingState, args: Tuple[Any, ...], kwargs: Dict[str, An
     failure = None
     try:
         with autocast(device, config.precision):
-            logits = state.forward(*args, **kwargs)
+            logits = state.training_module(*args, **kwargs)
             loss = state.task.loss(logits, target, config.label_smoothing)
     except Exception as error:  # e.g. out of memory on this rank alone: the other ranks must hear of it
         failure, loss = error, torch.zeros(())

@@ -10,7 +10,7 @@ pieces that differ:
   categories and each category's parts;
 * target and loss: ``label (B,)`` and cross-entropy per cloud, or ``seg (B, P)`` and cross-entropy
   per point; the training accuracy counts clouds, or points;
-* evaluation: :func:`~pcattn.engine.evaluate` (OA, mAcc), or :func:`~pcattn.engine.evaluate_parts`
+* evaluation: :func:`~pcattn.engine.evaluate_classification` (OA, mAcc), or :func:`~pcattn.engine.evaluate_parts`
   (point accuracy, instance and class mIoU);
 * the score that picks ``best.pt``: ``test_oa``, or ``test_instance_miou``.
 """
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import PointTransformerSegmenter, create_model
-from .evaluation import evaluate, evaluate_parts
+from .evaluation import evaluate_classification, evaluate_parts
 from .loaders import batch_inputs
 
 __all__ = ["Labels", "Task", "ClassificationTask", "PartSegmentationTask", "get_task", "task_of_model",
@@ -125,7 +125,7 @@ class ClassificationTask(Task):
         return (x, pos), {}, batch["label"].to(device, non_blocking=True)
 
     def evaluate(self, model, loader, device, labels, **options):
-        return evaluate(model, loader, device, classes=labels.classes, **options)
+        return evaluate_classification(model, loader, device, classes=labels.classes, **options)
 
     def epoch_row(self, result):
         return {"test_loss": result["loss"], "test_oa": result["oa"], "test_macc": result["macc"]}

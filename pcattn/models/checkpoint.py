@@ -10,7 +10,8 @@ A checkpoint is a dictionary readable with ``torch.load(weights_only=True)``: ``
 ``model_state``, ``classes`` (always: class names, or a segmenter's part names), for a segmenter
 ``categories`` and ``category_parts`` (the global part ids of each category), and for a training
 run also ``optimizer``, ``scheduler``, ``scaler`` (fp16 only, else ``None``), ``epoch``,
-``rng_state``, ``best_acc`` (the best test score: OA, or instance mIoU for part segmentation),
+``rng_state``, ``best_score`` (the best test score) and ``best_metric`` (its metrics key: ``"test_oa"``,
+or ``"test_instance_miou"`` for part segmentation; checkpoints of 0.1 hold the score as ``best_acc``),
 ``best_epoch``, ``metrics``, ``history`` (every epoch's metrics row so
 far: ``metrics.jsonl`` is rewritten from it on resume), ``run_id`` (the run folder's identity),
 ``train_config`` and ``torch_version``.

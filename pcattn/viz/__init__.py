@@ -33,9 +33,10 @@ Modules, each importing only those above it:
 (:func:`load_cloud` and :func:`prepare_cloud` live in :mod:`pcattn.data.cloud`.)
 """
 from ..data.cloud import load_cloud, prepare_cloud
-from .checkpoint import (CheckpointInput, CheckpointPartsPicture, CheckpointPicture, Segmentation, TrainedClassifier,
-                         checkpoint_input, checkpoint_parts_picture, checkpoint_picture, load_classifiers, predictions,
-                         segment)
+from ..deprecation import renamed_attributes
+from .checkpoint import (CheckpointInput, CheckpointPartsPicture, CheckpointPicture, Segmentation, TrainedModel,
+                         checkpoint_input, checkpoint_parts_picture, checkpoint_picture, load_trained_models,
+                         predictions, segment)
 from .extract import (AttentionExtraction, LayerAttention, attention_layer_names, extract_attention, reduce_groups,
                       select_layer)
 from .figures import (AttentionPicture, FigureRow, RowResult, attention_picture, compose_figure, has_display,
@@ -72,10 +73,10 @@ __all__ = [
     "load_cloud",
     "open3d_rendering_available",
     "plot_run",
-    "TrainedClassifier",
+    "TrainedModel",
     "CheckpointInput",
     "CheckpointPicture",
-    "load_classifiers",
+    "load_trained_models",
     "checkpoint_input",
     "predictions",
     "checkpoint_picture",
@@ -99,3 +100,6 @@ __all__ = [
     "DEBIAN_RENDER_PACKAGES",
     "RENDER_HELP",
 ]
+
+__getattr__ = renamed_attributes(__name__, {"load_classifiers": "load_trained_models",
+                                            "TrainedClassifier": "TrainedModel"}, globals())

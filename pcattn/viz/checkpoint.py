@@ -1,14 +1,14 @@
 """Pictures of trained checkpoints: what ``pcattn visualize`` does, step by step::
 
-    classifiers = load_classifiers(["vector/best.pt", "scalar/best.pt"])   # compared row by row
+    classifiers = load_trained_models(["vector/best.pt", "scalar/best.pt"])   # compared row by row
     cloud = checkpoint_input(classifiers[0], dataset="builtin", index=7)     # as the run was trained
     result = checkpoint_picture(classifiers, cloud, layers=[0], views=3, path="attention.png")
 
-    segmenters = load_classifiers(["partseg/best.pt"])                      # part segmentation checkpoints
+    segmenters = load_trained_models(["partseg/best.pt"])                      # part segmentation checkpoints
     cloud = checkpoint_input(segmenters[0], dataset="builtin-parts", index=3)   # with its category and parts
     result = checkpoint_parts_picture(segmenters, cloud, views=3, path="parts.png")
 
-Owns loading checkpoints of one kind that can see the same input (:func:`load_classifiers`:
+Owns loading checkpoints of one kind that can see the same input (:func:`load_trained_models`:
 classifiers, or part segmenters of the same categories and parts), choosing that input as the
 training run saw it (:func:`checkpoint_input`: a file or a dataset sample; the number of points,
 the normals and the up axis default to the run's settings; a segmenter's input carries its object
@@ -28,16 +28,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..deprecation import renamed_attributes
 from .figures import AttentionPicture, attention_picture
 from .parts import PartsPicture, parts_picture
 
-__all__ = ["TrainedClassifier", "CheckpointInput", "CheckpointPicture", "Segmentation", "CheckpointPartsPicture",
-           "load_classifiers", "checkpoint_input", "predictions", "segment", "checkpoint_picture",
+__all__ = ["TrainedModel", "CheckpointInput", "CheckpointPicture", "Segmentation", "CheckpointPartsPicture",
+           "load_trained_models", "checkpoint_input", "predictions", "segment", "checkpoint_picture",
            "checkpoint_parts_picture"]
 
 
-class TrainedClassifier(NamedTuple):
-    """A trained model loaded from a checkpoint (:func:`load_classifiers`): a classifier, or a part
+class TrainedModel(NamedTuple):
+    """A trained model loaded from a checkpoint (:func:`load_trained_models`): a classifier, or a part
     segmenter (:class:`~pcattn.models.PointTransformerSegmenter`) when ``categories`` is set."""
 
     name: str                  # "run/best.pt": the checkpoint's folder and file, for captions
@@ -108,7 +109,7 @@ def _short(path) -> str:
     return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
 
-def load_classifiers(checkpoints: Sequence) -> List[TrainedClassifier]:
+def load_trained_models(checkpoints: Sequence) -> List[TrainedModel]:
     """Load the classifiers or part segmenters of ``checkpoints`` (paths) for inference.
 
     Raises:
@@ -121,16 +122,16 @@ def load_classifiers(checkpoints: Sequence) -> List[TrainedClassifier]:
 
     if not checkpoints:
         raise ValueError("checkpoints is empty: give at least one checkpoint path")
-    classifiers: List[TrainedClassifier] = []
+    models: List[TrainedModel] = []
     for path in checkpoints:
         model, classes, checkpoint = load_model(path)
         segmenter = checkpoint.get("kind") == SEGMENTER_KIND
-        loaded = TrainedClassifier(
+        loaded = TrainedModel(
             _short(path), model, classes, checkpoint.get("train_config") or {},
             list(checkpoint["categories"]) if segmenter else None,
             [[int(p) for p in parts] for parts in checkpoint["category_parts"]] if segmenter else None)
-        if classifiers:
-            first = classifiers[0]
+        if models:
+            first = models[0]
             if model.in_channels != first.model.in_channels:
                 raise ValueError(f"{path} takes {model.in_channels} input channels but {checkpoints[0]} "
                                  f"takes {first.model.in_channels}: they cannot see the same input")
@@ -141,11 +142,11 @@ def load_classifiers(checkpoints: Sequence) -> List[TrainedClassifier]:
                     (first.categories, first.category_parts, first.classes):
                 raise ValueError(f"{path} segments other categories or parts than {checkpoints[0]}: "
                                  f"they cannot be given the same category and scored on the same labels")
-        classifiers.append(loaded)
-    return classifiers
+        models.append(loaded)
+    return models
 
 
-def _category_id(classifier: TrainedClassifier, given: Optional[str], sample_category: Optional[int],
+def _category_id(classifier: TrainedModel, given: Optional[str], sample_category: Optional[int],
                  source: str) -> Optional[int]:
     """The object category id ``classifier`` is given for ``source``: ``given`` (a name of its
     categories, in any case), else the sample's (``sample_category``); a classifier takes none."""
@@ -171,7 +172,7 @@ def _category_id(classifier: TrainedClassifier, given: Optional[str], sample_cat
 
 
 def checkpoint_input(
-    classifier: TrainedClassifier,
+    classifier: TrainedModel,
     input_file=None,
     dataset: Optional[str] = None,
     index: int = 0,
@@ -186,7 +187,7 @@ def checkpoint_input(
     """The cloud to show ``classifier``: ``input_file`` or sample ``index`` of ``dataset``, as in its training.
 
     Args:
-        classifier: from :func:`load_classifiers`; its ``train_config`` gives the defaults.
+        classifier: from :func:`load_trained_models`; its ``train_config`` gives the defaults.
         input_file: a point cloud file (``.ply .pcd .xyz .txt .npy .off``, see
             :func:`pcattn.data.load_cloud`); subsampled to ``num_points`` with ``sampling``.
         dataset: ``"builtin"``, ``"modelnet10"``, ``"modelnet40"`` or a part dataset,
@@ -262,7 +263,7 @@ def checkpoint_input(
                            category=_category_id(classifier, category, sample_category, source))
 
 
-def segment(segmenter: TrainedClassifier, cloud: CheckpointInput) -> Segmentation:
+def segment(segmenter: TrainedModel, cloud: CheckpointInput) -> Segmentation:
     """The parts ``segmenter`` predicts for ``cloud`` (of category ``cloud.category``), scored
     against ``cloud.seg`` when known.
 
@@ -294,7 +295,7 @@ def segment(segmenter: TrainedClassifier, cloud: CheckpointInput) -> Segmentatio
                         float(shape_part_ious(labels, truth, parts).mean()))
 
 
-def predictions(classifiers: Sequence[TrainedClassifier], cloud: CheckpointInput) -> List[str]:
+def predictions(classifiers: Sequence[TrainedModel], cloud: CheckpointInput) -> List[str]:
     """What each classifier predicts for ``cloud``: ``"chair (p = 0.912)"`` (class name and softmax
     probability); for a part segmenter its :meth:`Segmentation.describe`: ``"chair: 91.2% of points
     right, mIoU 0.85"`` when the true parts are known, else the category."""
@@ -319,7 +320,7 @@ def _title(cloud: CheckpointInput, predicted: Sequence[str]) -> str:
         " | ".join(predicted)
 
 
-def checkpoint_picture(classifiers: Sequence[TrainedClassifier], cloud: CheckpointInput, title: Optional[str] = None,
+def checkpoint_picture(classifiers: Sequence[TrainedModel], cloud: CheckpointInput, title: Optional[str] = None,
                        **options) -> CheckpointPicture:
     """Draw the classifiers' (or part segmenters') attention on ``cloud``: one row per (checkpoint,
     layer), one column per view.
@@ -343,7 +344,7 @@ def checkpoint_picture(classifiers: Sequence[TrainedClassifier], cloud: Checkpoi
     return CheckpointPicture(picture, predicted, title)
 
 
-def checkpoint_parts_picture(segmenters: Sequence[TrainedClassifier], cloud: CheckpointInput,
+def checkpoint_parts_picture(segmenters: Sequence[TrainedModel], cloud: CheckpointInput,
                              title: Optional[str] = None, **options) -> CheckpointPartsPicture:
     """Draw the parts each segmenter predicts for ``cloud`` and, when ``cloud.seg`` is known, the
     true parts and each segmenter's wrong points (:func:`~pcattn.viz.parts.parts_picture`).
@@ -369,3 +370,8 @@ def checkpoint_parts_picture(segmenters: Sequence[TrainedClassifier], cloud: Che
     picture = parts_picture(cloud.pos, predicted, first.parts, first.part_names, cloud.seg,
                             up_axis=cloud.up_axis, title=title, **options)
     return CheckpointPartsPicture(picture, segmentations, title)
+
+
+# The names of 0.1: both load segmenters too, so they say "trained model" now.
+__getattr__ = renamed_attributes(__name__, {"load_classifiers": "load_trained_models",
+                                            "TrainedClassifier": "TrainedModel"}, globals())
