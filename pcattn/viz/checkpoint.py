@@ -16,8 +16,8 @@ category, and a part dataset's sample its true part labels), naming what each mo
 (:func:`predictions`, :func:`segment`), :func:`checkpoint_picture`, which draws the attention with
 :func:`~pcattn.viz.figures.attention_picture` under a title naming the input and the predictions,
 and :func:`checkpoint_parts_picture`, which draws a segmenter's predicted parts with
-:func:`~pcattn.viz.parts.parts_picture`. The engine (checkpoints, metrics) and the data package
-(datasets) are imported when a function runs.
+:func:`~pcattn.viz.parts.parts_picture`. Checkpoints are read by :mod:`pcattn.models.checkpoint`;
+the part metrics (:mod:`pcattn.engine.metrics`) and the datasets are imported when a function runs.
 """
 from __future__ import annotations
 
