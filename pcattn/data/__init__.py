@@ -221,7 +221,7 @@ def build_part_dataset(
     format: Optional[str] = None,
     root=None,
     split: str = "train",
-    num_points: int = 2048,
+    num_points: Optional[int] = 2048,
     use_normals: bool = False,
     transform: Optional[Callable[[Dict[str, Tensor]], Dict[str, Tensor]]] = None,
     download: bool = False,
@@ -240,6 +240,7 @@ def build_part_dataset(
         split: ``"train"`` or ``"test"``. ShapeNetPart's ``"train"`` is its train and val lists together
             (as PointNet++ and Point Transformer train); ``"val"`` and ``"trainval"`` are also accepted.
         num_points: points per sample ``P``; ShapeNetPart shapes with fewer points repeat random ones.
+            ShapeNetPart only: ``None`` keeps every point of each shape (samples of different sizes).
         use_normals: also return ``normals (P, 3)`` (the built-in parts and the ``"normal"`` layout).
         transform: callable on the sample dict.
         download: ShapeNetPart: fetch the archive of ``format`` when it is not found locally.
@@ -258,6 +259,9 @@ def build_part_dataset(
         check_generated_options(dataset, root=root, format=format, skip_missing=skip_missing)
         if split not in ("train", "test"):
             raise ValueError(f"the built-in parts have the splits 'train' and 'test', got {split!r}")
+        if num_points is None:
+            raise ValueError("num_points=None (every point of each shape) is for ShapeNetPart; the built-in parts "
+                             "are sampled: give a number of points")
         kwargs.setdefault("points_per_shape", max(2048, num_points))
         return BuiltinParts(split, num_points, use_normals, transform, seed=seed, **kwargs)
     from .shapenetpart import locate_shapenetpart

@@ -239,13 +239,15 @@ class BuiltinParts(Dataset):
 
 
 def part_sample(dataset, index: int) -> Dict[str, Tensor]:
-    """The sample dict of a part-segmentation dataset holding ``points (S, P, 3 or 6)``, ``seg (S, P)``,
-    ``shape_categories (S,)``, ``use_normals`` and ``transform``."""
+    """The sample dict of a part-segmentation dataset holding ``points (S, P, 3 or 6)`` (or a list of
+    ``(P_i, 3 or 6)``), ``seg (S, P)`` (or a list of ``(P_i,)``), ``shape_categories (S,)``,
+    ``use_normals`` and ``transform``."""
+    points = dataset.points[index]
     sample = {
-        "pos": torch.from_numpy(dataset.points[index, :, :3].copy()),
+        "pos": torch.from_numpy(points[:, :3].copy()),
         "category": torch.tensor(int(dataset.shape_categories[index])),
         "seg": torch.from_numpy(dataset.seg[index].copy()),
     }
     if dataset.use_normals:
-        sample["normals"] = torch.from_numpy(dataset.points[index, :, 3:6].copy())
+        sample["normals"] = torch.from_numpy(points[:, 3:6].copy())
     return dataset.transform(sample) if dataset.transform is not None else sample

@@ -227,7 +227,10 @@ class ShapeNetPart(Dataset):
         root: the dataset folder (the one holding the synset folders, or the ``.h5`` files and lists).
         split: ``"train"``, ``"val"``, ``"test"`` or ``"trainval"``.
         format: ``"normal"``, ``"v0"`` or ``"hdf5"``.
-        num_points: points per sample ``P`` (shapes with fewer points repeat random points).
+        num_points: points per sample ``P`` (shapes with fewer points repeat random points); ``None``
+            keeps every point of each shape (samples of different sizes ``P_i``: evaluate one shape per
+            batch, or draw a fixed number per epoch with a ``RandomSubsample`` transform, as training
+            does).
         sampling: ``"first"``, ``"random"`` or ``"fps"`` (see :func:`~pcattn.data.base.resample_rows`);
             fixed per shape by ``seed``.
         use_normals: also return ``normals (P, 3)`` (``"normal"`` format only).
@@ -244,7 +247,7 @@ class ShapeNetPart(Dataset):
     part_names = SHAPENET_PART_NAMES
     num_parts = NUM_PARTS
 
-    def __init__(self, root, split: str = "train", format: str = "normal", num_points: int = 2048,
+    def __init__(self, root, split: str = "train", format: str = "normal", num_points: Optional[int] = 2048,
                  sampling: str = "first", use_normals: bool = False, missing: str = "error", part_map=None,
                  transform: Optional[Callable[[Dict[str, Tensor]], Dict[str, Tensor]]] = None, seed: int = 0):
         if format not in FORMATS:
@@ -262,15 +265,22 @@ class ShapeNetPart(Dataset):
         self._part_map = read_part_id_map(part_map) if part_map is not None else None
         clouds, labels, categories, self.names = [], [], [], []
         for cloud, seg, category, name in self._read_shapes():
-            rows = resample_rows(np.concatenate([cloud, seg[:, None].astype(np.float32)], axis=1), num_points,
-                                 sampling, np.random.default_rng([seed, len(self.names)]))
-            clouds.append(rows[:, :-1])
-            labels.append(np.rint(rows[:, -1]).astype(np.int64))
+            if num_points is None:
+                clouds.append(np.ascontiguousarray(cloud, dtype=np.float32))
+                labels.append(seg.astype(np.int64))
+            else:
+                rows = resample_rows(np.concatenate([cloud, seg[:, None].astype(np.float32)], axis=1), num_points,
+                                     sampling, np.random.default_rng([seed, len(self.names)]))
+                clouds.append(rows[:, :-1])
+                labels.append(np.rint(rows[:, -1]).astype(np.int64))
             categories.append(category)
             self.names.append(name)
         if not clouds:
             raise ValueError(f"{self.root}: no {split} shapes were read")
-        self.points, self.seg = np.stack(clouds), np.stack(labels)
+        if len({len(cloud) for cloud in clouds}) == 1:
+            self.points, self.seg = np.stack(clouds), np.stack(labels)  # (S, P, C), (S, P)
+        else:  # every point of shapes of different sizes: lists of (P_i, C) and (P_i,)
+            self.points, self.seg = clouds, labels
         self.shape_categories = np.asarray(categories, dtype=np.int64)
 
     def _split_files(self) -> List[Path]:

@@ -33,18 +33,19 @@ def _build_loaders(config: TrainConfig, generator: torch.Generator, with_train: 
 
     from ..data import seed_worker, test_transforms
 
-    build, common, train_points = _dataset_builder(config)
-    test_set = build(split="test", transform=test_transforms(), num_points=config.num_points, **common)
+    build, common, train_points, test_points = _dataset_builder(config)
+    test_set = build(split="test", transform=test_transforms(), num_points=test_points, **common)
     if config.up_axis is not None:
         test_set.up_axis = config.up_axis
     loader_options = dict(num_workers=config.num_workers, pin_memory=torch.cuda.is_available(),
                           persistent_workers=False)
+    # Shapes of different sizes (ShapeNetPart's, every point kept: a list) are evaluated one per batch.
+    test_batch = 1 if isinstance(getattr(test_set, "points", None), list) else config.batch_size
     if distributed.enabled:
-        batches = ShardedBatches(len(test_set), config.batch_size, distributed.rank, distributed.world_size)
+        batches = ShardedBatches(len(test_set), test_batch, distributed.rank, distributed.world_size)
         test_loader = DataLoader(test_set, batch_sampler=batches, **loader_options)
     else:
-        test_loader = DataLoader(test_set, batch_size=config.batch_size, shuffle=False, drop_last=False,
-                                 **loader_options)
+        test_loader = DataLoader(test_set, batch_size=test_batch, shuffle=False, drop_last=False, **loader_options)
     if not with_train:
         return None, test_loader
     train_set = build(split="train", num_points=train_points, **common)
@@ -72,10 +73,12 @@ def _build_loaders(config: TrainConfig, generator: torch.Generator, with_train: 
 
 
 def _dataset_builder(config: TrainConfig):
-    """``(build, options, train_points)``: ``build(split=..., num_points=..., transform=..., **options)``
-    makes a split of the config's dataset; the training split holds ``train_points`` points per
-    shape (more than ``config.num_points`` for the built-in parts: the augmentation then draws a
-    new subset of each shape every epoch)."""
+    """``(build, options, train_points, test_points)``: ``build(split=..., num_points=..., transform=...,
+    **options)`` makes a split of the config's dataset; the training split holds ``train_points``
+    points per shape (more than ``config.num_points`` for the built-in parts, every point of
+    ShapeNetPart's shapes (``None``): the augmentation then draws a new subset of ``num_points`` of
+    each shape every epoch), the test split ``test_points`` (``None`` for ShapeNetPart: every point
+    is evaluated, as the papers report)."""
     from ..data import build_dataset, build_part_dataset, default_data_dir
 
     root = config.data_root
@@ -86,16 +89,18 @@ def _dataset_builder(config: TrainConfig):
         common.update(download=True)
     if config.task == "partseg":
         common.update(skip_missing=config.skip_missing)
-        train_points = max(2048, config.num_points) if config.dataset == "builtin-parts" else config.num_points
-        return functools.partial(build_part_dataset, config.dataset), common, train_points
-    return functools.partial(build_dataset, config.dataset), common, config.num_points
+        if config.dataset == "shapenetpart":
+            return functools.partial(build_part_dataset, config.dataset), common, None, None
+        return functools.partial(build_part_dataset, config.dataset), common, max(2048, config.num_points), \
+            config.num_points
+    return functools.partial(build_dataset, config.dataset), common, config.num_points, config.num_points
 
 
-def _train_transform(config: TrainConfig, train_set, train_points: int):
+def _train_transform(config: TrainConfig, train_set, train_points: Optional[int]):
     """The training augmentation of a config (see :func:`pcattn.data.train_transforms`)."""
     from ..data import test_transforms, train_transforms
 
-    subsample = config.num_points if train_points > config.num_points else None
+    subsample = config.num_points if train_points is None or train_points > config.num_points else None
     if not config.augment:
         return test_transforms() if subsample is None else train_transforms(
             rotate=False, scale=None, shift=0, jitter=0, dropout=0, num_points=subsample)
