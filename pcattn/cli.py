@@ -464,14 +464,19 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .engine import CHECKPOINT_KIND, CheckpointError, load_model
-    from .export import export_classifier
+    from .engine import CHECKPOINT_KIND, CheckpointError, check_writable, load_model
+    from .export import check_extension, export_classifier
+
+    def progress(message: str) -> None:  # long exports (minutes) say what they are doing
+        print(f"pcattn export: {message}", file=sys.stderr, flush=True)
 
     try:
+        check_extension(args.out, args.format)
+        check_writable(args.out)  # before the export, which takes minutes (as train, eval and visualize do)
         model, _, _ = load_model(args.checkpoint, kind=CHECKPOINT_KIND)  # segmenters are not exported yet
         result = export_classifier(model, args.out, args.format, num_points=args.num_points,
-                                   batch_size=args.batch_size)
-    except (FileNotFoundError, ValueError, ImportError, RuntimeError, CheckpointError) as error:
+                                   batch_size=args.batch_size, progress=progress)
+    except (OSError, ValueError, ImportError, RuntimeError, CheckpointError) as error:  # OSError: --out's folder
         print(f"pcattn export: error: {error}", file=sys.stderr)
         return 2
     batch = "any batch size" if result.dynamic_batch else f"batch size {args.batch_size}"

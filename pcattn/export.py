@@ -5,23 +5,36 @@ ops (batched ``cdist`` + ``topk``, never Open3D): recorded, pcattn takes its sta
 (:func:`pcattn.nn.geometry.tracing`). Input ``points (B, P, C_in)`` (``C_in`` = 3 for xyz, 6 for
 xyz + normals; the first three channels are the positions), output logits ``(B, num_classes)``.
 ``P`` is fixed at export; ``B`` is dynamic for ``torch-export`` and ``onnx``, fixed for
-``torchscript`` (a trace records it).
+``torchscript`` (a trace records it). Every format refuses clouds of another shape: the TorchScript
+file checks the shape before its trace runs (a trace alone would reuse the sizes it recorded and
+return wrong logits), torch.export's guards and onnxruntime refuse other sizes with their own
+messages, and :func:`run_exported` names the expected shape for all three.
 
 ONNX needs the ``export`` extra: ``pip install pcattn[export]`` (onnx, onnxscript, onnxruntime).
 """
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Callable, List, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FORMATS", "ExportedModel", "PointsToLogits", "export_classifier", "example_clouds"]
+__all__ = ["FORMATS", "EXTENSIONS", "ExportedModel", "PointsToLogits", "export_classifier", "example_clouds",
+           "export_cost", "run_exported"]
 
 FORMATS = ("onnx", "torchscript", "torch-export")
 TOLERANCE = 1e-4
+# The file name extensions of each format: a name with another format's extension is refused.
+EXTENSIONS = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts", ".jit", ".torchscript"),
+              "torch-export": (".pt2",)}
+# Export limits: farthest point sampling is unrolled into the graph (one step per kept point; a
+# 1024-point model takes minutes to export as ONNX here) and the first kNN is a (B, P, P) float32
+# distance matrix.
+MAX_SAMPLING_STEPS = 4096
+MAX_DISTANCE_BYTES = 4 << 30
 
 
 class ExportedModel(NamedTuple):
@@ -58,30 +71,107 @@ def example_clouds(batch_size: int, num_points: int, in_channels: int = 3, seed:
     return torch.from_numpy(np.stack(clouds)).float()
 
 
+class ExportCost(NamedTuple):
+    """What exporting a model at ``num_points`` implies (see :func:`export_cost`)."""
+
+    sampling_steps: int     # farthest point sampling steps unrolled into the graph
+    distance_bytes: int     # the first kNN's (B, P, P) float32 distance matrix
+
+
+def export_cost(model: nn.Module, num_points: int, batch_size: int) -> ExportCost:
+    """The unrolled sampling steps (``ceil(P / stride)`` per transition down, stage after stage) and the
+    size of the largest distance matrix of an export of ``model`` at ``num_points`` points."""
+    strides = [module.stride for module in model.modules() if isinstance(getattr(module, "stride", None), int)]
+    steps, points = 0, num_points
+    for stride in strides:  # the transitions down, in order
+        points = math.ceil(points / stride)
+        steps += points
+    return ExportCost(steps, batch_size * num_points * num_points * 4)
+
+
+def check_export_size(model: nn.Module, num_points: int, batch_size: int) -> ExportCost:
+    """Refuse, before anything is built, an export whose graph or memory would be out of reach.
+
+    Raises:
+        ValueError: naming the unrolled sampling steps and the distance matrix it implies."""
+    cost = export_cost(model, num_points, batch_size)
+    if cost.sampling_steps > MAX_SAMPLING_STEPS or cost.distance_bytes > MAX_DISTANCE_BYTES:
+        raise ValueError(f"num_points {num_points:,}: the export would unroll {cost.sampling_steps:,} farthest point "
+                         f"sampling steps into its graph and build a ({batch_size}, {num_points:,}, {num_points:,}) "
+                         f"float32 distance matrix ({_bytes(cost.distance_bytes)}); pcattn exports at most "
+                         f"{MAX_SAMPLING_STEPS:,} steps and a {_bytes(MAX_DISTANCE_BYTES)} matrix (exporting 1024 "
+                         f"points to ONNX takes minutes); export fewer points (the clouds used in training)")
+    return cost
+
+
+def _bytes(count: int) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20)):
+        if count >= size:
+            return f"{count / size:,.1f} {unit}"
+    return f"{count:,} bytes"
+
+
+def check_extension(path, format: str) -> None:
+    """Refuse a file name whose extension belongs to another format (``model.onnx`` for TorchScript)."""
+    suffix = Path(path).suffix.lower()
+    owner = next((name for name, suffixes in EXTENSIONS.items() if suffix in suffixes), None)
+    if owner is not None and owner != format:
+        raise ValueError(f"{path}: the {suffix} extension is {owner}'s, but format {format!r} was asked for; name the "
+                         f"file {Path(path).with_suffix(EXTENSIONS[format][0]).name} (or use format {owner!r})")
+
+
+class _FixedShape(nn.Module):
+    """A TorchScript trace behind a check of its input's shape: a trace replays the sizes it recorded,
+    so clouds of another number of points (or another batch) would get wrong logits, not an error."""
+
+    def __init__(self, traced: nn.Module, shape: List[int]):  # (TorchScript infers the attribute's List[int])
+        super().__init__()
+        self.traced = traced
+        self.shape = shape
+
+    def forward(self, points: Tensor) -> Tensor:
+        if list(points.shape) != self.shape:
+            raise ValueError("this TorchScript model was exported for points of shape " + str(self.shape)
+                             + " (batch, points, channels), got " + str(list(points.shape))
+                             + ": export again with pcattn export --num-points/--batch-size, or use onnx or "
+                             + "torch-export for any batch size")
+        return self.traced(points)
+
+
 def export_classifier(model: nn.Module, path, format: str, num_points: int = 1024, batch_size: int = 2,
-                      check: bool = True) -> ExportedModel:
+                      check: bool = True, progress: Optional[Callable[[str], None]] = None) -> ExportedModel:
     """Export ``model`` (a :class:`~pcattn.models.PointTransformerClassifier`) to ``path`` and check it.
 
     The exported model is loaded back (ONNX through ``onnxruntime``) and run on built-in shapes,
     ``batch_size + 1`` clouds where the batch is dynamic; a largest absolute difference from eager
-    above 1e-4 raises ``RuntimeError``. Returns an :class:`ExportedModel`.
+    above 1e-4 raises ``RuntimeError``. ``progress`` (e.g. ``print``) is told each phase as it starts.
+    Returns an :class:`ExportedModel`.
+
+    Raises:
+        ValueError: an unknown format, a size below 1 or beyond :func:`check_export_size`'s limits, a
+            file name with another format's extension.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-    if num_points < 1 or batch_size < 1:
+    if isinstance(num_points, bool) or isinstance(batch_size, bool) or num_points < 1 or batch_size < 1:
         raise ValueError(f"num_points and batch_size must be positive, got {num_points} and {batch_size}")
+    check_extension(path, format)
+    cost = check_export_size(model, num_points, batch_size)
     if format == "onnx":
         _require_onnx()
+    say = progress or (lambda message: None)
+    started = time.perf_counter()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = PointsToLogits(model).eval()
     in_channels = getattr(model, "in_channels", 3)
     example = example_clouds(batch_size, num_points, in_channels)
     dynamic = format != "torchscript"
+    say(f"exporting to {format}: {num_points} points, {cost.sampling_steps} sampling steps unrolled into the graph")
     with torch.no_grad():
         if format == "torchscript":
             traced = torch.jit.trace(wrapper, (example,), check_trace=False)
-            torch.jit.save(traced, str(path))
+            torch.jit.save(torch.jit.script(_FixedShape(traced, list(example.shape))), str(path))
         else:
             batch = torch.export.Dim("batch", min=1, max=1 << 16)
             program = torch.export.export(wrapper, (example,), dynamic_shapes={"points": {0: batch}})
@@ -90,9 +180,11 @@ def export_classifier(model: nn.Module, path, format: str, num_points: int = 102
             else:
                 torch.onnx.export(program, (example,), str(path), input_names=["points"], output_names=["logits"],
                                   dynamo=True, external_data=False)
+    say(f"wrote {path} in {time.perf_counter() - started:.0f} s")
     if not check:
         return ExportedModel(path, format, math.nan, 0, dynamic)
     clouds = example_clouds(batch_size + 1 if dynamic else batch_size, num_points, in_channels, seed=1)
+    say(f"checking the exported model against eager on {clouds.shape[0]} clouds")
     with torch.no_grad():
         expected = wrapper(clouds)
     got = run_exported(path, format, clouds)
@@ -104,15 +196,34 @@ def export_classifier(model: nn.Module, path, format: str, num_points: int = 102
 
 
 def run_exported(path, format: str, points: Tensor) -> Tensor:
-    """Load an exported model the way a deployment would (no pcattn needed) and run it on ``points``."""
+    """Load an exported model the way a deployment would (no pcattn needed) and run it on ``points``.
+
+    Raises:
+        ValueError: ``points`` has another number of points or channels than the export (or, for
+            TorchScript, another batch size), naming the expected shape."""
     if format == "torchscript":
-        return torch.jit.load(str(path))(points)
+        module = torch.jit.load(str(path))
+        expected = list(getattr(module, "shape", []))   # (files of older versions have no shape check)
+        if expected and list(points.shape) != expected:
+            raise ValueError(f"{path}: exported for points of shape {tuple(expected)} (batch, points, channels), "
+                             f"got {tuple(points.shape)}")
+        return module(points)
     if format == "torch-export":
-        return torch.export.load(str(path)).module()(points)
+        program = torch.export.load(str(path))
+        example = program.example_inputs[0][0] if program.example_inputs else None
+        if example is not None and tuple(points.shape[1:]) != tuple(example.shape[1:]):
+            raise ValueError(f"{path}: exported for points of shape (B, {', '.join(map(str, example.shape[1:]))}), "
+                             f"got {tuple(points.shape)}")
+        return program.module()(points)
     _require_onnx()
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = session.get_inputs()[0].shape                 # ['batch' (a name) or an int, P, C]
+    if len(expected) != points.dim() or any(isinstance(size, int) and size != got
+                                            for size, got in zip(expected, points.shape)):
+        raise ValueError(f"{path}: exported for points of shape ({', '.join(map(str, expected))}), "
+                         f"got {tuple(points.shape)}")
     return torch.from_numpy(session.run(None, {"points": points.numpy()})[0])
 
 

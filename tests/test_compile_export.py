@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -105,8 +106,9 @@ def test_export_command_round_trips(checkpoint, fmt, tmp_path, capsys):
     out = tmp_path / f"model.{fmt}"
     assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--num-points", "32",
                  "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "max abs difference from eager" in printed and out.exists()
+    captured = capsys.readouterr()
+    assert "max abs difference from eager" in captured.out and out.exists()
+    assert "pcattn export: exporting to" in captured.err and "pcattn export: checking" in captured.err  # progress
     model, _, _ = load_model(checkpoint)
     batch = 2 if fmt == "torchscript" else 5                      # torch-export and ONNX: dynamic batch
     clouds = example_clouds(batch, 32, seed=7)
@@ -154,3 +156,30 @@ def test_legacy_call_order_warns_once_per_model():
             for _ in range(3):
                 model(pos)
     assert [w.category for w in caught] == [FutureWarning]
+
+    other = example_clouds(2, 20, seed=7)                       # another number of points: refused, by name
+    with pytest.raises(ValueError, match=r"exported for points of shape \(\S+, 32, 3\).*got \(2, 20, 3\)"):
+        run_exported(out, fmt, other)
+    if fmt == "torchscript":                                    # the file itself refuses (the bare trace did not)
+        for wrong in (other, example_clouds(3, 32)):
+            with pytest.raises(Exception, match=r"exported for points of shape \[2, 32, 3\]"):
+                torch.jit.load(str(out))(wrong)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--format", "torchscript", "--out", "model.onnx"], r"the \.onnx extension is onnx's, but format 'torchscript'"),
+    (["--format", "onnx", "--out", "model.pt2"], r"the \.pt2 extension is torch-export's"),
+    (["--format", "torchscript", "--out", "afile/x.pt"], r"afile/x.pt: cannot write it, afile is not a folder"),
+    (["--format", "torchscript", "--out", "."], "it is a folder"),
+    (["--format", "torchscript", "--num-points", "100000000", "--out", "x.pt"],
+     r"num_points 100,000,000: the export would unroll 25,000,000 farthest point sampling steps .*"
+     r"\(2, 100,000,000, 100,000,000\) float32 distance matrix"),
+])
+def test_export_refuses_early_and_by_name(checkpoint, argv, message, tmp_path, capsys, monkeypatch):
+    from pcattn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("a file, not a folder")
+    assert main(["export", "--checkpoint", str(checkpoint), *argv]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["afile"]        # nothing written

@@ -92,12 +92,14 @@ def check_writable(path) -> Path:
     is not a writable directory (it is created when missing). Returns ``path``.
 
     Raises:
-        PermissionError / NotADirectoryError naming the path.
+        PermissionError / NotADirectoryError / IsADirectoryError naming the path.
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{path}: cannot write it, {folder} is not a folder")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: cannot write it, it is a folder (name a file)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
