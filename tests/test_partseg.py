@@ -272,7 +272,7 @@ def test_a_classifier_checkpoint_initialises_the_segmenter_encoder(small_parts, 
     tensors; a segmenter's checkpoint, or a classifier of another encoder, is refused by name."""
     from pcattn.engine import loop
     from pcattn.models import create_model
-    from pcattn.models.checkpoint import model_checkpoint, save_checkpoint
+    from pcattn.models.checkpoint import load_encoder, model_checkpoint, save_checkpoint
 
     torch.manual_seed(1)
     classifier = create_model("pt-tiny-vector", num_classes=4)   # pt-seg-tiny-vector's encoder
@@ -307,3 +307,5 @@ def test_a_classifier_checkpoint_initialises_the_segmenter_encoder(small_parts, 
                  *options]) == 2
     error = capsys.readouterr().err
     assert "pt-tiny-vector, widths [8, 16]" in error and "pt-seg-tiny-vector" in error
+    with pytest.raises(TypeError, match="Encoder"):
+        load_encoder(nn.Linear(3, 3), tmp_path / "classifier.pt")

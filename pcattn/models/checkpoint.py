@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from .classifier import PointTransformerClassifier
+from .encoder import Encoder
 from .registry import create_model
 from .segmenter import PointTransformerSegmenter
 
@@ -336,6 +337,9 @@ def load_encoder(model: nn.Module, path) -> Dict[str, Any]:
         CheckpointError: ``path`` is not a classifier's checkpoint, or its encoder differs from the
             model's (the message names both configurations and the first parameter that differs).
     """
+    if not isinstance(getattr(model, "encoder", None), Encoder):
+        raise TypeError(f"model must hold an Encoder as model.encoder (a pcattn classifier or segmenter), got "
+                        f"{type(model).__name__}")
     checkpoint = load_checkpoint(path)
     if checkpoint["kind"] != CHECKPOINT_KIND:
         raise CheckpointError(f"{path}: a {checkpoint['kind']} checkpoint; an encoder is initialised from a "
