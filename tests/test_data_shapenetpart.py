@@ -27,6 +27,9 @@ def test_real_normal_format_names_the_missing_shape_or_skips_it():
     assert skateboard["pos"].shape == (1024, 3) and skateboard["normals"].shape == (1024, 3)
     assert int(skateboard["category"]) == 14 and set(skateboard["seg"].tolist()) == {45}
     assert int(table["category"]) == 15 and set(table["seg"].tolist()) == {47, 48, 49}
+    with pytest.warns(UserWarning, match=r"2 of the 2 test shapes are also in the train/val split lists \(e\.g\. "
+                                         r"04225987/1c8d5e05c3faa05861be5ced44bc18ac\)"):
+        ShapeNetPart(NORMAL, "test", missing="skip")                 # the fixture's lists overlap
     with pytest.warns(UserWarning, match="listed more than once"):
         read_shape_list(NORMAL / "train_test_split" / "shuffled_train_file_list.json")
     with pytest.warns(UserWarning):

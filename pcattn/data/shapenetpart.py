@@ -282,6 +282,23 @@ class ShapeNetPart(Dataset):
         else:  # every point of shapes of different sizes: lists of (P_i, C) and (P_i,)
             self.points, self.seg = clouds, labels
         self.shape_categories = np.asarray(categories, dtype=np.int64)
+        self._warn_if_trained_on()
+
+    def _warn_if_trained_on(self) -> None:
+        """Warn when shapes of this test split are also in the training lists (train and val): a test
+        mIoU measured on them is measured on shapes the model trained on."""
+        if self.split != "test" or self.format == "hdf5":  # (the HDF5 lists name files, not shapes)
+            return
+        with warnings.catch_warnings():  # the training lists' own duplicates are reported when they are read
+            warnings.simplefilter("ignore")
+            trained = {f"{synset}/{shape_id}" for split in ("train", "val")
+                       for path in [self.root / _SPLIT_LISTS[self.format].format(split)] if path.is_file()
+                       for synset, shape_id in read_shape_list(path)}
+        shared = [name for name in self.names if name in trained]
+        if shared:
+            warnings.warn(f"{self.root}: {len(shared)} of the {len(self.names)} test shapes are also in the train/val "
+                          f"split lists (e.g. {shared[0]}): their test scores are measured on shapes trained on; "
+                          f"remove them from one of the lists for a held-out score")
 
     def _split_files(self) -> List[Path]:
         splits = ("train", "val") if self.split == "trainval" else (self.split,)
@@ -295,12 +312,13 @@ class ShapeNetPart(Dataset):
         if self.format == "hdf5":
             yield from self._read_hdf5()
             return
-        shapes: List[Tuple[str, str]] = []
+        shapes: Dict[Tuple[str, str], Path] = {}  # each listed shape (once) -> the list naming it first
         for list_file in self._split_files():
-            shapes += [shape for shape in read_shape_list(list_file) if shape not in shapes]
-        for synset, shape_id in shapes:
+            for shape in read_shape_list(list_file):
+                shapes.setdefault(shape, list_file)
+        for (synset, shape_id), list_file in shapes.items():
             if synset not in SHAPENET_SYNSETS:
-                raise ValueError(f"{self._split_files()[0]}: unknown synset {synset!r} (shape {shape_id})")
+                raise ValueError(f"{list_file}: unknown synset {synset!r} (shape {shape_id})")
             if self.format == "normal":
                 files = [self.root / synset / f"{shape_id}.txt"]
             else:
