@@ -86,7 +86,7 @@ def _labels(path, values: np.ndarray, num_classes: Optional[int], ignore_index: 
         whole = np.isfinite(values) & (values == np.round(values))
         if not whole.all():
             row = int(np.flatnonzero(~whole)[0])
-            raise ValueError(f"{path}: label {values[row]!r} of point {row} (0-based) is not a whole number")
+            raise ValueError(f"{path}: label {values[row].item()!r} of point {row} (0-based) is not a whole number")
     elif values.dtype.kind not in "iu":
         raise ValueError(f"{path}: labels of type {values.dtype}, expected integers")
     labels = values.astype(np.int64)
@@ -224,7 +224,7 @@ def read_room_folder(folder, segment: str = "segment", num_classes: Optional[int
 def _room_folders(split_dir: Path) -> List[Path]:
     """The sub-folders of ``split_dir`` holding a ``coord.npy``, in name order."""
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"{split_dir}: folder not found")
+        raise FileNotFoundError(f"{split_dir}: folder not found (expected {split_dir}/<room>/coord.npy)")
     rooms = [folder for folder in visible_dirs(split_dir) if (folder / "coord.npy").exists()]
     if not rooms:
         raise FileNotFoundError(f"{split_dir}: no room folders (<room>/coord.npy) found")

@@ -1,0 +1,283 @@
+"""Grid (voxel) sampling, crops, centring and augmentations of scenes, in plain torch.
+
+They act on the room format of :mod:`pcattn.data.scenes` as tensors: ``{"pos": float64 (N, 3), "seg": int64
+(N,), ["color": float32 (N, 3) in [0, 1]], ["normals": float32 (N, 3)], ["index": int64 (N,)]}``. Every
+entry of :data:`SCENE_POINT_KEYS` follows its points wherever a transform picks, drops or reorders them;
+``index`` is the row of each point in the original room, so predictions on a sampled or cropped part can
+be written back to every original point (:func:`grid_fragments`).
+
+The usual training pipeline (:func:`scene_train_transforms`): :class:`GridSample` (one point per occupied
+voxel, a new random one every call) -> :class:`SphereCrop` (at most ``max_points`` points around a random
+point) -> :class:`CentreCrop` (subtract the crop's centre **in float64**, then float32: a room 1e5 m from
+the origin gives the crop it gives at the origin) -> augmentations (rotation about the up axis z, scale,
+flips, jitter, colour auto-contrast and jitter, point dropout). Evaluation: :func:`grid_fragments` splits a
+room into fragments that each hold one point per voxel and together hold every point.
+
+Randomness: each random transform takes an optional :class:`torch.Generator` (default: torch's global
+generator), as in :mod:`pcattn.data.transforms`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from .transforms import Compose, RandomJitter, RandomRotateUp, RandomScale
+
+__all__ = ["SCENE_POINT_KEYS", "take_points", "voxel_groups", "GridSample", "grid_fragments", "SphereCrop",
+           "CentreCrop", "RandomFlip", "ColorJitter", "ChromaticAutoContrast", "RandomPointDrop",
+           "scene_train_transforms", "scene_test_fragments"]
+
+Sample = Dict[str, Tensor]
+#: the per-point entries of a scene sample: every transform takes the same rows of each
+SCENE_POINT_KEYS = ("pos", "color", "normals", "seg", "index")
+
+
+def take_points(sample: Sample, rows: Tensor) -> Sample:
+    """The sample restricted to ``rows`` (int64 ``(M,)``): each entry of :data:`SCENE_POINT_KEYS` present
+    is indexed, ``index`` is added (the original row of each point) when the sample had none."""
+    out = dict(sample)
+    if "index" not in sample:
+        out["index"] = rows
+    for key in SCENE_POINT_KEYS:
+        if key in sample:
+            out[key] = sample[key][rows]
+    return out
+
+
+def _check_voxel_size(voxel_size: float) -> float:
+    if not (isinstance(voxel_size, (int, float)) and math.isfinite(voxel_size) and voxel_size > 0):
+        raise ValueError(f"voxel_size must be a positive number of metres, got {voxel_size!r}")
+    return float(voxel_size)
+
+
+def voxel_groups(pos: Tensor, voxel_size: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """Group points by the voxel they fall in.
+
+    The grid starts at the cloud's lowest corner and the cell of each point is computed in float64, so the
+    groups do not depend on where the cloud sits (1e5 m away gives the groups it gives at the origin).
+
+    Args:
+        pos: ``(N, 3)`` positions.
+        voxel_size: the cell's edge, in the units of ``pos``.
+
+    Returns:
+        ``order (N,)``: the rows sorted by voxel; ``starts (V,)`` and ``counts (V,)``: where each of the
+        ``V`` occupied voxels begins in ``order`` and how many points it holds.
+    """
+    voxel_size = _check_voxel_size(voxel_size)
+    if pos.ndim != 2 or pos.shape[1] != 3 or pos.shape[0] == 0:
+        raise ValueError(f"pos must be (N, 3) with N > 0, got {tuple(pos.shape)}")
+    pos = pos.to(torch.float64)
+    cells = torch.floor((pos - pos.min(dim=0).values) / voxel_size).to(torch.int64)
+    extent = cells.max(dim=0).values + 1
+    if float(extent.to(torch.float64).prod()) < 2.0 ** 62:  # one integer key per cell
+        keys = (cells[:, 0] * extent[1] + cells[:, 1]) * extent[2] + cells[:, 2]
+    else:  # a huge grid: number the occupied cells instead
+        keys = torch.unique(cells, dim=0, return_inverse=True)[1]
+    sorted_keys, order = torch.sort(keys, stable=True)
+    counts = torch.unique_consecutive(sorted_keys, return_counts=True)[1]
+    starts = torch.cumsum(counts, dim=0) - counts
+    return order, starts, counts
+
+
+class GridSample:
+    """Training-mode grid sampling: one point per occupied voxel, a random one at each call.
+
+    ``(N, ...) -> (V, ...)`` with ``V`` the number of occupied voxels of edge ``voxel_size`` (0.04 m for the
+    Point Transformer, 0.02 m for later networks); ``index`` gives each kept point's original row.
+    """
+
+    def __init__(self, voxel_size: float = 0.04, generator: Optional[torch.Generator] = None):
+        self.voxel_size = _check_voxel_size(voxel_size)
+        self.generator = generator
+
+    def __call__(self, sample: Sample) -> Sample:
+        order, starts, counts = voxel_groups(sample["pos"], self.voxel_size)
+        offsets = (torch.rand(len(counts), generator=self.generator, dtype=torch.float64) * counts).long()
+        offsets = torch.minimum(offsets, counts - 1)  # rand() < 1, but guard the float product
+        return take_points(sample, order[starts + offsets])
+
+    def __repr__(self) -> str:
+        return f"GridSample(voxel_size={self.voxel_size})"
+
+
+def grid_fragments(sample: Sample, voxel_size: float = 0.04) -> List[Sample]:
+    """Test-mode grid sampling: fragments that each hold one point per occupied voxel and together hold every
+    point of the room (the evaluation of the scene papers: predict each fragment, write the scores back to
+    the original rows through ``index``).
+
+    Fragment ``f`` takes, from a voxel of ``c`` points, its ``(f mod c)``-th point; there are as many
+    fragments as the fullest voxel has points. Deterministic.
+
+    Returns:
+        a list of samples (``pos (V, 3)`` each, with ``index (V,)``).
+    """
+    order, starts, counts = voxel_groups(sample["pos"], voxel_size)
+    fragments = []
+    for fragment in range(int(counts.max())):
+        fragments.append(take_points(sample, order[starts + fragment % counts]))
+    return fragments
+
+
+class SphereCrop:
+    """Keep at most ``max_points`` points: the ones nearest to a random point of the cloud (distances in
+    float64). A cloud with fewer points is returned as it is. Kept points stay in their original order."""
+
+    def __init__(self, max_points: int = 80_000, generator: Optional[torch.Generator] = None):
+        if not isinstance(max_points, int) or max_points < 1:
+            raise ValueError(f"max_points must be a positive integer, got {max_points!r}")
+        self.max_points = max_points
+        self.generator = generator
+
+    def __call__(self, sample: Sample) -> Sample:
+        pos = sample["pos"]
+        if pos.shape[0] <= self.max_points:
+            return sample
+        centre = pos[int(torch.randint(pos.shape[0], (1,), generator=self.generator))]
+        distance = (pos.to(torch.float64) - centre.to(torch.float64)).square().sum(dim=1)
+        nearest = torch.topk(distance, self.max_points, largest=False).indices
+        return take_points(sample, torch.sort(nearest).values)
+
+    def __repr__(self) -> str:
+        return f"SphereCrop(max_points={self.max_points})"
+
+
+class CentreCrop:
+    """Move the crop to the origin in float64, then make positions float32.
+
+    ``pos' = float32(float64(pos) - c)`` with ``c`` the centre of the crop's bounding box in x and y and
+    its lowest z (``floor_z=True``, the floor at 0 as the scene networks use it) or its middle z. Rounding
+    to float32 before centring would move points 1e5 m away by up to 4 mm; after it, by 1e-7 of the crop.
+    """
+
+    def __init__(self, floor_z: bool = True):
+        self.floor_z = bool(floor_z)
+
+    def __call__(self, sample: Sample) -> Sample:
+        pos = sample["pos"].to(torch.float64)
+        low, high = pos.min(dim=0).values, pos.max(dim=0).values
+        centre = (low + high) / 2
+        if self.floor_z:
+            centre[2] = low[2]
+        return {**sample, "pos": (pos - centre).to(torch.float32)}
+
+    def __repr__(self) -> str:
+        return f"CentreCrop(floor_z={self.floor_z})"
+
+
+class RandomFlip:
+    """Mirror the cloud across each of ``axes`` with probability ``p`` (x and y: z stays up); normals
+    follow."""
+
+    def __init__(self, axes: Sequence[int] = (0, 1), p: float = 0.5, generator: Optional[torch.Generator] = None):
+        self.axes, self.p, self.generator = tuple(axes), float(p), generator
+
+    def __call__(self, sample: Sample) -> Sample:
+        out = dict(sample)
+        for axis in self.axes:
+            if float(torch.rand(1, generator=self.generator)) < self.p:
+                for key in ("pos", "normals"):
+                    if key in out:
+                        values = out[key].clone()
+                        values[:, axis] = -values[:, axis]
+                        out[key] = values
+        return out
+
+    def __repr__(self) -> str:
+        return f"RandomFlip(axes={self.axes}, p={self.p})"
+
+
+class ColorJitter:
+    """Add Gaussian noise ``std * N(0, 1)`` to every colour channel of every point, clipped to ``[0, 1]``."""
+
+    def __init__(self, std: float = 0.05, generator: Optional[torch.Generator] = None):
+        if std < 0:
+            raise ValueError(f"std must be >= 0, got {std}")
+        self.std, self.generator = float(std), generator
+
+    def __call__(self, sample: Sample) -> Sample:
+        if "color" not in sample:
+            return sample
+        color = sample["color"]
+        noise = torch.randn(color.shape, generator=self.generator, dtype=color.dtype) * self.std
+        return {**sample, "color": (color + noise).clamp(0, 1)}
+
+    def __repr__(self) -> str:
+        return f"ColorJitter(std={self.std})"
+
+
+class ChromaticAutoContrast:
+    """With probability ``p``, stretch each colour channel to span ``[0, 1]`` over the crop and blend it with
+    the original colours by a random factor in ``[0, 1)`` (or ``blend``) (the scene networks' colour
+    augmentation)."""
+
+    def __init__(self, p: float = 0.2, blend: Optional[float] = None, generator: Optional[torch.Generator] = None):
+        self.p, self.blend, self.generator = float(p), blend, generator
+
+    def __call__(self, sample: Sample) -> Sample:
+        if "color" not in sample or float(torch.rand(1, generator=self.generator)) >= self.p:
+            return sample
+        color = sample["color"]
+        low, high = color.min(dim=0).values, color.max(dim=0).values
+        stretched = (color - low) / (high - low).clamp_min(1e-6)
+        blend = float(torch.rand(1, generator=self.generator)) if self.blend is None else float(self.blend)
+        return {**sample, "color": ((1 - blend) * color + blend * stretched).clamp(0, 1)}
+
+    def __repr__(self) -> str:
+        return f"ChromaticAutoContrast(p={self.p}, blend={self.blend})"
+
+
+class RandomPointDrop:
+    """With probability ``p``, remove a random ``ratio`` of the points (every per-point entry follows)."""
+
+    def __init__(self, ratio: float = 0.2, p: float = 0.2, generator: Optional[torch.Generator] = None):
+        if not 0 <= ratio < 1:
+            raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+        self.ratio, self.p, self.generator = float(ratio), float(p), generator
+
+    def __call__(self, sample: Sample) -> Sample:
+        if float(torch.rand(1, generator=self.generator)) >= self.p:
+            return sample
+        count = sample["pos"].shape[0]
+        keep = max(1, int(round(count * (1 - self.ratio))))
+        rows = torch.sort(torch.randperm(count, generator=self.generator)[:keep]).values
+        return take_points(sample, rows)
+
+    def __repr__(self) -> str:
+        return f"RandomPointDrop(ratio={self.ratio}, p={self.p})"
+
+
+def scene_train_transforms(voxel_size: float = 0.04, max_points: Optional[int] = 80_000,
+                           scale: Tuple[float, float] = (0.9, 1.1), jitter: float = 0.005,
+                           color_jitter: float = 0.05, auto_contrast: float = 0.2, drop: float = 0.2,
+                           generator: Optional[torch.Generator] = None) -> Compose:
+    """Grid sampling, a sphere crop of at most ``max_points`` (``None``: no crop), float64 centring, then
+    the augmentations: rotation about z, isotropic scale, flips of x and y, jitter (sigma ``jitter``,
+    clipped at 4 sigma), colour auto-contrast (probability ``auto_contrast``), colour jitter, point dropout
+    (20% of the points, with probability ``drop``). A zero turns one off; labels follow their points."""
+    steps: List[Callable[[Sample], Sample]] = [GridSample(voxel_size, generator)]
+    if max_points is not None:
+        steps.append(SphereCrop(max_points, generator))
+    steps += [CentreCrop(), RandomRotateUp(axis=2, generator=generator)]
+    if scale is not None and tuple(scale) != (1.0, 1.0):
+        steps.append(RandomScale(scale[0], scale[1], anisotropic=False, generator=generator))
+    steps.append(RandomFlip(generator=generator))
+    if jitter > 0:
+        steps.append(RandomJitter(jitter, 4 * jitter, generator=generator))
+    if auto_contrast > 0:
+        steps.append(ChromaticAutoContrast(auto_contrast, generator=generator))
+    if color_jitter > 0:
+        steps.append(ColorJitter(color_jitter, generator=generator))
+    if drop > 0:
+        steps.append(RandomPointDrop(0.2, drop, generator=generator))
+    return Compose(steps)
+
+
+def scene_test_fragments(sample: Sample, voxel_size: float = 0.04) -> List[Sample]:
+    """A whole room for evaluation: its :func:`grid_fragments`, each centred in float64 and made float32
+    (:class:`CentreCrop`); ``index`` maps every fragment point to its row in the room."""
+    centre = CentreCrop()
+    return [centre(fragment) for fragment in grid_fragments(sample, voxel_size)]
