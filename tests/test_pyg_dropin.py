@@ -285,3 +285,61 @@ def test_pyg_example_network_with_pcattn_imports_learns(tiny_builtin_root):
         accuracy = (model(pos, pos, batch).argmax(1) == labels).float().mean()
     assert losses[-1] < 0.5 * losses[0]
     assert accuracy >= 0.75                                     # chance is 0.25
+
+
+def _batchnorms(module):
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@pytest.mark.parametrize("add_self_loops", [True, False])
+def test_conv_in_training_with_pygs_default_mlp_equals_pyg(add_self_loops):
+    """PyG's ``MLP`` has BatchNorm by default: in training its statistics must come from the real edges
+    only (not from padding slots), so outputs, gradients and running statistics equal PyG's conv."""
+    import copy
+
+    g = torch.Generator().manual_seed(5)
+    C = 16
+    torch.manual_seed(0)
+    pos_nn, attn_nn = MLP([3, 8, C]), MLP([C, 8, C])            # norm="batch_norm" (PyG's default)
+    reference = PyGConv(8, C, pos_nn=pos_nn, attn_nn=attn_nn, add_self_loops=add_self_loops).train()
+    ours = PointTransformerConv(8, C, pos_nn=copy.deepcopy(pos_nn), attn_nn=copy.deepcopy(attn_nn),
+                                add_self_loops=add_self_loops).train()
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(50, 8, generator=g, requires_grad=True)
+    pos = torch.randn(50, 3, generator=g, requires_grad=True)
+    edge_index = _random_graph(50, 50, g, max_degree=12)        # in-degrees 0..12: padding in a (N, K) index
+    expected, got = reference(x, pos, edge_index), ours(x, pos, edge_index)
+    assert (got - expected).abs().max() < 1e-5
+    weights = torch.randn_like(expected)
+    grads_expected = torch.autograd.grad((expected * weights).sum(), [x, pos, *reference.parameters()])
+    grads_got = torch.autograd.grad((got * weights).sum(), [x, pos, *ours.parameters()])
+    for a, b in zip(grads_expected, grads_got):
+        assert (a - b).abs().max() < 1e-4
+    for a, b in zip(_batchnorms(reference), _batchnorms(ours)):
+        assert a.num_batches_tracked == b.num_batches_tracked == 1
+        assert (a.running_mean - b.running_mean).abs().max() < 1e-6
+        assert (a.running_var - b.running_var).abs().max() < 1e-5
+
+
+def test_conv_with_one_node_of_high_degree_pads_by_degree_not_to_the_largest(monkeypatch):
+    """One node of in-degree 1,000 among nodes of degree 16: the kernel gets neighbour indices grouped
+    by degree, fewer than twice the edges in padded pairs (not N x 1,000), and the output is PyG's."""
+    g = torch.Generator().manual_seed(6)
+    n = 400
+    pos, x = torch.randn(n, 3, generator=g), torch.randn(n, 8, generator=g)
+    target = torch.cat([torch.arange(1, n).repeat_interleave(16), torch.zeros(1000, dtype=torch.long)])
+    source = torch.randint(0, n, (target.numel(),), generator=g)
+    edge_index = torch.stack([source, target])
+    reference, ours = _pair(8, 16, None, None, False)
+    seen = []
+    attention = PointTransformerConv._attention
+
+    def spy(self, *args, **kwargs):
+        neighbors = next(a for a in args if isinstance(a, torch.Tensor) and a.dtype == torch.long)
+        seen.append(tuple(neighbors.shape))
+        return attention(self, *args, **kwargs)
+
+    monkeypatch.setattr(PointTransformerConv, "_attention", spy)
+    assert (ours(x, pos, edge_index) - reference(x, pos, edge_index)).abs().max() < 1e-5
+    assert sorted(seen) == [(1, 1000), (n - 1, 16)]
+    assert sum(m * k for m, k in seen) < 2 * edge_index.shape[1]

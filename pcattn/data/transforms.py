@@ -85,6 +85,10 @@ class NormalizeUnitSphere:
 
     ``pos' = (pos - mean(pos)) / max_i ||pos_i - mean(pos)||``. Normals are unchanged
     (uniform scaling and translation do not change directions).
+
+    This is where the data pipeline centres clouds (training and evaluation transforms; the cached
+    folders and :func:`~pcattn.data.cloud.prepare_cloud` do the same). The layers see positions only
+    through ``p_i - p_j``, but a model called with ``x=None`` takes the positions as its features.
     """
 
     def __call__(self, sample: Sample) -> Sample:

@@ -87,9 +87,12 @@ class TransitionDown(nn.Module):
     .. math::
         \mathbf{y}_i = \max_j \mathrm{ReLU}\big(\mathrm{BN}(W [\mathbf{p}_j - \mathbf{p}_i, \mathbf{x}_j] + b)\big)
 
-    The linear map is applied to the points before grouping (it is linear, so
-    ``W [p_j - p_i, x_j] = W [p_j, x_j] - W_p p_i``), which avoids an ``(M, k, C_in + 3)`` tensor.
-    Empty slots of clouds smaller than ``k`` repeat the nearest neighbour (a no-op for the max).
+    The linear map is split, ``W [p_j - p_i, x_j] = W_p (p_j - p_i) + W_x x_j``: the features are
+    projected per point before grouping (no ``(M, k, C_in + 3)`` tensor), the relative positions
+    ``p_j - p_i`` are formed per pair in float32 (also under autocast) and then projected, so the
+    output depends on the positions only through ``p_j - p_i`` (a cloud far from the origin gives the
+    centred cloud's output). Empty slots of clouds smaller than ``k`` repeat the nearest neighbour
+    (a no-op for the max).
 
     Shapes: ``x (N, C_in)``, ``pos (N, 3)``, ``batch (N,)`` -> :class:`Downsampled` with
     ``M = sum over clouds of ceil(n_cloud / stride)`` rows.
@@ -116,9 +119,9 @@ class TransitionDown(nn.Module):
         else:
             neighbors = knn_equal_clouds(pos, self.k, clouds, query=pos_out)
         neighbors = torch.where(neighbors >= 0, neighbors, neighbors[:, :1])
-        projected = self.linear(torch.cat([pos, x], dim=1))                           # W [p_j, x_j]: (N, C_out)
-        centre = F.linear(pos_out, self.linear.weight[:, :3])                          # W_p p_i: (M, C_out)
-        grouped = gather(projected, neighbors) - centre[:, None, :]                            # (M, k, C_out)
+        weight_pos, weight_x = self.linear.weight[:, :3], self.linear.weight[:, 3:]
+        rel_pos = gather(pos, neighbors) - pos_out[:, None, :]                        # p_j - p_i: (M, k, 3)
+        grouped = F.linear(rel_pos, weight_pos) + gather(F.linear(x, weight_x), neighbors)   # (M, k, C_out)
         m, k, c = grouped.shape
         grouped = F.relu(self.norm(grouped.reshape(m * k, c))).reshape(m, k, c)
         return Downsampled(grouped.max(dim=1).values, pos_out, batch_out, index)

@@ -293,9 +293,11 @@ class Neighbourhood(NamedTuple):
     valid: Optional[Tensor]
 
 
-def gather_chunk(key: Tensor, value: Tensor, pos: Optional[Tensor], neighbors: Tensor, start: int,
-                  stop: int) -> Neighbourhood:
-    """Gather the neighbours of query rows ``start:stop`` (``pos=None``: no relative positions)."""
+def gather_chunk(key: Tensor, value: Tensor, query_pos: Optional[Tensor], pos: Optional[Tensor], neighbors: Tensor,
+                 start: int, stop: int) -> Neighbourhood:
+    """Gather the neighbours of query rows ``start:stop``: rows of ``key``/``value``/``pos`` named by
+    ``neighbors``, and the relative positions ``query_pos[i] - pos[j]``, formed here in the positions'
+    dtype (float32 or float64, also under autocast) before any module sees them (``pos=None``: none)."""
     neighbors = neighbors[start:stop]
     valid = neighbors >= 0
     # Masking costs an extra pass, asking whether it is needed costs a host synchronisation:
@@ -304,7 +306,7 @@ def gather_chunk(key: Tensor, value: Tensor, pos: Optional[Tensor], neighbors: T
         valid = None
     else:
         neighbors = neighbors.clamp(min=0)
-    rel_pos = None if pos is None else pos[start:stop, None, :] - gather(pos, neighbors)
+    rel_pos = None if pos is None else query_pos[start:stop, None, :] - gather(pos, neighbors)
     return Neighbourhood(gather(key, neighbors), gather(value, neighbors), rel_pos, valid)
 
 
@@ -313,6 +315,10 @@ class NeighborhoodAttention(nn.Module):
 
     Subclasses define ``_pairs(query_rows (M, Cq), neighbourhood) -> (out (M, C), weights (M, K, G))``
     and ``_pair_modules()`` (the modules used inside ``_pairs``).
+
+    The query rows need not be rows of the key table: ``query (M, Cq)`` with ``query_pos (M, 3)``
+    attend over ``neighbors (M, K)`` rows of ``key``/``value``/``pos (N, ...)`` (self-attention:
+    ``query_pos is pos``).
     """
 
     def __init__(self, in_channels: int, out_channels: Optional[int], chunk_size: Optional[int], checkpoint: bool):
@@ -336,26 +342,28 @@ class NeighborhoodAttention(nn.Module):
             if module is not self and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
-    def _over_chunks(self, query: Tensor, key: Tensor, value: Tensor, pos: Optional[Tensor], neighbors: Tensor,
-                     rows: int, want_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    def _over_chunks(self, query: Tensor, query_pos: Optional[Tensor], key: Tensor, value: Tensor,
+                     pos: Optional[Tensor], neighbors: Tensor, rows: int,
+                     want_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
         modules = [module for module in self._pair_modules() if module is not None]
         params = [p for module in modules for p in module.parameters() if p.requires_grad]
         needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (query, key, value, pos, *params))
+            t is not None and t.requires_grad for t in (query, key, value, query_pos, pos, *params))
         # BatchNorm in training updates its running statistics on every call: a recomputation would
         # update them twice. Those modules use plain autograd (see the layers' ``_attend``).
         batchnorm_training = self.training and any(isinstance(sub, nn.modules.batchnorm._BatchNorm)
                                                    for module in modules for sub in module.modules())
         if tracing() and not self.chunk_size:  # compile/export: one chunk (any batch size), plain autograd
-            out, w = self._pairs(query, gather_chunk(key, value, pos, neighbors, 0, neighbors.shape[0]))
+            out, w = self._pairs(query, gather_chunk(key, value, query_pos, pos, neighbors, 0, neighbors.shape[0]))
             return out, (w if want_weights else None)
         if needs_grad and not tracing() and self.checkpoint and not want_weights and not batchnorm_training:
             verify = not all(type(sub) in _DETERMINISTIC_MODULES for module in modules for sub in module.modules())
-            return RecomputedChunks.apply(self, rows, verify, query, key, value, pos, neighbors, *params), None
+            return RecomputedChunks.apply(self, rows, verify, query, key, value, query_pos, pos, neighbors,
+                                          *params), None
         outs, weights = [], []
         for start in range(0, neighbors.shape[0], rows):
             stop = start + rows
-            out, w = self._pairs(query[start:stop], gather_chunk(key, value, pos, neighbors, start, stop))
+            out, w = self._pairs(query[start:stop], gather_chunk(key, value, query_pos, pos, neighbors, start, stop))
             outs.append(out)
             if want_weights:  # (M, K, G) per chunk: keep only when asked, it is K*G/C times the output
                 weights.append(w)
@@ -423,15 +431,15 @@ class RecomputedChunks(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, layer, rows, verify, query, key, value, pos, neighbors, *params):
+    def forward(ctx, layer, rows, verify, query, key, value, query_pos, pos, neighbors, *params):
         ctx.layer, ctx.rows = layer, rows
         ctx.replay = _ForwardReplay(query.device)
-        ctx.save_for_backward(query, key, value, pos, neighbors, *params)
+        ctx.save_for_backward(query, key, value, query_pos, pos, neighbors, *params)
         outs: List[Tensor] = []
         prints: List[Tensor] = []
         for start in range(0, neighbors.shape[0], rows):
             stop = start + rows
-            out = layer._pairs(query[start:stop], gather_chunk(key, value, pos, neighbors, start, stop))[0]
+            out = layer._pairs(query[start:stop], gather_chunk(key, value, query_pos, pos, neighbors, start, stop))[0]
             outs.append(out)
             if verify:
                 prints.append(_fingerprint(out))
@@ -442,12 +450,13 @@ class RecomputedChunks(torch.autograd.Function):
     def backward(ctx, grad_out):
         if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
             return RecomputedChunks._backward_with_graph(ctx, grad_out)
-        query, key, value, pos, neighbors, *params = ctx.saved_tensors
+        query, key, value, query_pos, pos, neighbors, *params = ctx.saved_tensors
         layer, rows = ctx.layer, ctx.rows
-        need_q, need_k, need_v, need_pos = ctx.needs_input_grad[3:7]
+        need_q, need_k, need_v, need_query_pos, need_pos = ctx.needs_input_grad[3:8]
         grads = [torch.zeros_like(t) if need else None
-                 for t, need in zip((query, key, value, pos), (need_q, need_k, need_v, need_pos))]
-        grad_q, grad_k, grad_v, grad_pos = grads
+                 for t, need in zip((query, key, value, query_pos, pos),
+                                    (need_q, need_k, need_v, need_query_pos, need_pos))]
+        grad_q, grad_k, grad_v, grad_query_pos, grad_pos = grads
         grad_params = [torch.zeros_like(p) for p in params]
         prints = []
         with ctx.replay:
@@ -457,9 +466,9 @@ class RecomputedChunks(torch.autograd.Function):
                 index = nbr.clamp(min=0).reshape(-1)
                 with torch.enable_grad():
                     q_rows = query[start:stop].detach().requires_grad_(need_q)
-                    hood = gather_chunk(key.detach(), value.detach(), None if pos is None else pos.detach(),
-                                        neighbors, start, stop)
-                    rel_pos = None if hood.rel_pos is None else hood.rel_pos.requires_grad_(need_pos)
+                    hood = gather_chunk(key.detach(), value.detach(), None if pos is None else query_pos.detach(),
+                                        None if pos is None else pos.detach(), neighbors, start, stop)
+                    rel_pos = None if hood.rel_pos is None else hood.rel_pos.requires_grad_(need_pos or need_query_pos)
                     hood = Neighbourhood(hood.key.requires_grad_(need_k), hood.value.requires_grad_(need_v),
                                          rel_pos, hood.valid)
                     out = layer._pairs(q_rows, hood)[0]
@@ -477,29 +486,31 @@ class RecomputedChunks(torch.autograd.Function):
                     grad_k.index_add_(0, index, g_key.reshape(m * k, -1).to(grad_k.dtype))
                 if g_value is not None:
                     grad_v.index_add_(0, index, g_value.reshape(m * k, -1).to(grad_v.dtype))
-                if g_rel is not None:  # rel_pos = p_i - p_j
-                    grad_pos[start:stop] += g_rel.sum(dim=1).to(grad_pos.dtype)
+                if g_rel is not None and need_query_pos:  # rel_pos = query_pos_i - pos_j
+                    grad_query_pos[start:stop] += g_rel.sum(dim=1).to(grad_query_pos.dtype)
+                if g_rel is not None and need_pos:
                     grad_pos.index_add_(0, index, -g_rel.reshape(m * k, 3).to(grad_pos.dtype))
                 for total, g in zip(grad_params, g_params):
                     if g is not None:
                         total += g
         if ctx.prints is not None:
             _check_replay(ctx.prints, torch.stack(prints), layer)
-        return (None, None, None, grad_q, grad_k, grad_v, grad_pos, None, *grad_params)
+        return (None, None, None, grad_q, grad_k, grad_v, grad_query_pos, grad_pos, None, *grad_params)
 
     @staticmethod
     def _backward_with_graph(ctx, grad_out):
         """Recompute every chunk from the saved inputs with their history, then differentiate with
         ``create_graph=True``: the gradients are functions of the inputs, so they can be differentiated again."""
-        query, key, value, pos, neighbors, *params = ctx.saved_tensors
+        query, key, value, query_pos, pos, neighbors, *params = ctx.saved_tensors
         layer, rows = ctx.layer, ctx.rows
-        inputs = [query, key, value, pos, *params]
-        needed = list(ctx.needs_input_grad[3:7]) + list(ctx.needs_input_grad[8:])
+        inputs = [query, key, value, query_pos, pos, *params]
+        needed = list(ctx.needs_input_grad[3:8]) + list(ctx.needs_input_grad[9:])
         outs, prints = [], []
         with ctx.replay:
             for start in range(0, neighbors.shape[0], rows):
                 stop = start + rows
-                out = layer._pairs(query[start:stop], gather_chunk(key, value, pos, neighbors, start, stop))[0]
+                out = layer._pairs(query[start:stop],
+                                   gather_chunk(key, value, query_pos, pos, neighbors, start, stop))[0]
                 outs.append(out)
                 if ctx.prints is not None:
                     prints.append(_fingerprint(out))
@@ -510,7 +521,7 @@ class RecomputedChunks(torch.autograd.Function):
         found = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
         grads = [next(found) if need else None for need in needed]
         grads = [torch.zeros_like(t) if g is None and need else g for t, g, need in zip(inputs, grads, needed)]
-        return (None, None, None, *grads[:4], None, *grads[4:])
+        return (None, None, None, *grads[:5], None, *grads[5:])
 
 
 def _check_replay(forward: Tensor, recomputed: Tensor, layer: nn.Module) -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "to_flat",
     "to_dense",
     "batch_ptr",
+    "cloud_start_rows",
     "local_to_global",
     "global_to_local",
     "ragged_index",
@@ -129,6 +130,16 @@ def batch_ptr(batch: Optional[Tensor], num_points: int) -> Tensor:
         return torch.zeros(1, dtype=torch.long)
     counts = torch.bincount(batch.long().cpu())
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+def cloud_start_rows(batch: Tensor) -> Tensor:
+    """For each row of a sorted ``batch (N,)``, the first row of its cloud: ``(N,)`` long.
+
+    ``pos[cloud_start_rows(batch)]`` is a point of each row's cloud that moves with the cloud: the
+    layers subtract it (in float32) before projecting absolute positions, so a projection depends on
+    where a cloud is only through the rounding of the cloud's own extent. No host synchronisation.
+    """
+    return torch.searchsorted(batch, batch)
 
 
 def to_flat(pos: Tensor, *features: Tensor) -> Tuple[Tensor, ...]:

@@ -40,12 +40,22 @@ class PointTransformerConv(VectorSelfAttention):
 
     The softmax runs over the sources ``j`` of the edges into ``i``, per channel. ``W_1`` is
     ``lin_dst``, ``W_2`` ``lin_src``, ``W_3`` ``lin``, :math:`h` ``pos_nn`` (default
-    ``Linear(3, out_channels)``, folded into the per-point projections as in
-    :class:`~pcattn.VectorSelfAttention`), :math:`\gamma` ``attn_nn`` (default none; its output
-    has ``1`` or ``out_channels`` channels). ``N(i)`` are the sources of the edges into ``i``;
-    with ``add_self_loops`` self loops are removed and exactly one added per node, as PyG does.
-    A node with no incoming edge gets zeros. The variable-degree graph is turned into a padded
-    ``(N, K)`` neighbour index (``-1`` slots) for pcattn's chunked kernel.
+    ``Linear(3, out_channels)``), :math:`\gamma` ``attn_nn`` (default none; its output has ``1``
+    or ``out_channels`` channels). ``N(i)`` are the sources of the edges into ``i``; with
+    ``add_self_loops`` self loops are removed and exactly one added per node, as PyG does. A node
+    with no incoming edge gets zeros.
+
+    The relative positions :math:`\mathbf{p}_i - \mathbf{p}_j` are formed per edge in float32 (or
+    float64; also under autocast) before :math:`h` sees them, so a graph far from the origin gives
+    the output of the centred graph, as PyG's conv does.
+
+    Memory: the targets are grouped by in-degree (:func:`degree_buckets`: in-degrees in
+    ``(K/2, K]`` share a padded ``(M, K)`` neighbour index), and each group runs pcattn's chunked
+    kernel, so a few high-degree nodes cost their own edges, not ``N x K_max``: the padded pairs are
+    fewer than twice the edges, and with ``checkpoint=True`` training stores ``O(N x C)``. With
+    BatchNorm in ``pos_nn``/``attn_nn`` in training mode (PyG's ``MLP`` default) the conv computes
+    edge by edge as PyG's does (those modules must see exactly the ``E`` edges at once for their
+    statistics): ``E x C`` per pair tensor, as PyG's conv.
 
     Args:
         in_channels: input size, ``-1`` for lazy initialisation at the first call, or a tuple
@@ -111,21 +121,75 @@ class PointTransformerConv(VectorSelfAttention):
             nodes = torch.arange(min(n_src, n_dst), device=source.device)
             source, target = torch.cat([source[~loop], nodes]), torch.cat([target[~loop], nodes])
         query, key, value = self.lin_dst(x_dst), self.lin_src(x_src), self.lin(x_src)
-        if n_src == 0 or n_dst == 0:
+        if n_src == 0 or n_dst == 0 or target.numel() == 0:
             return query.new_zeros(n_dst, self.out_channels)
-        neighbors = edge_index_to_neighbors(source, target, n_dst)
-        connected = neighbors[:, 0] >= 0
-        # A node without incoming edges attends to a stand-in (row 0) and its output is zeroed below.
-        neighbors[:, 0].clamp_(min=0)
-        if pos_src is pos_dst and n_src == n_dst:
-            rows = pos_src
-        else:  # bipartite: one table of rows, the targets' first (the chunk loop's queries), then the sources'
-            rows = torch.cat([pos_dst, pos_src.to(pos_dst.dtype)])
-            key, value = torch.cat([key.new_zeros(n_dst, key.shape[1]), key]), torch.cat(
-                [value.new_zeros(n_dst, value.shape[1]), value])
-            neighbors = torch.where(neighbors >= 0, neighbors + n_dst, neighbors)
-        out, _ = self._attention(query, key, value, rows, neighbors, want_weights=False)
-        return torch.where(connected[:, None], out, out.new_zeros(()))
+        # Relative positions are formed per edge in float32 or float64 (half-precision positions are
+        # promoted), before pos_nn sees them: a graph has no clouds to fold a linear pos_nn about.
+        dtype = torch.promote_types(torch.promote_types(pos_src.dtype, pos_dst.dtype), torch.float32)
+        pos_src, pos_dst = pos_src.to(dtype), pos_dst.to(dtype)
+        if self._batchnorm and self.training:
+            return self._edge_attention(query, pos_dst, key, value, pos_src, source, target)
+        nodes, outs = [], []
+        for bucket_nodes, neighbors in degree_buckets(source, target, n_dst):
+            if bucket_nodes.numel() == n_dst:   # one bucket holds every node, in order: no copies
+                return self._attention(query, pos_dst, key, value, pos_src, neighbors, want_weights=False)[0]
+            out, _ = self._attention(query[bucket_nodes], pos_dst[bucket_nodes], key, value, pos_src, neighbors,
+                                     want_weights=False)
+            nodes.append(bucket_nodes)
+            outs.append(out)
+        out = torch.cat(outs)
+        # nodes without incoming edges are in no bucket: they get zeros, as in PyG
+        return out.new_zeros(n_dst, out.shape[1]).index_copy(0, torch.cat(nodes), out)
+
+    def _edge_attention(self, query: Tensor, pos_dst: Tensor, key: Tensor, value: Tensor, pos_src: Tensor,
+                        source: Tensor, target: Tensor) -> Tensor:
+        """PyG's computation edge by edge, for BatchNorm in ``pos_nn``/``attn_nn`` in training: those
+        modules see exactly the ``E`` edges in one call, so their batch statistics and running
+        statistics are PyG's. Plain autograd; memory ``E x C`` per pair tensor, as PyG's conv.
+
+        ``query (N_t, C)``, ``pos_dst (N_t, 3)``; ``key``/``value (N_s, C)``, ``pos_src (N_s, 3)``;
+        edges ``source[e] -> target[e]`` ``(E,)``. Returns ``(N_t, C)``, zeros where no edge arrives.
+        """
+        n_dst, channels = query.shape[0], self.out_channels
+        delta = self.pos_nn(pos_dst.index_select(0, target) - pos_src.index_select(0, source))      # (E, C)
+        logits = self.mapping(query.index_select(0, target) - key.index_select(0, source) + delta)    # (E, G)
+        groups = logits.shape[-1]
+        weights = segment_softmax(logits, target, n_dst)                                            # (E, G)
+        messages = weights[..., None] * (value.index_select(0, source) + delta).view(-1, groups, channels // groups)
+        messages = messages.reshape(-1, channels)
+        return messages.new_zeros(n_dst, channels).index_add_(0, target, messages)
+
+
+def segment_softmax(logits: Tensor, index: Tensor, num_segments: int) -> Tensor:
+    """Softmax of ``logits (E, G)`` over the rows sharing an ``index (E,)`` value, per column (PyG's
+    ``softmax``). Half-precision logits are normalised in float32 and returned in their dtype."""
+    work = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    rows = index[:, None].expand_as(work)
+    # the shift cancels in the softmax, so it needs no gradient (as in PyG)
+    maxima = work.detach().new_full((num_segments, work.shape[1]), float("-inf"))
+    maxima = maxima.scatter_reduce(0, rows, work.detach(), reduce="amax", include_self=True)
+    exp = (work - maxima.index_select(0, index)).exp()
+    sums = exp.new_zeros(num_segments, work.shape[1]).index_add_(0, index, exp)
+    return (exp / sums.index_select(0, index)).to(logits.dtype)
+
+
+def degree_buckets(source: Tensor, target: Tensor, num_targets: int):
+    """The edges ``source[e] -> target[e]`` as padded neighbour indices, targets grouped by in-degree.
+
+    Yields ``(nodes (M,), neighbors (M, K))``: the targets whose in-degree ``d`` lies in ``(K/2, K]``
+    for ``K`` a power of two (the bucket's ``K`` is then cut to its largest degree), each row listing
+    the sources of the edges into that node in edge order and ``-1`` after. So a node of in-degree
+    1,000 among nodes of degree 16 costs a ``(1, 1000)`` index beside ``(N, 16)``, not ``(N, 1000)``:
+    the padded pairs are fewer than twice the edges. Targets without edges are in no bucket.
+    """
+    degree = torch.bincount(target, minlength=num_targets)
+    bucket = torch.where(degree > 0, torch.ceil(torch.log2(degree.double())).long(), -1)   # K = 2**bucket
+    for b in torch.unique(bucket[bucket >= 0]).tolist():
+        in_bucket = bucket == b
+        nodes = in_bucket.nonzero().flatten()
+        row = torch.cumsum(in_bucket, 0) - 1                     # each bucket node's row in the bucket
+        edges = in_bucket[target]
+        yield nodes, edge_index_to_neighbors(source[edges], row[target[edges]], nodes.numel())
 
 
 def _linear(in_channels: int, out_channels: int) -> nn.Module:

@@ -36,7 +36,13 @@ class ScalarSelfAttention(NeighborhoodAttention):
     linear, :math:`\delta_{ij} = W_p(\mathbf{p}_i - \mathbf{p}_j)`, computed exactly through
     :math:`q_i \cdot W_p p_i` being constant over j (it cancels in the softmax) and the
     weights summing to one: :math:`\sum_j w_{ij}(v_j + W_p p_i - W_p p_j) =
-    \sum_j w_{ij}(v_j - W_p p_j) + W_p p_i`. A non-linear relative MLP would need all pairs.
+    \sum_j w_{ij}(v_j - W_p p_j) + W_p p_i`, with positions taken relative to the first point
+    of each cloud (formed in float32): translation changes nothing but rounding of the cloud's
+    extent. A non-linear relative MLP would need all pairs.
+
+    Positions far from the origin: in kNN mode the relative positions :math:`p_i - p_j` are
+    formed in float32 (also under autocast) before the encoding sees them, as in
+    :class:`VectorSelfAttention`.
 
     Args:
         in_channels: input size ``C_in``.
@@ -122,7 +128,7 @@ class ScalarSelfAttention(NeighborhoodAttention):
     def _attend_knn(self, query, key, value, pos, neighbors, want_weights):
         rows = chunk_rows(neighbors.shape[1], self.heads * (self.qk_channels + self.v_channels), self.chunk_size,
                           neighbors.device)
-        return self._over_chunks(query, key, value, pos, neighbors, rows, want_weights)
+        return self._over_chunks(query, pos, key, value, pos, neighbors, rows, want_weights)
 
     def _pairs(self, query: Tensor, hood: Neighbourhood) -> Tuple[Tensor, Tensor]:
         m, k = hood.key.shape[:2]
@@ -142,10 +148,6 @@ class ScalarSelfAttention(NeighborhoodAttention):
     def _attend_global(self, query, key, value, points: Points, want_weights):
         H, dq, dv = self.heads, self.qk_channels, self.v_channels
         pos, batch = points.pos, points.batch
-        if self.pos_encoder is not None:
-            enc = self.pos_encoder(pos)                     # W_p p, (N, H*(dq+dv))
-            key = key - enc[:, :H * dq]
-            value = value - enc[:, H * dq:]
         # Clouds as they appear in the sorted batch (ids with no points are skipped).
         _, sizes = torch.unique_consecutive(batch, return_counts=True)
         sizes = sizes.cpu()
@@ -153,6 +155,13 @@ class ScalarSelfAttention(NeighborhoodAttention):
         cloud_of_row = torch.arange(B, device=pos.device).repeat_interleave(sizes.to(pos.device))
         equal = bool((sizes == P).all())
         index = ragged_index(sizes).to(pos.device)
+        if self.pos_encoder is not None:
+            # W_p (p - r) with r the first point of each cloud, p - r formed in float32 (or float64):
+            # the encoding depends on where the cloud is only through the rounding of its own extent.
+            local = pos - pos.index_select(0, index[cloud_of_row, 0])
+            enc = self.pos_encoder(local)                   # W_p (p - r), (N, H*(dq+dv))
+            key = key - enc[:, :H * dq]
+            value = value - enc[:, H * dq:]
         safe = index.clamp(min=0)
 
         def heads_first(t: Tensor, d: int) -> Tensor:  # (N, H*d) -> (B, H, P, d)

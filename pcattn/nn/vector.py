@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .geometry import cloud_start_rows, tracing
 from .chunked import (NeighborhoodAttention, Neighbourhood, check_count, chunk_rows, finish, has_batchnorm, mlp,
                       normalize, pairwise, prepare, resolve_neighbors)
 
@@ -33,11 +34,21 @@ class VectorSelfAttention(NeighborhoodAttention):
     (``groups = out_channels`` is the paper's pure vector attention, ``groups = 1`` a
     single weight per neighbour).
 
-    A ``Linear(3, C)`` positional encoding (PyG's default) splits as
-    :math:`\delta_{ij} = (W p_i + b) - W p_j`; with the subtraction or addition relation and
-    weights that sum to one (softmax, l1relu) its parts are folded into the per-point query, key
-    and value, so no per-pair position tensor is built (the same function up to float rounding;
-    set ``layer.fold_linear_encoding = False`` to compute :math:`\delta_{ij}` per pair).
+    Positions far from the origin: the output depends on the positions only through
+    :math:`\mathbf{p}_i - \mathbf{p}_j`, formed in the positions' dtype (float32 or float64, also
+    under autocast) before any module sees it, so a cloud moved by :math:`10^5` in float32 (or by
+    :math:`10^2` under bf16 autocast) gives the output of the centred cloud when its relative
+    positions are the same numbers.
+
+    A ``Linear(3, C)`` positional encoding (PyG's default) splits about the first point
+    :math:`\mathbf{r}` of each cloud as :math:`\delta_{ij} = (W (p_i - r) + b) - W (p_j - r)`;
+    with the subtraction or addition relation and weights that sum to one (softmax, l1relu) its
+    parts are folded into the per-point query, key and value, so no per-pair position tensor is
+    built (the same function up to float rounding of the cloud's extent). It folds in float32 or
+    float64 outside autocast, in eager calls; under autocast (a half-precision projection would
+    round :math:`p - r` to the cloud's extent), while compiling, and in
+    :class:`pcattn.nn.pyg.PointTransformerConv` (a graph has no clouds) :math:`\delta_{ij}` is
+    computed per pair (set ``layer.fold_linear_encoding = False`` to always do so).
 
     Args:
         in_channels: input feature size ``C_in``.
@@ -198,45 +209,58 @@ class VectorSelfAttention(NeighborhoodAttention):
         neighbors = resolve_neighbors(points, self.k, neighbors)
         query, key, value = self.to_query(points.x), self.to_key(points.x), self.to_value(points.x)
         want_weights = return_attention or self.record_attention
-        out, weights = self._attention(query, key, value, points.pos, neighbors, want_weights)
+        out, weights = self._attention(query, points.pos, key, value, points.pos, neighbors, want_weights,
+                                       points.batch)
         return finish(self, out, weights, neighbors, points, return_attention)
 
-    def _attention(self, query: Tensor, key: Tensor, value: Tensor, pos: Tensor, neighbors: Tensor,
-                   want_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
-        """Projected rows to outputs: ``query (M, C)`` for the first ``M`` rows of ``key``/``value``/``pos
-        (N, ...)`` (``M = N`` for self-attention), ``neighbors (M, K)`` rows of ``key``."""
-        if self._folds_encoding:
-            # A linear encoding splits: delta_ij = (W p_i + b) - W p_j. Its parts join the per-point
-            # query, key and value, and since the weights of a group sum to one over the neighbours,
-            # sum_j w_ij (v_j - W p_j + W p_i + b) = sum_j w_ij (v_j - W p_j) + (W p_i + b).
-            # No pairwise positions remain: the same function with fewer per-pair operations.
-            projected = F.linear(pos, self.pos_encoder.weight)                               # W p, (N, C)
-            own = projected if self.pos_encoder.bias is None else projected + self.pos_encoder.bias.to(projected.dtype)
-            own = own[:query.shape[0]]
+    def _attention(self, query: Tensor, query_pos: Tensor, key: Tensor, value: Tensor, pos: Tensor,
+                   neighbors: Tensor, want_weights: bool,
+                   batch: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+        """Projected rows to outputs: ``query (M, C)`` at ``query_pos (M, 3)`` attends over ``neighbors (M, K)``,
+        rows of ``key``/``value``/``pos (N, ...)`` (self-attention: ``query_pos is pos``). ``batch (N,)``, the
+        clouds of a self-attention call, lets a linear encoding fold (see :meth:`_fold_is_exact`)."""
+        if self.pos_encoder is None:   # no encoding: no relative positions
+            return self._attend(query, None, key, value, None, neighbors, want_weights)
+        if batch is not None and query_pos is pos and self._fold_is_exact(pos):
+            # A linear encoding splits about any point r: delta_ij = (W (p_i - r) + b) - W (p_j - r). Its
+            # parts join the per-point query, key and value, and since the weights of a group sum to one
+            # over the neighbours, sum_j w_ij (v_j - W (p_j - r) + W (p_i - r) + b) =
+            # sum_j w_ij (v_j - W (p_j - r)) + (W (p_i - r) + b). With r the first point of each cloud,
+            # p - r is formed in the positions' dtype (float32 or float64) before the projection, so the
+            # output depends on where the cloud is only through float rounding of its own extent.
+            local = pos - pos.index_select(0, cloud_start_rows(batch))                  # p - r, (N, 3)
+            projected = F.linear(local, self.pos_encoder.weight)                        # W (p - r), (N, C)
+            own = projected if self.pos_encoder.bias is None else projected + self.pos_encoder.bias
             query = query + own
             key = key + projected if self.relation == "subtraction" else key - projected
-            out, weights = self._attend(query, key, value - projected, None, neighbors, want_weights)
+            out, weights = self._attend(query, None, key, value - projected, None, neighbors, want_weights)
             return out + own, weights
-        pos = None if self.pos_encoder is None else pos   # (no encoding: no relative positions)
-        return self._attend(query, key, value, pos, neighbors, want_weights)
+        return self._attend(query, query_pos, key, value, pos, neighbors, want_weights)
 
     @property
     def _folds_encoding(self) -> bool:
-        """Whether the positional encoding is one ``Linear(3, C)`` folded into the per-point projections
-        (subtraction/addition relation, weights that sum to one over the neighbours)."""
+        """Whether the positional encoding is one ``Linear(3, C)`` that may fold into the per-point
+        projections (subtraction/addition relation, weights that sum to one over the neighbours)."""
         return (type(self.pos_encoder) is nn.Linear and self.relation in ("subtraction", "addition")
                 and self.normalization in ("softmax", "l1relu") and self.fold_linear_encoding)
 
-    def _pair_modules(self) -> Tuple[Optional[nn.Module], ...]:
-        return (None if self._folds_encoding else self.pos_encoder, self.mapping)
+    def _fold_is_exact(self, pos: Tensor) -> bool:
+        """Whether folding keeps ``p_i - p_j`` exact: positions in float32 or float64 and no autocast (its
+        half-precision projection would round ``p - r`` to the cloud's extent, not to ``p_i - p_j``), in
+        eager mode (recorded graphs take the per-pair path, which needs no cloud starts)."""
+        return (self._folds_encoding and pos.dtype in (torch.float32, torch.float64)
+                and not torch.is_autocast_enabled(pos.device.type) and not tracing())
 
-    def _attend(self, query: Tensor, key: Tensor, value: Tensor, pos: Tensor, neighbors: Tensor,
-                want_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    def _pair_modules(self) -> Tuple[Optional[nn.Module], ...]:
+        return (self.pos_encoder, self.mapping)
+
+    def _attend(self, query: Tensor, query_pos: Optional[Tensor], key: Tensor, value: Tensor, pos: Optional[Tensor],
+                neighbors: Tensor, want_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
         n, k = neighbors.shape
         # BatchNorm inside theta or gamma needs all pairs at once in training to match its statistics.
         whole = self._batchnorm and self.training
         rows = n if whole else chunk_rows(k, self.out_channels, self.chunk_size, neighbors.device)
-        return self._over_chunks(query, key, value, pos, neighbors, rows, want_weights)
+        return self._over_chunks(query, query_pos, key, value, pos, neighbors, rows, want_weights)
 
     def _pairs(self, query: Tensor, hood: Neighbourhood) -> Tuple[Tensor, Tensor]:
         """One chunk of query rows ``(M, C)`` and their gathered neighbours: ``(M, C)`` outputs, ``(M, K, G)`` weights."""
