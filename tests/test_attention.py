@@ -177,7 +177,7 @@ def test_checkpointed_chunks_give_identical_gradients():
         grads = []
         for use_checkpoint in (True, False):
             layer.zero_grad()
-            layer.checkpoint = use_checkpoint
+            layer.recompute = use_checkpoint
             xx, pp = x.clone().requires_grad_(True), pos.clone().requires_grad_(True)
             layer(xx, pp, batch).square().sum().backward()
             assert pp.grad.abs().sum() > 0
@@ -350,3 +350,21 @@ def test_bad_library_input_names_the_argument():
     features[0, 4, 5] = float("inf")
     with pytest.raises(ValueError, match="x contains NaN or infinite"):
         model(features, torch.randn(1, 16, 3))
+
+
+def test_recompute_is_the_switch_and_checkpoint_its_old_name():
+    """recompute= switches the recomputing backward; checkpoint= (also the name of files and of
+    --checkpoint) still works for one release, with a FutureWarning."""
+    from pcattn.nn.pyg import PointTransformerConv
+
+    for build in (lambda **kw: VectorSelfAttention(8, 8, k=4, **kw), lambda **kw: ScalarSelfAttention(8, 8, k=4, **kw),
+                  lambda **kw: PointTransformerConv(8, 8, **kw)):
+        assert build().recompute is True and build(recompute=False).recompute is False
+        with pytest.warns(FutureWarning, match="recompute"):
+            old = build(checkpoint=False)
+        assert old.recompute is False
+        with pytest.warns(FutureWarning, match="layer.recompute"):
+            assert old.checkpoint is False
+        with pytest.warns(FutureWarning, match="layer.recompute"):
+            old.checkpoint = True
+        assert old.recompute is True

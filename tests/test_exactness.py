@@ -1,4 +1,4 @@
-"""Mixed precision and the exactness of the memory-saving backward (``checkpoint=True``).
+"""Mixed precision and the exactness of the memory-saving backward (``recompute=True``).
 
 Tolerances, stated once: bf16 keeps 8 significant bits (relative rounding 2^-8 = 0.4%), and a
 layer chains a few roundings, so a bf16 layer output must be within 3% of the float32 output
@@ -173,7 +173,7 @@ def test_any_subset_may_require_grad(layer_kind):
             layer = ScalarSelfAttention(8, 16, k=8, heads=2)
         else:
             layer = VectorSelfAttention(8, 16, k=8, positional_encoding=layer_kind)
-        layer.checkpoint, layer.chunk_size = checkpoint, 9
+        layer.recompute, layer.chunk_size = checkpoint, 9
         return layer
 
     for frozen, (x_grad, pos_grad) in itertools.product(_frozen_cases(), [(True, True), (True, False), (False, True)]):
@@ -244,9 +244,9 @@ def test_a_recomputation_that_cannot_replay_refuses_and_names_the_fix():
     x, pos, batch = inputs()
     layer = VectorSelfAttention(8, 16, k=8, mapping=NumpyNoiseMapping(16))
     out = layer(x.requires_grad_(True), pos, batch)
-    with pytest.raises(RuntimeError, match="checkpoint=False"):
+    with pytest.raises(RuntimeError, match="recompute=False"):
         out.sum().backward()
-    layer.checkpoint = False
+    layer.recompute = False
     layer(x, pos, batch).sum().backward()   # the named fix works
 
 

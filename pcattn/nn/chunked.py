@@ -20,6 +20,7 @@ from typing import List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..deprecation import warn_renamed
 from .geometry import (check_batch, check_positions, global_to_local, inputs_checked, knn, knn_equal_clouds,
                        local_to_global, to_flat, tracing)
 
@@ -27,6 +28,7 @@ __all__ = [
     "AttentionMap",
     "RecordedAttention",
     "NeighborhoodAttention",
+    "recompute_switch",
     "RecomputedChunks",
     "gather",
     "check_count",
@@ -284,7 +286,15 @@ def chunk_rows(k: int, channels: int, chunk_size: Optional[int], device: torch.d
     return chunk_size or max(1, chunk_elements(device) // max(1, k * channels))
 
 
-class Neighbourhood(NamedTuple):
+def recompute_switch(recompute: bool, checkpoint: Optional[bool]) -> bool:
+    """The layers' ``recompute`` argument, or the deprecated ``checkpoint`` when that was given."""
+    if checkpoint is None:
+        return recompute
+    warn_renamed("the layers' checkpoint= argument", "recompute=")
+    return bool(checkpoint)
+
+
+class GatheredNeighbors(NamedTuple):
     """One chunk's neighbours gathered: ``(M, K, ...)`` rows, ``valid (M, K)`` or ``None`` if all are."""
 
     key: Tensor
@@ -294,7 +304,7 @@ class Neighbourhood(NamedTuple):
 
 
 def gather_chunk(key: Tensor, value: Tensor, query_pos: Optional[Tensor], pos: Optional[Tensor], neighbors: Tensor,
-                 start: int, stop: int) -> Neighbourhood:
+                 start: int, stop: int) -> GatheredNeighbors:
     """Gather the neighbours of query rows ``start:stop``: rows of ``key``/``value``/``pos`` named by
     ``neighbors``, and the relative positions ``query_pos[i] - pos[j]``, formed here in the positions'
     dtype (float32 or float64, also under autocast) before any module sees them (``pos=None``: none)."""
@@ -307,7 +317,7 @@ def gather_chunk(key: Tensor, value: Tensor, query_pos: Optional[Tensor], pos: O
     else:
         neighbors = neighbors.clamp(min=0)
     rel_pos = None if pos is None else query_pos[start:stop, None, :] - gather(pos, neighbors)
-    return Neighbourhood(gather(key, neighbors), gather(value, neighbors), rel_pos, valid)
+    return GatheredNeighbors(gather(key, neighbors), gather(value, neighbors), rel_pos, valid)
 
 
 class NeighborhoodAttention(nn.Module):
@@ -321,7 +331,7 @@ class NeighborhoodAttention(nn.Module):
     ``query_pos is pos``).
     """
 
-    def __init__(self, in_channels: int, out_channels: Optional[int], chunk_size: Optional[int], checkpoint: bool):
+    def __init__(self, in_channels: int, out_channels: Optional[int], chunk_size: Optional[int], recompute: bool):
         check_count("in_channels", in_channels)
         if out_channels is not None:
             check_count("out_channels", out_channels)
@@ -329,9 +339,20 @@ class NeighborhoodAttention(nn.Module):
             check_count("chunk_size", chunk_size)
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels or in_channels
-        self.chunk_size, self.checkpoint = chunk_size, checkpoint
+        self.chunk_size, self.recompute = chunk_size, recompute
         self.record_attention = False
         self.last_attention: Optional[RecordedAttention] = None
+
+    @property
+    def checkpoint(self) -> bool:
+        """Deprecated name of ``recompute`` (``checkpoint`` also names checkpoint files and ``--checkpoint``)."""
+        warn_renamed("layer.checkpoint", "layer.recompute")
+        return self.recompute
+
+    @checkpoint.setter
+    def checkpoint(self, value: bool) -> None:
+        warn_renamed("layer.checkpoint", "layer.recompute")
+        self.recompute = value
 
     def _pair_modules(self) -> Tuple[Optional[nn.Module], ...]:
         raise NotImplementedError
@@ -356,7 +377,7 @@ class NeighborhoodAttention(nn.Module):
         if tracing() and not self.chunk_size:  # compile/export: one chunk (any batch size), plain autograd
             out, w = self._pairs(query, gather_chunk(key, value, query_pos, pos, neighbors, 0, neighbors.shape[0]))
             return out, (w if want_weights else None)
-        if needs_grad and not tracing() and self.checkpoint and not want_weights and not batchnorm_training:
+        if needs_grad and not tracing() and self.recompute and not want_weights and not batchnorm_training:
             verify = not all(type(sub) in _DETERMINISTIC_MODULES for module in modules for sub in module.modules())
             return RecomputedChunks.apply(self, rows, verify, query, key, value, query_pos, pos, neighbors,
                                           *params), None
@@ -425,7 +446,7 @@ class RecomputedChunks(torch.autograd.Function):
     (:class:`_ForwardReplay`), chunks in the forward's order, so dropout (a module or a call inside
     a custom module) draws the same masks. Pair modules that are not plainly deterministic
     (``verify``) also have each recomputed chunk checked against the forward's; a difference
-    raises an error naming ``checkpoint=False`` instead of returning a wrong gradient.
+    raises an error naming ``recompute=False`` instead of returning a wrong gradient.
     A double backward (``create_graph=True``) recomputes with the graph kept, so second-order
     gradients equal plain autograd's.
     """
@@ -469,8 +490,8 @@ class RecomputedChunks(torch.autograd.Function):
                     hood = gather_chunk(key.detach(), value.detach(), None if pos is None else query_pos.detach(),
                                         None if pos is None else pos.detach(), neighbors, start, stop)
                     rel_pos = None if hood.rel_pos is None else hood.rel_pos.requires_grad_(need_pos or need_query_pos)
-                    hood = Neighbourhood(hood.key.requires_grad_(need_k), hood.value.requires_grad_(need_v),
-                                         rel_pos, hood.valid)
+                    hood = GatheredNeighbors(hood.key.requires_grad_(need_k), hood.value.requires_grad_(need_v),
+                                             rel_pos, hood.valid)
                     out = layer._pairs(q_rows, hood)[0]
                     if ctx.prints is not None:
                         prints.append(_fingerprint(out))
@@ -533,4 +554,4 @@ def _check_replay(forward: Tensor, recomputed: Tensor, layer: nn.Module) -> None
             f"{type(layer).__name__}: the backward recomputation of the attention did not reproduce the forward "
             f"(a module inside the positional encoding or the mapping gives different values when called again: "
             f"randomness that does not come from torch's generators, or state that changes per call). Its "
-            f"gradients would be wrong: construct the layer with checkpoint=False (or set layer.checkpoint = False).")
+            f"gradients would be wrong: construct the layer with recompute=False (or set layer.recompute = False).")

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from . import geometry
-from .chunked import has_batchnorm
+from .chunked import has_batchnorm, recompute_switch
 from .geometry import edge_index_to_neighbors, farthest_point_sampling, neighbors_to_edge_index
 from .vector import VectorSelfAttention
 
@@ -52,7 +52,7 @@ class PointTransformerConv(VectorSelfAttention):
     Memory: the targets are grouped by in-degree (:func:`degree_buckets`: in-degrees in
     ``(K/2, K]`` share a padded ``(M, K)`` neighbour index), and each group runs pcattn's chunked
     kernel, so a few high-degree nodes cost their own edges, not ``N x K_max``: the padded pairs are
-    fewer than twice the edges, and with ``checkpoint=True`` training stores ``O(N x C)``. With
+    fewer than twice the edges, and with ``recompute=True`` training stores ``O(N x C)``. With
     BatchNorm in ``pos_nn``/``attn_nn`` in training mode (PyG's ``MLP`` default) the conv computes
     edge by edge as PyG's does (those modules must see exactly the ``E`` edges at once for their
     statistics): ``E x C`` per pair tensor, as PyG's conv.
@@ -64,7 +64,7 @@ class PointTransformerConv(VectorSelfAttention):
         pos_nn: :math:`h`, maps ``(E, 3)`` relative positions ``p_i - p_j`` to ``(E, out_channels)``.
         attn_nn: :math:`\gamma`, maps ``(E, out_channels)`` to ``(E, out_channels)`` or ``(E, 1)``.
         add_self_loops: remove self loops and add one per node (default ``True``).
-        checkpoint, chunk_size: as :class:`~pcattn.VectorSelfAttention`.
+        recompute, chunk_size: as :class:`~pcattn.VectorSelfAttention` (``checkpoint``: deprecated).
 
     Shapes:
         - x: ``(N, C_in)``, or ``((N_s, C_s), (N_t, C_t))`` for a bipartite graph.
@@ -76,12 +76,13 @@ class PointTransformerConv(VectorSelfAttention):
 
     def __init__(self, in_channels: Union[int, Tuple[int, int]], out_channels: int,
                  pos_nn: Optional[Callable] = None, attn_nn: Optional[Callable] = None,
-                 add_self_loops: bool = True, chunk_size: Optional[int] = None, checkpoint: bool = True):
+                 add_self_loops: bool = True, chunk_size: Optional[int] = None, recompute: bool = True,
+                 checkpoint: Optional[bool] = None):
         nn.Module.__init__(self)  # VectorSelfAttention's attributes are set here under PyG's names
         self.in_channels, self.out_channels, self.add_self_loops = in_channels, out_channels, add_self_loops
         source_channels, target_channels = (in_channels, in_channels) if isinstance(in_channels, int) else in_channels
         self.relation, self.normalization, self.k, self.groups = "subtraction", "softmax", None, None
-        self.chunk_size, self.checkpoint = chunk_size, checkpoint
+        self.chunk_size, self.recompute = chunk_size, recompute_switch(recompute, checkpoint)
         self.fold_linear_encoding = True
         self.record_attention = False
         self.last_attention = None

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .chunked import (NeighborhoodAttention, Neighbourhood, Points, check_count, chunk_rows, finish, mlp, normalize,
+from .chunked import (recompute_switch, NeighborhoodAttention, GatheredNeighbors, Points, check_count, chunk_rows, finish, mlp, normalize,
                       pairwise, prepare, resolve_neighbors)
 from .geometry import ragged_index
 
@@ -55,8 +55,9 @@ class ScalarSelfAttention(NeighborhoodAttention):
         pos_hidden: hidden width of the positional MLP.
         bias: biases of the q, k, v maps.
         chunk_size: query points processed at once (default automatic).
-        checkpoint: recompute each chunk in backward instead of storing it (kNN mode; exact, as
-            :class:`VectorSelfAttention` describes; mixed precision as there too).
+        recompute: recompute each chunk in backward instead of storing it (kNN mode; exact, as
+            :class:`VectorSelfAttention` describes; mixed precision as there too; ``checkpoint=``:
+            the name of 0.1, deprecated).
 
     Shapes: as :class:`VectorSelfAttention`; attention weights are ``(N, K, heads)``; in
     whole-cloud mode ``K`` is the largest cloud's size and ``neighbors`` lists each cloud's
@@ -75,7 +76,8 @@ class ScalarSelfAttention(NeighborhoodAttention):
         pos_hidden: int = 16,
         bias: bool = True,
         chunk_size: Optional[int] = None,
-        checkpoint: bool = True,
+        recompute: bool = True,
+        checkpoint: Optional[bool] = None,
     ):
         check_count("k", k, allow_none=True)   # None: the whole cloud
         check_count("heads", heads)
@@ -83,7 +85,7 @@ class ScalarSelfAttention(NeighborhoodAttention):
         check_count("v_channels", v_channels, allow_none=True)
         if positional_encoding not in ("mlp", "none"):
             raise ValueError(f"positional_encoding must be mlp or none, got {positional_encoding!r}")
-        super().__init__(in_channels, out_channels, chunk_size, checkpoint)
+        super().__init__(in_channels, out_channels, chunk_size, recompute_switch(recompute, checkpoint))
         out_channels = self.out_channels
         dq = qk_channels or max(1, out_channels // heads)
         dv = v_channels or max(1, out_channels // heads)
@@ -130,7 +132,7 @@ class ScalarSelfAttention(NeighborhoodAttention):
                           neighbors.device)
         return self._over_chunks(query, pos, key, value, pos, neighbors, rows, want_weights)
 
-    def _pairs(self, query: Tensor, hood: Neighbourhood) -> Tuple[Tensor, Tensor]:
+    def _pairs(self, query: Tensor, hood: GatheredNeighbors) -> Tuple[Tensor, Tensor]:
         m, k = hood.key.shape[:2]
         H, dq, dv = self.heads, self.qk_channels, self.v_channels
         key_j = hood.key.view(m, k, H, dq)

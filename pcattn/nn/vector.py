@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .geometry import cloud_start_rows, tracing
-from .chunked import (NeighborhoodAttention, Neighbourhood, check_count, chunk_rows, finish, has_batchnorm, mlp,
+from .chunked import (recompute_switch, NeighborhoodAttention, GatheredNeighbors, check_count, chunk_rows, finish, has_batchnorm, mlp,
                       normalize, pairwise, prepare, resolve_neighbors)
 
 __all__ = ["VectorSelfAttention"]
@@ -72,10 +72,11 @@ class VectorSelfAttention(NeighborhoodAttention):
         bias: whether :math:`\varphi, \psi, \alpha` have biases.
         chunk_size: query points processed at once (default: about 256k pair-channels on the
             CPU, sized from free memory on a GPU; see :func:`pcattn.nn.chunked.chunk_elements`).
-        checkpoint: recompute each chunk's pairwise tensors in the backward pass instead of
+        recompute: recompute each chunk's pairwise tensors in the backward pass instead of
             storing them (much less memory in training). The recomputation replays the forward's
             autocast and random state, so gradients equal plain autograd's, dropout included;
-            double backward (``create_graph=True``) works too. Pair modules that are not plain
+            double backward (``create_graph=True``) works too. (``checkpoint=``: the
+            name of 0.1, deprecated.) Pair modules that are not plain
             Linear/activation stacks are checked on recomputation and raise rather than give a
             wrong gradient. BatchNorm inside :math:`\theta`/:math:`\gamma` uses plain autograd in
             training (recomputing would update its running statistics twice).
@@ -110,9 +111,10 @@ class VectorSelfAttention(NeighborhoodAttention):
         pos_hidden: int = 16,
         bias: bool = True,
         chunk_size: Optional[int] = None,
-        checkpoint: bool = True,
+        recompute: bool = True,
+        checkpoint: Optional[bool] = None,
     ):
-        super().__init__(in_channels, out_channels, chunk_size, checkpoint)
+        super().__init__(in_channels, out_channels, chunk_size, recompute_switch(recompute, checkpoint))
         out_channels = self.out_channels
         check_count("k", k)
         check_count("groups", groups, allow_none=True)
@@ -262,7 +264,7 @@ class VectorSelfAttention(NeighborhoodAttention):
         rows = n if whole else chunk_rows(k, self.out_channels, self.chunk_size, neighbors.device)
         return self._over_chunks(query, query_pos, key, value, pos, neighbors, rows, want_weights)
 
-    def _pairs(self, query: Tensor, hood: Neighbourhood) -> Tuple[Tensor, Tensor]:
+    def _pairs(self, query: Tensor, hood: GatheredNeighbors) -> Tuple[Tensor, Tensor]:
         """One chunk of query rows ``(M, C)`` and their gathered neighbours: ``(M, C)`` outputs, ``(M, K, G)`` weights."""
         m, k = hood.key.shape[:2]
         key_j, value_j, delta = hood.key, hood.value, None
