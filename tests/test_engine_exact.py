@@ -139,3 +139,43 @@ def test_step_schedule_reaches_the_optimizer_and_is_checked(tmp_path):
                        (dict(lr_schedule="step", lr_steps=(1,), lr_step_factor=0), "lr_step_factor")]:
         with pytest.raises(ValueError, match=match):
             TrainConfig(**bad).resolved()
+
+
+# ---------------------------------------------------------------------------------- the paper's network
+def test_the_papers_configurations_have_the_official_depths():
+    from pcattn.models import create_model
+    from pcattn.nn import PointTransformerBlock
+
+    def blocks(module):
+        return sum(isinstance(child, PointTransformerBlock) for child in module.modules())
+
+    classifier = create_model("pt-vector-paper", num_classes=40)
+    # official blocks [2, 3, 4, 6, 3]: a transition down and 1, 2, 3, 5, 2 Point Transformer blocks
+    assert [blocks(stage) for stage in classifier.encoder.stages] == [1, 2, 3, 5, 2]
+    segmenter = create_model("pt-seg-vector-paper", num_classes=50, num_categories=16)
+    assert [blocks(stage) for stage in segmenter.encoder.stages] == [1, 2, 3, 5, 2]
+    assert [blocks(stage) for stage in segmenter.decoder] == [1, 1, 1, 1] and blocks(segmenter) == 17
+    assert [type(layer).__name__ for layer in segmenter.head] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert segmenter.head[0].out_features == 32 and segmenter.config["interpolation_power"] == 1
+
+
+def test_transition_up_weighs_the_three_nearest_coarse_points_by_inverse_distance():
+    from pcattn.nn import TransitionUp
+
+    up = TransitionUp(3, 1, 3)
+    up.coarse = torch.nn.Identity()
+    up.skip = torch.nn.Linear(1, 3)  # the interpolated features alone: the skip adds zeros
+    torch.nn.init.zeros_(up.skip.weight), torch.nn.init.zeros_(up.skip.bias)
+    coarse_pos = torch.tensor([[1.0, 0, 0], [0, 2.0, 0], [0, 0, -4.0], [9.0, 9, 9]])  # distances 1, 2, 4 (and 15.6)
+    coarse_x = torch.eye(4)[:, :3]
+    fine_pos = torch.zeros(1, 3)
+    one = torch.zeros(4, dtype=torch.long)
+    out = up(coarse_x, coarse_pos, one, torch.zeros(1, 1), fine_pos, torch.zeros(1, dtype=torch.long))
+    inverse = torch.tensor([1.0, 1 / 2, 1 / 4])
+    assert torch.allclose(out[0], inverse / inverse.sum(), atol=1e-6)  # 1/d, normalised: 4/7, 2/7, 1/7
+    squared = TransitionUp(3, 1, 3, interpolation_power=2)
+    squared.coarse, squared.skip = torch.nn.Identity(), up.skip
+    out = squared(coarse_x, coarse_pos, one, torch.zeros(1, 1), fine_pos, torch.zeros(1, dtype=torch.long))
+    assert torch.allclose(out[0], inverse ** 2 / (inverse ** 2).sum(), atol=1e-6)
+    on_a_point = up(coarse_x, coarse_pos, one, torch.zeros(1, 1), coarse_pos[:1], torch.zeros(1, dtype=torch.long))
+    assert torch.allclose(on_a_point[0], torch.tensor([1.0, 0, 0]), atol=1e-6)

@@ -43,7 +43,7 @@ def test_registry_keeps_classifiers_and_names_segmenters():
     assert all(not name.startswith("pt-seg") for name in list_models())
     assert set(list_models(task="segmentation")) == {"pt-seg-vector", "pt-seg-scalar", "pt-seg-tiny-vector",
                                                     "pt-seg-tiny-scalar", "pt-scene-vector", "pt-scene-tiny-vector",
-                                                    "pt-scene-tiny-scalar"}
+                                                    "pt-scene-tiny-scalar", "pt-seg-vector-paper"}
     scene = create_segmenter("pt-scene-vector", 13, in_channels=6)
     assert [len(stage) for stage in scene.encoder.stages] == [2, 3, 4, 6, 3]  # the paper's S3DIS network
     assert scene.encoder.grid_sizes == (0.08, 0.16, 0.32, 0.64)

@@ -294,6 +294,8 @@ def model_from_checkpoint(checkpoint: Dict[str, Any], path="checkpoint"
                           ) -> Union[PointTransformerClassifier, PointTransformerSegmenter]:
     """Rebuild the model described by ``checkpoint["model_config"]`` and load its weights."""
     config = dict(checkpoint["model_config"])
+    if checkpoint.get("kind") == SEGMENTER_KIND:
+        config.setdefault("interpolation_power", 2)  # segmenters saved before it was recorded: 1 / d^2
     try:
         name = config.pop("name")
         model = create_model(name, **config)

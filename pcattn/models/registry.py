@@ -11,6 +11,8 @@ __all__ = ["MODEL_CONFIGS", "SEGMENTER_CONFIGS", "ENCODER_OF", "create_model", "
 
 
 _TINY = dict(widths=(32, 64, 128, 256), depths=(1, 1, 1, 1), head_channels=(128,))
+#: Point Transformer blocks per encoder stage in the official code (after each transition down)
+PAPER_DEPTHS = (1, 2, 3, 5, 2)
 
 MODEL_CONFIGS: Dict[str, Dict[str, Any]] = {
     # The paper's classification widths, one block per stage as in PyG's example; vector
@@ -19,6 +21,10 @@ MODEL_CONFIGS: Dict[str, Dict[str, Any]] = {
     "pt-scalar": dict(attention="scalar"),
     # Pure vector attention (one weight per channel), as the paper's equations.
     "pt-vector-pure": dict(attention="vector", group_size=1),
+    # The depths of the official Point Transformer network (POSTECH-CVLab/point-transformer,
+    # pointtransformer_seg_repro: blocks [2, 3, 4, 6, 3], each count holding the transition down and
+    # then 1, 2, 3, 5, 2 Point Transformer blocks), widths 32-512, one attention weight per 8 channels.
+    "pt-vector-paper": dict(attention="vector", depths=PAPER_DEPTHS),
     # Small networks for CPU work: 4 stages.
     "pt-tiny-vector": dict(attention="vector", **_TINY),
     "pt-tiny-scalar": dict(attention="scalar", **_TINY),
@@ -33,6 +39,7 @@ ENCODER_OF: Dict[str, str] = {
     "pt-seg-scalar": "pt-scalar",
     "pt-seg-tiny-vector": "pt-tiny-vector",
     "pt-seg-tiny-scalar": "pt-tiny-scalar",
+    "pt-seg-vector-paper": "pt-vector-paper",
 }
 
 
@@ -43,6 +50,10 @@ def _encoder_settings(classifier: str) -> Dict[str, Any]:
 SEGMENTER_CONFIGS: Dict[str, Dict[str, Any]] = {
     "pt-seg-vector": _encoder_settings("pt-vector"),
     "pt-seg-scalar": _encoder_settings("pt-scalar"),
+    # The official network: its encoder, one block per decoder stage after each transition up (its
+    # decoder counts [2, 2, 2, 2]), the per-point head Linear-BN-ReLU-Linear of width 32.
+    "pt-seg-vector-paper": dict(_encoder_settings("pt-vector-paper"), decoder_depths=(1, 1, 1, 1),
+                                head_channels=(32,)),
     "pt-seg-tiny-vector": dict(_encoder_settings("pt-tiny-vector"), head_channels=(32,)),
     "pt-seg-tiny-scalar": dict(_encoder_settings("pt-tiny-scalar"), head_channels=(32,)),
     # Scene segmenters: transition down by grid pooling (voxels of 0.08, 0.16, ... m: on surfaces sampled at
@@ -55,6 +66,10 @@ SEGMENTER_CONFIGS: Dict[str, Dict[str, Any]] = {
     "pt-scene-tiny-scalar": dict(attention="scalar", widths=(32, 64, 128, 256), depths=(1, 1, 1, 1),
                                  grid_sizes=(0.08, 0.16, 0.32), head_channels=(32,)),
 }
+
+
+for _segmenter in SEGMENTER_CONFIGS.values():  # recorded in model.config (earlier checkpoints: 2, see checkpoint.py)
+    _segmenter.setdefault("interpolation_power", 1)
 
 
 def list_models(task: str = "classification") -> list:

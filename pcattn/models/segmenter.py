@@ -51,6 +51,8 @@ class PointTransformerSegmenter(nn.Module):
         dropout: dropout in the per-point MLP (0, as the official code, by default).
         grid_sizes: voxel sides of grid-pooling transitions down (scene networks; see
             :class:`~pcattn.models.encoder.Encoder`), instead of farthest point sampling.
+        interpolation_power: the transitions up weigh the 3 nearest coarse points by ``1 / d`` (1, the
+            official code's) or ``1 / d^2`` (2: segmenter checkpoints of earlier pcattn versions load with it).
 
     Shapes:
         - call: ``model(x, pos, batch=None, category=None)``, the classifier's order.
@@ -78,6 +80,7 @@ class PointTransformerSegmenter(nn.Module):
         dropout: float = 0.0,
         attention_kwargs: Optional[Dict[str, Any]] = None,
         grid_sizes: Optional[Sequence[float]] = None,
+        interpolation_power: int = 1,
     ):
         super().__init__()
         if not widths or len(widths) != len(depths):
@@ -95,7 +98,8 @@ class PointTransformerSegmenter(nn.Module):
         self.encoder = Encoder(in_channels, attention, widths, depths, k=k, stride=stride, group_size=group_size,
                                groups=groups, heads=heads, attention_kwargs=attention_kwargs, grid_sizes=grid_sizes)
         # up[s] and decoder[s] bring level s + 1 back to level s (index 0 is the finest level)
-        self.up = nn.ModuleList(TransitionUp(coarse, fine, fine) for fine, coarse in zip(widths[:-1], widths[1:]))
+        self.up = nn.ModuleList(TransitionUp(coarse, fine, fine, interpolation_power=interpolation_power)
+                                for fine, coarse in zip(widths[:-1], widths[1:]))
         self.decoder = nn.ModuleList(make_stage(width, depth, attention, k, group_size, groups, heads, attention_kwargs)
                                      for width, depth in zip(widths[:-1], decoder_depths))
 

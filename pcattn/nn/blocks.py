@@ -134,15 +134,24 @@ class TransitionUp(nn.Module):
         \mathbf{y}_i = \sum_{j \in \mathrm{3NN}(i)} \frac{w_{ij}}{\sum w}\,
             \mathrm{ReLU}(\mathrm{BN}(W_c \mathbf{x}^{c}_j))
             + \mathrm{ReLU}(\mathrm{BN}(W_f \mathbf{x}^{f}_i)),
-        \qquad w_{ij} = 1 / \lVert \mathbf{p}_i - \mathbf{p}_j \rVert^2
+        \qquad w_{ij} = 1 / \lVert \mathbf{p}_i - \mathbf{p}_j \rVert^{q}
+
+    ``interpolation_power`` ``q = 1`` (default): inverse distance, as the official Point Transformer
+    code (``pointops.interpolation``: ``1 / (d + 1e-8)`` of the Euclidean distance) and the PyTorch
+    PointNet++ (``three_nn`` returns distances); ``q = 2``: inverse squared distance, as PointNet++'s
+    TensorFlow release (its ``three_nn`` returns squared distances) and earlier pcattn versions.
 
     Shapes: coarse ``x (M, C_coarse)``, ``pos (M, 3)``, ``batch (M,)``; fine ``x (N, C_skip)``,
     ``pos (N, 3)``, ``batch (N,)`` -> ``(N, C_out)``.
     """
 
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, interpolation_k: int = 3):
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, interpolation_k: int = 3,
+                 interpolation_power: int = 1):
         super().__init__()
-        self.interpolation_k = interpolation_k
+        if interpolation_power not in (1, 2):
+            raise ValueError(f"interpolation_power must be 1 (inverse distance) or 2 (inverse squared distance), "
+                             f"got {interpolation_power!r}")
+        self.interpolation_k, self.interpolation_power = interpolation_k, interpolation_power
         self.coarse = nn.Sequential(nn.Linear(in_channels, out_channels), nn.BatchNorm1d(out_channels), nn.ReLU())
         self.skip = nn.Sequential(nn.Linear(skip_channels, out_channels), nn.BatchNorm1d(out_channels), nn.ReLU())
 
@@ -157,7 +166,9 @@ class TransitionUp(nn.Module):
         valid = neighbors >= 0
         neighbors = neighbors.clamp(min=0)
         dist2 = (pos_fine[:, None, :] - gather(pos_coarse, neighbors)).square().sum(-1)
-        weights = valid.to(dist2.dtype) / dist2.clamp_min(1e-10)
+        # a point on a coarse point takes its features alone (the clamp), as the eps of the references does
+        power = dist2.clamp_min(1e-16).sqrt() if self.interpolation_power == 1 else dist2.clamp_min(1e-10)
+        weights = valid.to(dist2.dtype) / power
         weights = weights / weights.sum(dim=1, keepdim=True)
         coarse = self.coarse(x_coarse)
         # weights from float32 positions, applied in the features' dtype (autocast: fp16/bf16 out)
