@@ -40,7 +40,7 @@ def full_float32():
 @pytest.mark.parametrize("name", list(LAYER_OPTIONS) + ["scalar", "scalar-global"])
 @pytest.mark.parametrize("checkpoint", [True, False])
 def test_layer_on_cuda_equals_cpu(name, checkpoint):
-    layer = make_layer(name, checkpoint=checkpoint)
+    layer = make_layer(name, recompute=checkpoint)
     x, pos, batch = inputs(sizes=(40, 40))   # equal sizes: the batched kNN path
     results = []
     for device in ("cpu", CUDA):

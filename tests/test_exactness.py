@@ -102,7 +102,7 @@ def test_fp16_autocast_recomputation_equals_forward():
     x, pos, batch = inputs()
     grads = {}
     for checkpoint in (True, False):
-        layer = make_layer("vector", checkpoint=checkpoint, chunk_size=13)
+        layer = make_layer("vector", recompute=checkpoint, chunk_size=13)
         xx = x.clone().requires_grad_(True)
         with torch.autocast("cpu", dtype=torch.float16):
             out = layer(xx, pos, batch)
@@ -140,7 +140,7 @@ def test_double_backward_checkpointed_equals_plain(name):
     x, pos, batch = inputs(torch.float64)
     results = {}
     for checkpoint in (True, False):
-        layer = make_layer(name, torch.float64, checkpoint=checkpoint, chunk_size=11)
+        layer = make_layer(name, torch.float64, recompute=checkpoint, chunk_size=11)
         results[checkpoint] = _first_and_second_order(layer, x, pos, batch)
     for a, b in zip(results[True], results[False]):
         assert (a is None) == (b is None)
@@ -216,7 +216,7 @@ def test_dropout_inside_the_mapping_same_gradients_with_and_without_checkpoint(m
         torch.manual_seed(0)
         gamma = FunctionalDropoutMapping(16) if mapping == "functional" else nn.Sequential(
             nn.Linear(16, 16), nn.Dropout(0.5))
-        layer = VectorSelfAttention(8, 16, k=8, mapping=gamma, checkpoint=checkpoint, chunk_size=13).train()
+        layer = VectorSelfAttention(8, 16, k=8, mapping=gamma, recompute=checkpoint, chunk_size=13).train()
         xx = x.clone().requires_grad_(True)
         torch.manual_seed(1)
         out = layer(xx, pos, batch)
