@@ -115,8 +115,9 @@ def test_a_second_run_on_the_same_folder_is_refused_and_a_dead_holder_does_not_b
         """, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(RunFolderInUse, match=rf"in use by another pcattn run \(process {holder.pid}\)"):
+        with pytest.raises(RunFolderInUse, match=rf"in use by another pcattn run \(process {holder.pid}\)") as refused:
             train(tiny(tiny_modelnet10_root, out, epochs=1))
+        assert str(refused.value).startswith(f"{out} is in use")  # the message every rank prints, no "[Errno 16]"
         assert not (out / "config.json").exists()
     finally:
         holder.send_signal(signal.SIGKILL)
@@ -126,7 +127,17 @@ def test_a_second_run_on_the_same_folder_is_refused_and_a_dead_holder_does_not_b
     assert epochs_logged(out) == [1]
 
 
-# ------------------------------------------------------------------------ 5. checkpoint integrity
+
+def test_a_new_run_beside_other_files_says_so(tmp_path):
+    from pcattn.engine.run_folder import prepare_run_folder
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own file")
+    (out / ".lock").write_text("")                                              # the run's own files are not counted
+    with pytest.warns(UserWarning, match=r"holds 1 file\(s\) that are not a pcattn run's \(notes.txt\): the run's "
+                                         r"files are written beside them"):
+        prepare_run_folder(TrainConfig(out=str(out)), out)
 def small_model():
     return create_model("pt-tiny-scalar", num_classes=3, widths=(16, 32), depths=(1, 1), head_channels=(16,), k=4)
 

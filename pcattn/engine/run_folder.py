@@ -43,6 +43,9 @@ RUN_FILES = ("last.pt", "best.pt", METRICS, CONFIG, "eval.json")
 class RunFolderInUse(OSError):
     """Another process holds the run folder's lock."""
 
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno 16]" (every rank prints it)
+        return self.strerror or super().__str__()
+
 
 class RunFolderLock:
     """An exclusive OS lock on ``<folder>/.lock`` (``fcntl.flock``), held while the context is open.
@@ -135,6 +138,7 @@ def prepare_run_folder(config: TrainConfig, out: Path) -> Tuple[Optional[Dict[st
         if present:
             raise FileExistsError(f"{out} already holds a training run ({', '.join(present)}): pass --resume to "
                                   f"continue it, or choose another --out")
+        _warn_about_other_files(out)
         return None, uuid.uuid4().hex
     saved = read_run_config(out)
     last = out / "last.pt"
@@ -152,6 +156,23 @@ def prepare_run_folder(config: TrainConfig, out: Path) -> Tuple[Optional[Dict[st
     # Killed before its first checkpoint: start again with the settings it was started with.
     check_resume_settings(config, saved, out / CONFIG)
     return None, str(saved.get("run_id") or uuid.uuid4().hex)
+
+
+def _warn_about_other_files(out: Path) -> None:
+    """A new run in a folder that holds files of its own (a user's folder, ``--out .``): the run's
+    files land beside them, so say so, naming a few."""
+    import warnings
+
+    others = sorted(entry.name for entry in out.iterdir() if entry.name not in _RUN_OUTPUTS
+                    and not (entry.name.startswith(".") and entry.name.endswith(".tmp"))) if out.is_dir() else []
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        warnings.warn(f"{out} holds {len(others)} file(s) that are not a pcattn run's ({shown}): the run's files are "
+                      f"written beside them (choose an empty or new --out to keep runs apart)", stacklevel=3)
+
+
+# What a run writes into its folder (a folder holding only these is the run's own).
+_RUN_OUTPUTS = frozenset(RUN_FILES + (LOCK, "curves.png", "confusion.png"))
 
 
 def _run_identity(checkpoint: Dict[str, Any], saved: Optional[Dict[str, Any]], path: Path) -> str:
