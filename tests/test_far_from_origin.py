@@ -80,12 +80,7 @@ def test_every_layer_far_from_the_origin_gives_the_centred_output(name, case):
 def _model_cases():
     for name in list_models() + list_models("segmentation"):
         for case in SHIFTS:
-            marks = []
-            if name.startswith("pt-scene") and case == "float32-1e5":
-                # GridPool's pooled positions are means of absolute positions, rounded to float32's step
-                # at their magnitude (2^-7 at 10^5): scene crops are centred in float64 before the network
-                marks = [pytest.mark.xfail(strict=True, reason="grid pooling averages absolute positions")]
-            yield pytest.param(name, case, marks=marks, id=f"{name}-{case}")
+            yield pytest.param(name, case, id=f"{name}-{case}")
 
 
 @pytest.mark.parametrize("name, case", list(_model_cases()))

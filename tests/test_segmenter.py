@@ -45,7 +45,7 @@ def test_registry_keeps_classifiers_and_names_segmenters():
                                                     "pt-seg-tiny-scalar", "pt-scene-vector", "pt-scene-tiny-vector",
                                                     "pt-scene-tiny-scalar", "pt-seg-vector-paper"}
     scene = create_segmenter("pt-scene-vector", 13, in_channels=6)
-    assert [len(stage) for stage in scene.encoder.stages] == [2, 3, 4, 6, 3]  # the paper's S3DIS network
+    assert [len(stage) for stage in scene.encoder.stages] == [1, 2, 3, 5, 2]  # the official S3DIS network
     assert scene.encoder.grid_sizes == (0.08, 0.16, 0.32, 0.64)
     assert isinstance(create_model("pt-tiny-vector", num_classes=3), PointTransformerClassifier)
     big = create_model("pt-seg-vector", num_classes=50, num_categories=16)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..nn.blocks import PointTransformerBlock, TransitionDown
 from ..nn.grid import GridPool
-from ..nn.geometry import knn, knn_equal_clouds
+from ..nn.geometry import batch_ptr, knn, knn_equal_clouds
 
 __all__ = ["Encoder", "EncoderLevel", "ENCODER_ARGUMENTS", "make_stage", "rename_legacy_keys"]
 
@@ -66,7 +66,8 @@ class Encoder(nn.Module):
         grid_sizes: ``len(widths) - 1`` voxel sides (in the positions' unit, e.g. metres): transition
             down by :class:`~pcattn.nn.grid.GridPool` (one point per occupied voxel, the scene networks'
             way) instead of farthest point sampling; ``stride`` is then unused. The number of points per
-            level then depends on the data, so ``clouds`` must be ``None``.
+            level then depends on the data, so ``clouds`` must be ``None``. The levels' positions are then
+            relative to each cloud's first point (see :func:`relative_to_first_point`).
 
     Shapes:
         ``x (N, in_channels)``, ``pos (N, 3)``, sorted ``batch (N,)``, and ``clouds``: ``None`` (each
@@ -102,6 +103,8 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor, pos: Tensor, batch: Tensor, clouds: Optional[int] = None) -> List[EncoderLevel]:
         if clouds is not None and self.grid_sizes is not None:
             raise ValueError("an encoder with grid pooling has data-dependent level sizes: pass clouds=None")
+        if self.grid_sizes is not None:
+            pos = relative_to_first_point(pos, batch)
         x = self.stem(x)
         levels: List[EncoderLevel] = []
         for stage, blocks in enumerate(self.stages):
@@ -112,6 +115,16 @@ class Encoder(nn.Module):
                 x = block(x, pos, batch, neighbors)
             levels.append(EncoderLevel(x, pos, batch, neighbors))
         return levels
+
+
+def relative_to_first_point(pos: Tensor, batch: Tensor) -> Tensor:
+    """``pos (N, 3)`` minus the first point of each point's cloud (sorted ``batch (N,)``).
+
+    Exact in float32 for a cloud far from the origin (two numbers within a factor 2 of each other
+    subtract exactly), so what follows, e.g. :class:`~pcattn.nn.grid.GridPool`'s mean positions, is
+    computed on small numbers: a room at 10^5 m gives the output it gives at the origin."""
+    first = batch_ptr(batch, pos.shape[0])[:-1].to(pos.device)
+    return pos - pos[first][batch]
 
 
 def rename_legacy_keys(state_dict: Dict[str, Any], prefix: str, renames: Sequence[Tuple[str, str]]) -> None:
