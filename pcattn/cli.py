@@ -381,6 +381,9 @@ def run_visualize(args: argparse.Namespace) -> int:
                                      split=args.split, data_root=args.data_root, format=args.format,
                                      num_points=args.num_points, sampling=args.sampling, up_axis=args.up_axis,
                                      category=args.category)
+        if cloud.pos.shape[0] > LARGE_CLOUD:  # minutes on a CPU: say what runs
+            print(f"pcattn visualize: running {classifiers[0].name} on {cloud.pos.shape[0]:,} points...", file=sys.stderr,
+                  flush=True)
         if parts:
             result = viz.checkpoint_parts_picture(classifiers, cloud, title=args.title, views=views,
                                                   size=(args.size, args.size), backend=args.renderer, path=args.out)
@@ -430,6 +433,10 @@ def run_visualize(args: argparse.Namespace) -> int:
         except RuntimeError as error:
             print(f"pcattn visualize: --show: {error}", file=sys.stderr)
     return 0
+
+
+# Clouds larger than this take minutes through a model on a CPU: visualize says so before it starts.
+LARGE_CLOUD = 100_000
 
 
 def _unused_visualize_options(args: argparse.Namespace):

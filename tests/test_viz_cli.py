@@ -206,3 +206,33 @@ def test_default_up_axis_is_the_training_runs(tmp_path, cloud_file):
     assert viz.checkpoint_input(unknown, dataset="builtin").up_axis == 1     # another dataset: its own axis
     with pytest.raises(ValueError, match="exactly one of input_file and dataset"):
         viz.checkpoint_input(z_up)
+
+
+def test_large_clouds_draw_a_bounded_subset_say_what_runs_and_refuse_hours_of_sampling(checkpoints, cloud_file,
+                                                                                       tmp_path, capsys, monkeypatch):
+    from mpl_toolkits.mplot3d import Axes3D
+
+    from pcattn import cli
+    from pcattn.data import cloud as cloud_module
+    from pcattn.viz import render
+
+    drawn = []
+    scatter = Axes3D.scatter
+
+    def counting_scatter(self, xs, *args, **kwargs):
+        drawn.append(np.size(xs))
+        return scatter(self, xs, *args, **kwargs)
+
+    monkeypatch.setattr(Axes3D, "scatter", counting_scatter)
+    monkeypatch.setattr(render, "MATPLOTLIB_MAX_POINTS", 100)       # as a million points against 100,000
+    monkeypatch.setattr(cli, "LARGE_CLOUD", 200)
+    code = visualize("--checkpoint", checkpoints[0], "--input", cloud_file, "--views", 1, "--size", 100,
+                     "--renderer", "matplotlib", "--out", tmp_path / "x.png")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "vector.pt on 256 points..." in captured.err                      # said before the long part
+    assert drawn[0] == 100 and 1 < drawn[1] <= 8 and drawn[2] == 1            # subset, the neighbours, the query
+
+    monkeypatch.setattr(cloud_module, "FPS_MAX_WORK", 1e5)                    # 600 x 256 distances: over it
+    assert visualize("--checkpoint", checkpoints[0], "--input", cloud_file, "--out", tmp_path / "y.png") == 2
+    assert "farthest point sampling of 256 of the 600 points would compute 1.5e+05 distances" in capsys.readouterr().err

@@ -18,6 +18,10 @@ from .io import read_point_cloud
 __all__ = ["load_cloud", "prepare_cloud"]
 
 
+# Farthest point sampling of m of n points computes n * m distances: above this, refuse (hours) rather than hang.
+FPS_MAX_WORK = 2e10
+
+
 def prepare_cloud(pos: np.ndarray, normals: Optional[np.ndarray] = None, num_points: Optional[int] = 1024,
                   sampling: str = "fps", seed: int = 0) -> Tuple[Tensor, Optional[Tensor]]:
     """Bring a raw cloud to what a classifier was trained on.
@@ -32,6 +36,10 @@ def prepare_cloud(pos: np.ndarray, normals: Optional[np.ndarray] = None, num_poi
     """
     pos = np.asarray(pos, dtype=np.float32)
     if num_points is not None and len(pos) > num_points:
+        if sampling == "fps" and len(pos) * num_points > FPS_MAX_WORK:
+            raise ValueError(f"farthest point sampling of {num_points:,} of the {len(pos):,} points would compute "
+                             f"{len(pos) * num_points:.1e} distances (minutes to hours); use random sampling "
+                             f"(--sampling random) or fewer points (--num-points)")
         if sampling == "fps":
             index = farthest_point_indices(pos, num_points)
         elif sampling == "random":

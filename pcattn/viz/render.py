@@ -181,6 +181,10 @@ def _render_open3d(pos, colors, angles, size, sizes, highlight, neighborhood, up
     return images
 
 
+# The most ordinary points the matplotlib renderer draws per view (more cannot show at a few hundred pixels).
+MATPLOTLIB_MAX_POINTS = 100_000
+
+
 def _render_matplotlib(pos, colors, angles, size, sizes, highlight, neighborhood, up_axis, fov):
     require("matplotlib", "viz", "rendering (Open3D cannot render here, and the matplotlib fallback)")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -190,6 +194,10 @@ def _render_matplotlib(pos, colors, angles, size, sizes, highlight, neighborhood
     width, height = size
     base, big, marker = sizes
     rest = np.setdiff1d(np.arange(len(pos)), neighborhood)
+    if len(rest) > MATPLOTLIB_MAX_POINTS:
+        # matplotlib draws point by point (a million take minutes per view): draw an even, fixed subset of the
+        # ordinary points; the query and its neighbourhood are always drawn
+        rest = np.sort(np.random.default_rng(0).choice(rest, MATPLOTLIB_MAX_POINTS, replace=False))
     center = (pos.min(0) + pos.max(0)) / 2
     radius = max(float(np.linalg.norm(pos - center, axis=1).max()), 1e-6)
     # matplotlib's marker size is an area in points^2; at dpi 100 one pixel is 0.72 pt.
@@ -268,6 +276,7 @@ def render_views(
         backend: ``"open3d"`` (headless OffscreenRenderer; raises :class:`RenderingUnavailable`
             naming the Debian packages when it cannot run), ``"matplotlib"`` (3D scatter), or
             ``"auto"`` (Open3D, else matplotlib with a warning; env ``PCATTN_RENDERER`` overrides).
+            matplotlib draws at most :data:`MATPLOTLIB_MAX_POINTS` ordinary points (a fixed even subset).
         point_size: pixel size of ordinary points (default from the image size and point count).
         fov: vertical field of view in degrees.
 
