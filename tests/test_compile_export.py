@@ -115,6 +115,13 @@ def test_export_command_round_trips(checkpoint, fmt, tmp_path, capsys):
     with torch.no_grad():
         expected = model(None, clouds)
     assert (run_exported(out, fmt, clouds) - expected).abs().max() <= 1e-4
+    other = example_clouds(2, 20, seed=7)                       # another number of points: refused, by name
+    with pytest.raises(ValueError, match=r"exported for points of shape \(\S+, 32, 3\).*got \(2, 20, 3\)"):
+        run_exported(out, fmt, other)
+    if fmt == "torchscript":                                    # the file itself refuses (the bare trace did not)
+        for wrong in (other, example_clouds(3, 32)):
+            with pytest.raises(Exception, match=r"exported for points of shape \[2, 32, 3\]"):
+                torch.jit.load(str(out))(wrong)
 
 
 def test_nothing_queries_the_device_while_compiling(monkeypatch):
@@ -156,14 +163,6 @@ def test_legacy_call_order_warns_once_per_model():
             for _ in range(3):
                 model(pos)
     assert [w.category for w in caught] == [FutureWarning]
-
-    other = example_clouds(2, 20, seed=7)                       # another number of points: refused, by name
-    with pytest.raises(ValueError, match=r"exported for points of shape \(\S+, 32, 3\).*got \(2, 20, 3\)"):
-        run_exported(out, fmt, other)
-    if fmt == "torchscript":                                    # the file itself refuses (the bare trace did not)
-        for wrong in (other, example_clouds(3, 32)):
-            with pytest.raises(Exception, match=r"exported for points of shape \[2, 32, 3\]"):
-                torch.jit.load(str(out))(wrong)
 
 
 @pytest.mark.parametrize("argv, message", [
