@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Checks pcattn on a machine with one CUDA GPU, in a few minutes, and prints one summary table:
-#   1. the tests marked `cuda` (layers and models on CUDA equal to the CPU, AMP fp16/bf16 training
-#      steps of every named model, kNN/FPS on the device, a GPU checkpoint loading on the CPU and back);
+#   1. the tests marked `cuda` (layers and models on CUDA equal to the CPU over several chunks, the
+#      recomputing backward with dropout in the positional encoding equal to plain autograd, fp16/bf16
+#      against float32 and plain autograd, AMP training steps of every named model against float32,
+#      kNN/FPS on the device, a GPU checkpoint loading on the CPU and back);
 #   2. training throughput of pt-vector at ModelNet40 size (1024 points, batch 32, AMP fp16), samples/s;
 #   3. a short training on the built-in data at 1024 points (samples/s and test OA after 2 epochs), and
 #      of the small part segmenter on the built-in parts (samples/s and instance mIoU after 2 epochs);
