@@ -32,11 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.scenes import IGNORE_INDEX
+
 __all__ = ["IGNORE_INDEX", "intersection_union_target", "SceneSegmentationMetrics"]
-
-#: the label of points that carry no class (ScanNet's unlabelled points); never scored
-IGNORE_INDEX = -1
-
 
 def _numpy(values) -> np.ndarray:
     if isinstance(values, Tensor):
