@@ -6,7 +6,7 @@ bash scripts/setup.sh
 . .venv/bin/activate
 set +e
 # Two pytest workers (pytest-xdist): the tests are small and single-threaded, so two of them keep two
-# cores busy; the suite takes about 6 minutes on a 2-core machine instead of 11.
+# cores busy; the suite takes about 6 minutes on a 2-core machine.
 python -m pytest -q -n 2 "$@"
 status=$?
 set -e
