@@ -99,3 +99,16 @@ def test_a_bad_grid_size_is_named(size):
         GridPool(3, 4, grid_size=size)
     with pytest.raises(ValueError, match="grid_size must be a positive number"):
         voxel_clusters(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), size)
+
+
+def test_a_grid_too_fine_for_one_key_still_groups_in_order():
+    """3,031,677 cells along x: one int64 key per cell would overflow (the far voxel's key wraps to a negative
+    number and sorts first); the voxels are then numbered by their (cloud, cell) rows."""
+    pos = torch.tensor([[0.0, 0.0, 0.0], [3_031_676.5, 0.5, 0.5], [1.5, 0.5, 0.5], [0.2, 0.2, 0.2],
+                        [2.5, 3.5, 0.5]], dtype=torch.float64)
+    batch = torch.zeros(5, dtype=torch.long)
+    cluster, voxels = voxel_clusters(pos, batch, 1.0)
+    keys = brute_voxels(pos, batch, 1.0)
+    ordered = sorted(set(keys))
+    assert voxels == len(ordered) == 4 and cluster[0] == cluster[3]
+    assert cluster.tolist() == [ordered.index(key) for key in keys]

@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ..nn.grid import voxel_clusters
 from .transforms import Compose, RandomJitter, RandomRotateUp, RandomScale
 
 __all__ = ["SCENE_POINT_KEYS", "take_points", "voxel_groups", "GridSample", "grid_fragments", "SphereCrop",
@@ -57,7 +58,8 @@ def voxel_groups(pos: Tensor, voxel_size: float) -> Tuple[Tensor, Tensor, Tensor
     """Group points by the voxel they fall in.
 
     The grid starts at the cloud's lowest corner and the cell of each point is computed in float64, so the
-    groups do not depend on where the cloud sits (1e5 m away gives the groups it gives at the origin).
+    groups do not depend on where the cloud sits (1e5 m away gives the groups it gives at the origin). The
+    voxels are those of the networks' grid pooling (:func:`pcattn.nn.grid.voxel_clusters`), in (x, y, z) order.
 
     Args:
         pos: ``(N, 3)`` positions.
@@ -70,15 +72,10 @@ def voxel_groups(pos: Tensor, voxel_size: float) -> Tuple[Tensor, Tensor, Tensor
     voxel_size = _check_voxel_size(voxel_size)
     if pos.ndim != 2 or pos.shape[1] != 3 or pos.shape[0] == 0:
         raise ValueError(f"pos must be (N, 3) with N > 0, got {tuple(pos.shape)}")
-    pos = pos.to(torch.float64)
-    cells = torch.floor((pos - pos.min(dim=0).values) / voxel_size).to(torch.int64)
-    extent = cells.max(dim=0).values + 1
-    if float(extent.to(torch.float64).prod()) < 2.0 ** 62:  # one integer key per cell
-        keys = (cells[:, 0] * extent[1] + cells[:, 1]) * extent[2] + cells[:, 2]
-    else:  # a huge grid: number the occupied cells instead
-        keys = torch.unique(cells, dim=0, return_inverse=True)[1]
-    sorted_keys, order = torch.sort(keys, stable=True)
-    counts = torch.unique_consecutive(sorted_keys, return_counts=True)[1]
+    one_cloud = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+    voxel, voxels = voxel_clusters(pos.to(torch.float64), one_cloud, voxel_size)
+    order = torch.sort(voxel, stable=True)[1]
+    counts = torch.bincount(voxel, minlength=voxels)
     starts = torch.cumsum(counts, dim=0) - counts
     return order, starts, counts
 

@@ -44,8 +44,12 @@ def voxel_clusters(pos: Tensor, batch: Tensor, grid_size: float) -> Tuple[Tensor
     lowest = lowest.scatter_reduce(0, batch[:, None].expand(-1, 3), pos, "amin")
     cells = torch.floor((pos - lowest[batch]) / grid_size).long()           # (N, 3), >= 0
     extent = int(cells.max()) + 1
-    key = ((batch.long() * extent + cells[:, 0]) * extent + cells[:, 1]) * extent + cells[:, 2]
-    _, cluster = torch.unique(key, sorted=True, return_inverse=True)
+    if clouds * float(extent) ** 3 < 2.0 ** 62:  # one int64 key per cell, in (cloud, x, y, z) order
+        key = ((batch.long() * extent + cells[:, 0]) * extent + cells[:, 1]) * extent + cells[:, 2]
+        _, cluster = torch.unique(key, sorted=True, return_inverse=True)
+    else:  # a grid too fine for one key (a 10 km scan at 1 mm): number the occupied (cloud, cell) rows
+        rows = torch.cat([batch.long()[:, None], cells], dim=1)
+        _, cluster = torch.unique(rows, dim=0, sorted=True, return_inverse=True)
     return cluster, int(cluster.max()) + 1
 
 
