@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .chunked import (recompute_switch, NeighborhoodAttention, GatheredNeighbors, Points, check_count, chunk_rows, finish, mlp, normalize,
-                      pairwise, prepare, resolve_neighbors)
+from .chunked import (GatheredNeighbors, NeighborhoodAttention, Points, check_count, chunk_rows, finish, mlp,
+                      normalize, pairwise, prepare, recompute_switch, resolve_neighbors)
 from .geometry import ragged_index
 
 __all__ = ["ScalarSelfAttention"]

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .geometry import cloud_start_rows, tracing
-from .chunked import (recompute_switch, NeighborhoodAttention, GatheredNeighbors, check_count, chunk_rows, finish, has_batchnorm, mlp,
-                      normalize, pairwise, prepare, resolve_neighbors)
+from .chunked import (GatheredNeighbors, NeighborhoodAttention, check_count, chunk_rows, finish, has_batchnorm, mlp,
+                      normalize, pairwise, prepare, recompute_switch, resolve_neighbors)
 
 __all__ = ["VectorSelfAttention"]
 
