@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..nn.blocks import PointTransformerBlock, TransitionDown
 from ..nn.grid import GridPool
-from ..nn.geometry import batch_ptr, knn, knn_equal_clouds
+from ..nn.geometry import cloud_start_rows, knn, knn_equal_clouds
 
 __all__ = ["Encoder", "EncoderLevel", "ENCODER_ARGUMENTS", "make_stage", "rename_legacy_keys"]
 
@@ -123,8 +123,7 @@ def relative_to_first_point(pos: Tensor, batch: Tensor) -> Tensor:
     Exact in float32 for a cloud far from the origin (two numbers within a factor 2 of each other
     subtract exactly), so what follows, e.g. :class:`~pcattn.nn.grid.GridPool`'s mean positions, is
     computed on small numbers: a room at 10^5 m gives the output it gives at the origin."""
-    first = batch_ptr(batch, pos.shape[0])[:-1].to(pos.device)
-    return pos - pos[first][batch]
+    return pos - pos.index_select(0, cloud_start_rows(batch))
 
 
 def rename_legacy_keys(state_dict: Dict[str, Any], prefix: str, renames: Sequence[Tuple[str, str]]) -> None:
