@@ -29,7 +29,8 @@ from .transforms import Compose, RandomJitter, RandomRotateUp, RandomScale
 
 __all__ = ["SCENE_POINT_KEYS", "take_points", "voxel_groups", "GridSample", "grid_fragments", "SphereCrop",
            "CentreCrop", "RandomFlip", "ColorJitter", "ChromaticAutoContrast", "RandomPointDrop",
-           "scene_train_transforms", "scene_test_fragments"]
+           "scene_train_transforms", "scene_test_fragments", "collate_scenes", "collate_rooms", "scene_model_inputs",
+           "SCENE_IN_CHANNELS"]
 
 Sample = Dict[str, Tensor]
 #: the per-point entries of a scene sample: every transform takes the same rows of each
@@ -278,3 +279,84 @@ def scene_test_fragments(sample: Sample, voxel_size: float = 0.04) -> List[Sampl
     (:class:`CentreCrop`); ``index`` maps every fragment point to its row in the room."""
     centre = CentreCrop()
     return [centre(fragment) for fragment in grid_fragments(sample, voxel_size)]
+
+
+def collate_scenes(samples: Sequence[Sample]) -> Sample:
+    """Crops of different sizes as one flat batch (the scene networks' input: no padding).
+
+    Every entry of :data:`SCENE_POINT_KEYS` is concatenated over the ``B`` crops (``N`` points in all) and
+    ``batch`` int64 ``(N,)`` (sorted: crop ``b``'s points carry ``b``) is added, so a crop's rows are
+    ``batch == b``. The DataLoader's ``collate_fn`` of scene training.
+
+    Raises:
+        ValueError: no samples, or an entry present in some crops and not in others.
+    """
+    if not samples:
+        raise ValueError("collate_scenes got no samples")
+    keys = [key for key in SCENE_POINT_KEYS if key in samples[0]]
+    for number, sample in enumerate(samples):
+        if [key for key in SCENE_POINT_KEYS if key in sample] != keys:
+            raise ValueError(f"crop {number} holds the entries {[key for key in SCENE_POINT_KEYS if key in sample]}, "
+                             f"crop 0 {keys}: every crop of a batch needs the same ones")
+    out = {key: torch.cat([sample[key] for sample in samples]) for key in keys}
+    counts = torch.tensor([sample["pos"].shape[0] for sample in samples])
+    out["batch"] = torch.repeat_interleave(torch.arange(len(samples)), counts)
+    return out
+
+
+def collate_rooms(samples: Sequence[Sample]) -> List[Sample]:
+    """The rooms of a batch as a list, untouched (whole rooms of evaluation differ in size and are
+    segmented one by one)."""
+    return list(samples)
+
+
+#: the scene networks' input channels: centred xyz (3), + rgb (6), + normals (9)
+SCENE_IN_CHANNELS = (3, 6, 9)
+
+
+def scene_model_inputs(sample: Sample, in_channels: int = 6) -> Tuple[Tensor, Tensor, Tensor]:
+    """A centred crop, fragment or collated batch of them as the scene networks' flat input.
+
+    The one place that says what a scene network sees, used by training, evaluation
+    (:func:`pcattn.engine.scene_inference.segment_room`), prediction and export.
+
+    Args:
+        sample: ``{"pos": float32 (N, 3)`` centred (:class:`CentreCrop`, :func:`scene_test_fragments`),
+            ``"color": float32 (N, 3)`` in ``[0, 1]`` (for ``in_channels >= 6``), ``"normals": float32 (N, 3)``
+            (for ``in_channels == 9``), optional ``"batch": int64 (N,)`` (:func:`collate_scenes`; absent:
+            one crop)``}``.
+        in_channels: the model's ``in_channels``: 3 (xyz), 6 (xyz + rgb, the scene models'), 9 (xyz + rgb +
+            normals).
+
+    Returns:
+        ``(x, pos, batch)``: ``x`` float32 ``(N, in_channels)`` = ``[pos, color, normals][:in_channels]``,
+        ``pos`` float32 ``(N, 3)``, ``batch`` int64 ``(N,)``; the model is called ``model(x, pos, batch)``.
+
+    Raises:
+        ValueError: ``in_channels`` not 3, 6 or 9; positions in float64 (an uncentred room: rounding metres
+            far from the origin to float32 would move points by millimetres, so centre first); a needed
+            entry missing (a room without colours or normals) or of the wrong shape.
+    """
+    if in_channels not in SCENE_IN_CHANNELS:
+        raise ValueError(f"in_channels must be 3 (xyz), 6 (xyz + rgb) or 9 (xyz + rgb + normals), got {in_channels!r}")
+    pos = sample["pos"]
+    if pos.dtype == torch.float64:
+        raise ValueError("pos is float64 (an uncentred room?): centre crops in float64 first (CentreCrop, "
+                         "scene_test_fragments), which makes them float32")
+    if pos.ndim != 2 or pos.shape[1] != 3:
+        raise ValueError(f"pos must be (N, 3), got {tuple(pos.shape)}")
+    features = [pos]
+    for key, needed_from, what in (("color", 6, "colours (rgb)"), ("normals", 9, "normals")):
+        if in_channels < needed_from:
+            break
+        if key not in sample:
+            raise ValueError(f"the model takes {in_channels} input channels (xyz{' + rgb' if in_channels >= 6 else ''}"
+                             f"{' + normals' if in_channels == 9 else ''}) but the points have no {what}")
+        values = sample[key]
+        if values.shape != pos.shape:
+            raise ValueError(f"{key} must be {tuple(pos.shape)} like pos, got {tuple(values.shape)}")
+        features.append(values.to(pos.dtype))
+    batch = sample.get("batch")
+    if batch is None:
+        batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+    return torch.cat(features, dim=1), pos, batch
