@@ -17,6 +17,13 @@ Part segmentation: :class:`BuiltinParts` (generated, no download) and :class:`Sh
 layouts), picked by :func:`build_part_dataset`; samples ``{"pos": (P, 3), "category": (),
 "seg": (P,), ["normals": (P, 3)]}`` with ``dataset.categories``, ``dataset.part_names`` and
 ``dataset.category_parts`` (the global part ids of each category).
+
+Scenes (semantic segmentation of rooms): :class:`BuiltinRooms` (generated, no download), :class:`S3DIS`,
+:class:`ScanNet`, :class:`SceneFolder` (your own labelled rooms), all :class:`SceneDataset`: one whole
+room per item, ``{"pos": float64 (N, 3), "seg": (N,), ["color": (N, 3)], ["normals": (N, 3)]}`` with
+``dataset.classes`` (``-1``, :data:`IGNORE_INDEX`, marks unlabelled points). Training crops come from
+:func:`scene_train_transforms` and are batched flat by :func:`collate_scenes`; :func:`scene_model_inputs`
+turns a centred crop into the networks' input; :func:`scene_test_fragments` covers a whole room.
 """
 
 from __future__ import annotations
@@ -31,9 +38,14 @@ from .base import PointCloudDataset
 from .builtin import BUILTIN_CLASSES, BuiltinShapes, default_data_dir, generate_builtin_shapes
 from .cloud import load_cloud, prepare_cloud
 from .folder import PointFolder
+from .grid import (GridSample, CentreCrop, SphereCrop, collate_rooms, collate_scenes, grid_fragments,
+                   scene_model_inputs, scene_test_fragments, scene_train_transforms)
 from .io import read_off, read_point_cloud
 from .modelnet import ModelNetHDF5, ModelNetNormalResampled, ModelNetOFF
 from .parts import BuiltinParts
+from .rooms import ROOM_CLASSES, BuiltinRooms, generate_room
+from .s3dis import S3DIS, S3DIS_CLASSES
+from .scenes import IGNORE_INDEX, SCANNET20_CLASSES, ScanNet, SceneDataset, SceneFolder
 from .shapenetpart import ShapeNetPart
 from .transforms import seed_worker, test_transforms, train_transforms
 
@@ -64,6 +76,26 @@ __all__ = [
     "test_transforms",
     "train_transforms",
     "transforms",
+    # scenes (semantic segmentation of rooms)
+    "SceneDataset",
+    "BuiltinRooms",
+    "ROOM_CLASSES",
+    "generate_room",
+    "S3DIS",
+    "S3DIS_CLASSES",
+    "ScanNet",
+    "SCANNET20_CLASSES",
+    "SceneFolder",
+    "IGNORE_INDEX",
+    "GridSample",
+    "SphereCrop",
+    "CentreCrop",
+    "grid_fragments",
+    "scene_train_transforms",
+    "scene_test_fragments",
+    "collate_scenes",
+    "collate_rooms",
+    "scene_model_inputs",
 ]
 
 FORMATS = ("off", "normal_resampled", "hdf5", "folder")
