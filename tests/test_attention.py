@@ -368,3 +368,34 @@ def test_recompute_is_the_switch_and_checkpoint_its_old_name():
         with pytest.warns(FutureWarning, match="layer.recompute"):
             old.checkpoint = True
         assert old.recompute is True
+
+
+def test_lazy_in_channels_sizes_the_projections_at_the_first_call():
+    """``in_channels=-1``: the first call fixes the width; the output is the sized layer's with the same
+    weights, and a later call with another width is named."""
+    torch.manual_seed(0)
+    lazy = VectorSelfAttention(-1, 16, k=8)
+    x, pos = torch.randn(2, 40, 8), torch.randn(2, 40, 3)
+    first = lazy(x, pos)
+    assert lazy.to_query.in_features == lazy.to_key.in_features == lazy.to_value.in_features == 8
+    sized = VectorSelfAttention(8, 16, k=8)
+    sized.load_state_dict(lazy.state_dict())
+    assert torch.equal(first, sized(x, pos))
+    with pytest.raises(ValueError, match="x must have 8 channels"):
+        lazy(torch.randn(2, 40, 5), pos)
+    with pytest.raises(ValueError, match="out_channels must be given"):
+        VectorSelfAttention(-1)
+
+
+def test_bipartite_in_channels_size_each_side():
+    """``in_channels=(source, target)``: psi and alpha take the source width, phi the target's; the
+    layer's own (self-attention) call takes one x and says so."""
+    layer = VectorSelfAttention((8, 5), 16, k=4)
+    assert (layer.to_key.in_features, layer.to_value.in_features, layer.to_query.in_features) == (8, 8, 5)
+    with pytest.raises(ValueError, match="bipartite"):
+        layer(torch.randn(20, 8), torch.randn(20, 3))
+    same = VectorSelfAttention((8, 8), 16, k=4)
+    assert same(torch.randn(20, 8), torch.randn(20, 3)).shape == (20, 16)
+    for bad, error in (((8, 5, 2), ValueError), ((8, 0), ValueError), ((8, 2.0), TypeError), (0, ValueError)):
+        with pytest.raises(error, match="in_channels"):
+            VectorSelfAttention(bad, 16)

@@ -129,7 +129,7 @@ def test_nothing_queries_the_device_while_compiling(monkeypatch):
     cannot be recorded. CPU stand-in: the query function raises; eager calls reach it, the fullgraph
     compile of a model (legacy call ``model(pos)`` included, which warns only in eager,
     once per model) never does."""
-    from pcattn.nn import chunked
+    from pcattn.nn.chunked import sizing as chunked
 
     def no_query(device):
         raise RuntimeError("the device was queried")

@@ -13,10 +13,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pcattn"
 
 # The layers, lowest first (README "Layout", DESIGN.md). A module may import modules of its own wing
 # and of lower layers; two wings of one layer may not import each other. Within ``nn`` the files are
-# layers of their own: geometry <- chunked <- vector/scalar <- blocks/pyg <- the package's __init__.
+# layers of their own: geometry <- chunked (layout, sizing, gather, pairs, replay <- recompute <- base <- its
+# __init__) <- vector/scalar <- blocks/pyg <- the package's __init__.
 LAYERS: List[Tuple[str, ...]] = [
     ("pcattn.optional", "pcattn.deprecation"),  # optional packages; the old names of renamed things
     ("pcattn.nn.geometry",),
+    ("pcattn.nn.chunked.layout", "pcattn.nn.chunked.sizing", "pcattn.nn.chunked.gather", "pcattn.nn.chunked.pairs",
+     "pcattn.nn.chunked.replay"),
+    ("pcattn.nn.chunked.recompute",),
+    ("pcattn.nn.chunked.base",),
     ("pcattn.nn.chunked",),
     ("pcattn.nn.vector", "pcattn.nn.scalar"),
     ("pcattn.nn.blocks", "pcattn.nn.pyg"),
@@ -82,7 +87,7 @@ GRAPH: Dict[str, Set[str]] = {module: imported_modules(module, path) for module,
 
 def test_the_checker_reads_lazy_and_relative_imports():
     """The parser finds what it must: a relative import at the top and imports inside functions."""
-    assert "pcattn.nn.geometry" in GRAPH["pcattn.nn.chunked"]
+    assert "pcattn.nn.geometry" in GRAPH["pcattn.nn.chunked.layout"]
     assert "pcattn.engine" in GRAPH["pcattn.cli"]                 # imported inside run_train
     assert "pcattn.data" in GRAPH["pcattn.engine.loaders"]        # imported inside functions
     assert set(MODULES) >= {"pcattn.models.encoder", "pcattn.models.checkpoint", "pcattn.viz.plots"}

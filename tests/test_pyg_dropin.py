@@ -86,6 +86,27 @@ def test_conv_bipartite_lazy_edge_index_types_and_repr():
         lazy(x, pos, torch.tensor([[40], [0]]))
 
 
+def test_conv_is_built_by_the_layers_constructor_lazy_and_bipartite():
+    """The conv goes through VectorSelfAttention's constructor: its checks name bad channels, and lazy
+    channels on both sides of a bipartite graph size at the first call and give PyG's output."""
+    for bad in ((0, 16), (8, 0), ((8, -2), 16)):
+        with pytest.raises(ValueError, match="in_channels|out_channels"):
+            PointTransformerConv(*bad)
+    g = torch.Generator().manual_seed(7)
+    torch.manual_seed(0)
+    reference = PyGConv((-1, -1), 16)
+    lazy = PointTransformerConv((-1, -1), 16)
+    x = (torch.randn(30, 8, generator=g), torch.randn(20, 5, generator=g))
+    pos = (torch.randn(30, 3, generator=g), torch.randn(20, 3, generator=g))
+    edge_index = _random_graph(30, 20, g)
+    reference(x, pos, edge_index)
+    lazy(x, pos, edge_index)                                   # the first call fixes each side's width
+    assert (lazy.lin_src.in_features, lazy.lin.in_features, lazy.lin_dst.in_features) == (8, 8, 5)
+    lazy.load_state_dict(reference.state_dict())
+    assert (lazy(x, pos, edge_index) - reference(x, pos, edge_index)).abs().max() < 1e-5
+    assert list(lazy.state_dict()) == list(reference.state_dict())     # PyG's names, in PyG's order
+
+
 def test_conv_equals_pyg_on_knn_and_radius_graphs():
     g = torch.Generator().manual_seed(3)
     pos = torch.rand(300, 3, generator=g)
@@ -332,14 +353,14 @@ def test_conv_with_one_node_of_high_degree_pads_by_degree_not_to_the_largest(mon
     edge_index = torch.stack([source, target])
     reference, ours = _pair(8, 16, None, None, False)
     seen = []
-    attention = PointTransformerConv._attention
+    attention = PointTransformerConv.attend_in_chunks
 
     def spy(self, *args, **kwargs):
         neighbors = next(a for a in args if isinstance(a, torch.Tensor) and a.dtype == torch.long)
         seen.append(tuple(neighbors.shape))
         return attention(self, *args, **kwargs)
 
-    monkeypatch.setattr(PointTransformerConv, "_attention", spy)
+    monkeypatch.setattr(PointTransformerConv, "attend_in_chunks", spy)
     assert (ours(x, pos, edge_index) - reference(x, pos, edge_index)).abs().max() < 1e-5
     assert sorted(seen) == [(1, 1000), (n - 1, 16)]
     assert sum(m * k for m, k in seen) < 2 * edge_index.shape[1]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .chunked import gather
+from .chunked.gather import gather
 from .scalar import ScalarSelfAttention
 from .vector import VectorSelfAttention
 from .geometry import farthest_point_sampling, fps_equal_clouds, knn, knn_equal_clouds

@@ -19,7 +19,6 @@ import torch
 from torch import Tensor, nn
 
 from . import geometry
-from .chunked import has_batchnorm, recompute_switch
 from .geometry import edge_index_to_neighbors, farthest_point_sampling, neighbors_to_edge_index
 from .vector import VectorSelfAttention
 
@@ -78,22 +77,33 @@ class PointTransformerConv(VectorSelfAttention):
                  pos_nn: Optional[Callable] = None, attn_nn: Optional[Callable] = None,
                  add_self_loops: bool = True, chunk_size: Optional[int] = None, recompute: bool = True,
                  checkpoint: Optional[bool] = None):
-        nn.Module.__init__(self)  # VectorSelfAttention's attributes are set here under PyG's names
-        self.in_channels, self.out_channels, self.add_self_loops = in_channels, out_channels, add_self_loops
-        source_channels, target_channels = (in_channels, in_channels) if isinstance(in_channels, int) else in_channels
-        self.relation, self.normalization, self.k, self.groups = "subtraction", "softmax", None, None
-        self.chunk_size, self.recompute = chunk_size, recompute_switch(recompute, checkpoint)
-        self.fold_linear_encoding = True
-        self.record_attention = False
-        self.last_attention = None
-        self.pos_nn = pos_nn if pos_nn is not None else nn.Linear(3, out_channels)
+        # VectorSelfAttention's constructor checks the arguments and builds the modules (lazy for -1, sized
+        # per side for (source, target)): PyG's maths is subtraction, softmax, one Linear(3, C) by default,
+        # projections without bias, no mapping unless attn_nn is given.
+        super().__init__(in_channels, out_channels, positional_encoding=pos_nn if pos_nn is not None else "linear",
+                         mapping=attn_nn if attn_nn is not None else "none", bias=False, chunk_size=chunk_size,
+                         recompute=recompute, checkpoint=checkpoint)
+        self.add_self_loops = add_self_loops
+        # The same modules under PyG's names, in PyG's order (so a PyG conv's state_dict, and an optimizer's
+        # state over its parameters, load as they are); VectorSelfAttention's names are properties below.
+        built = {name: self._modules.pop(name) for name in ("to_query", "to_key", "to_value", "pos_encoder", "mapping")}
+        self.pos_nn = built["pos_encoder"]
         self.attn_nn = attn_nn
-        self.lin = _linear(source_channels, out_channels)
-        self.lin_src = _linear(source_channels, out_channels)
-        self.lin_dst = _linear(target_channels, out_channels)
-        self._batchnorm = has_batchnorm(self.pos_nn, self.attn_nn)
+        self.lin, self.lin_src, self.lin_dst = built["to_value"], built["to_key"], built["to_query"]
 
     # VectorSelfAttention's names for PyG's modules (properties, so the state_dict keeps PyG's keys)
+    @property
+    def to_query(self) -> nn.Module:
+        return self.lin_dst
+
+    @property
+    def to_key(self) -> nn.Module:
+        return self.lin_src
+
+    @property
+    def to_value(self) -> nn.Module:
+        return self.lin
+
     @property
     def pos_encoder(self) -> nn.Module:
         return self.pos_nn
@@ -133,9 +143,10 @@ class PointTransformerConv(VectorSelfAttention):
         nodes, outs = [], []
         for bucket_nodes, neighbors in degree_buckets(source, target, n_dst):
             if bucket_nodes.numel() == n_dst:   # one bucket holds every node, in order: no copies
-                return self._attention(query, pos_dst, key, value, pos_src, neighbors, want_weights=False)[0]
-            out, _ = self._attention(query[bucket_nodes], pos_dst[bucket_nodes], key, value, pos_src, neighbors,
-                                     want_weights=False)
+                return self.attend_in_chunks(self._attend_chunk, query, pos_dst, key, value, pos_src, neighbors,
+                                             want_weights=False)[0]
+            out, _ = self.attend_in_chunks(self._attend_chunk, query[bucket_nodes], pos_dst[bucket_nodes], key, value,
+                                           pos_src, neighbors, want_weights=False)
             nodes.append(bucket_nodes)
             outs.append(out)
         out = torch.cat(outs)
@@ -191,13 +202,6 @@ def degree_buckets(source: Tensor, target: Tensor, num_targets: int):
         row = torch.cumsum(in_bucket, 0) - 1                     # each bucket node's row in the bucket
         edges = in_bucket[target]
         yield nodes, edge_index_to_neighbors(source[edges], row[target[edges]], nodes.numel())
-
-
-def _linear(in_channels: int, out_channels: int) -> nn.Module:
-    """PyG's ``Linear(in_channels, out_channels, bias=False)``: lazy (``LazyLinear``) for ``-1``."""
-    if in_channels == -1:
-        return nn.LazyLinear(out_channels, bias=False)
-    return nn.Linear(in_channels, out_channels, bias=False)
 
 
 def _check_features(x: Tensor, pos: Tensor, side: str) -> None:

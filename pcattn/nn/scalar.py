@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .chunked import (GatheredNeighbors, NeighborhoodAttention, Points, check_count, chunk_rows, finish, mlp,
-                      normalize, pairwise, prepare, recompute_switch, resolve_neighbors)
+from .chunked.base import NeighborhoodAttention, recompute_switch
+from .chunked.gather import GatheredNeighbors
+from .chunked.layout import Points, check_count, finish, prepare, resolve_neighbors
+from .chunked.pairs import mlp, normalize, pairwise
 from .geometry import ragged_index
 
 __all__ = ["ScalarSelfAttention"]
@@ -119,20 +121,22 @@ class ScalarSelfAttention(NeighborhoodAttention):
             out, weights, neighbors = self._attend_global(query, key, value, points, want_weights)
         else:
             neighbors = resolve_neighbors(points, self.k or 1, neighbors)
-            pos = None if self.pos_encoder is None else points.pos
-            out, weights = self._attend_knn(query, key, value, pos, neighbors, want_weights)
+            positions = None if self.pos_encoder is None else points.pos
+            out, weights = self.attend_in_chunks(self._attend_chunk, query, positions, key, value, positions,
+                                                 neighbors, want_weights)
         return finish(self, self.proj(out), weights, neighbors, points, return_attention)
 
     # kNN groups ------------------------------------------------------------
     def _pair_modules(self) -> Tuple[Optional[nn.Module], ...]:
         return (self.pos_encoder,)
 
-    def _attend_knn(self, query, key, value, pos, neighbors, want_weights):
-        rows = chunk_rows(neighbors.shape[1], self.heads * (self.qk_channels + self.v_channels), self.chunk_size,
-                          neighbors.device)
-        return self._over_chunks(query, pos, key, value, pos, neighbors, rows, want_weights)
+    @property
+    def _pair_channels(self) -> int:
+        return self.heads * (self.qk_channels + self.v_channels)
 
-    def _pairs(self, query: Tensor, hood: GatheredNeighbors) -> Tuple[Tensor, Tensor]:
+    def _attend_chunk(self, query: Tensor, hood: GatheredNeighbors) -> Tuple[Tensor, Tensor]:
+        """One chunk: ``query (M, H*d)`` rows and their gathered neighbours -> ``(M, H*dv)`` outputs (before
+        :math:`W_o`), ``(M, K, H)`` weights."""
         m, k = hood.key.shape[:2]
         H, dq, dv = self.heads, self.qk_channels, self.v_channels
         key_j = hood.key.view(m, k, H, dq)

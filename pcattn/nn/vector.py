@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .chunked.base import NeighborhoodAttention, recompute_switch
+from .chunked.gather import GatheredNeighbors
+from .chunked.layout import check_count, finish, prepare, resolve_neighbors
+from .chunked.pairs import has_batchnorm, mlp, normalize, pairwise
 from .geometry import cloud_start_rows, tracing
-from .chunked import (GatheredNeighbors, NeighborhoodAttention, check_count, chunk_rows, finish, has_batchnorm, mlp,
-                      normalize, pairwise, prepare, recompute_switch, resolve_neighbors)
 
 __all__ = ["VectorSelfAttention"]
 
@@ -51,7 +53,10 @@ class VectorSelfAttention(NeighborhoodAttention):
     computed per pair (set ``layer.fold_linear_encoding = False`` to always do so).
 
     Args:
-        in_channels: input feature size ``C_in``.
+        in_channels: input feature size ``C_in``; ``-1`` sizes the projections at the first call
+            (lazy). A pair ``(source, target)`` sizes :math:`\psi, \alpha` for the source points and
+            :math:`\varphi` for the target points of a bipartite graph (as
+            :class:`pcattn.nn.pyg.PointTransformerConv` takes it; the layer's own call takes one ``x``).
         out_channels: output size ``C`` (default ``in_channels``).
         k: neighbours per point (used when ``neighbors`` is not given).
         groups: weights per neighbour; must divide ``out_channels`` (default ``out_channels``).
@@ -71,7 +76,7 @@ class VectorSelfAttention(NeighborhoodAttention):
         pos_hidden: hidden width of the ``"mlp"`` positional encoding.
         bias: whether :math:`\varphi, \psi, \alpha` have biases.
         chunk_size: query points processed at once (default: about 256k pair-channels on the
-            CPU, sized from free memory on a GPU; see :func:`pcattn.nn.chunked.chunk_elements`).
+            CPU, sized from free memory on a GPU; see :func:`pcattn.nn.chunked.sizing.chunk_elements`).
         recompute: recompute each chunk's pairwise tensors in the backward pass instead of
             storing them (much less memory in training). The recomputation replays the forward's
             autocast and random state, so gradients equal plain autograd's, dropout included;
@@ -98,9 +103,11 @@ class VectorSelfAttention(NeighborhoodAttention):
         >>> y = layer(torch.randn(2, 1024, 32), torch.randn(2, 1024, 3))   # (2, 1024, 64)
     """
 
+    _lazy_and_bipartite_inputs = True
+
     def __init__(
         self,
-        in_channels: int,
+        in_channels: Union[int, Tuple[int, int]],
         out_channels: Optional[int] = None,
         k: int = 16,
         groups: Optional[int] = None,
@@ -130,9 +137,10 @@ class VectorSelfAttention(NeighborhoodAttention):
         self.fold_linear_encoding = True
 
         C = out_channels
-        self.to_query = nn.Linear(in_channels, C, bias=bias)   # phi
-        self.to_key = nn.Linear(in_channels, C, bias=bias)     # psi
-        self.to_value = nn.Linear(in_channels, C, bias=bias)   # alpha
+        source_channels, target_channels = (in_channels, in_channels) if isinstance(in_channels, int) else in_channels
+        self.to_query = projection(target_channels, C, bias)   # phi
+        self.to_key = projection(source_channels, C, bias)     # psi
+        self.to_value = projection(source_channels, C, bias)   # alpha
 
         if isinstance(positional_encoding, nn.Module):
             self.pos_encoder: Optional[nn.Module] = positional_encoding
@@ -206,38 +214,73 @@ class VectorSelfAttention(NeighborhoodAttention):
 
     def forward(self, x: Tensor, pos: Tensor, batch: Optional[Tensor] = None,
                 neighbors: Optional[Tensor] = None, return_attention: bool = False):
-        """See the class docstring for shapes."""
-        points = prepare(self, x, pos, batch)
-        neighbors = resolve_neighbors(points, self.k, neighbors)
+        """The formula step by step; see the class docstring for shapes.
+
+        Steps 2-6 run per chunk of query rows (:meth:`_attend_chunk`); the chunking and the backward that
+        recomputes each chunk instead of storing its pairs are :meth:`attend_in_chunks`, the base class's.
+        """
+        points = prepare(self, x, pos, batch)                           # flat x (N, C_in), pos (N, 3), batch (N,)
+        neighbors = resolve_neighbors(points, self.k, neighbors)        # N(i): (N, K) rows, -1 for an empty slot
+        # 1. projections phi(x_i), psi(x_j), alpha(x_j): (N, C) each
         query, key, value = self.to_query(points.x), self.to_key(points.x), self.to_value(points.x)
-        want_weights = return_attention or self.record_attention
-        out, weights = self._attention(query, points.pos, key, value, points.pos, neighbors, want_weights,
-                                       points.batch)
+        positions = None if self.pos_encoder is None else points.pos     # (None: no delta, no relative positions)
+        own_encoding = None
+        if self._fold_is_exact(points.pos):   # a Linear theta joins the per-point rows: no per-pair positions
+            query, key, value, own_encoding = self._fold_linear_encoding(query, key, value, points.pos, points.batch)
+            positions = None
+        # 2. gather the neighbours j of each chunk of rows i, 3.-6. the formula on them (_attend_chunk)
+        out, weights = self.attend_in_chunks(self._attend_chunk, query, positions, key, value, positions, neighbors,
+                                             want_weights=return_attention or self.record_attention)
+        if own_encoding is not None:
+            out = out + own_encoding                                     # W (p_i - r) + b, outside the sum over j
         return finish(self, out, weights, neighbors, points, return_attention)
 
-    def _attention(self, query: Tensor, query_pos: Tensor, key: Tensor, value: Tensor, pos: Tensor,
-                   neighbors: Tensor, want_weights: bool,
-                   batch: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
-        """Projected rows to outputs: ``query (M, C)`` at ``query_pos (M, 3)`` attends over ``neighbors (M, K)``,
-        rows of ``key``/``value``/``pos (N, ...)`` (self-attention: ``query_pos is pos``). ``batch (N,)``, the
-        clouds of a self-attention call, lets a linear encoding fold (see :meth:`_fold_is_exact`)."""
-        if self.pos_encoder is None:   # no encoding: no relative positions
-            return self._attend(query, None, key, value, None, neighbors, want_weights)
-        if batch is not None and query_pos is pos and self._fold_is_exact(pos):
-            # A linear encoding splits about any point r: delta_ij = (W (p_i - r) + b) - W (p_j - r). Its
-            # parts join the per-point query, key and value, and since the weights of a group sum to one
-            # over the neighbours, sum_j w_ij (v_j - W (p_j - r) + W (p_i - r) + b) =
-            # sum_j w_ij (v_j - W (p_j - r)) + (W (p_i - r) + b). With r the first point of each cloud,
-            # p - r is formed in the positions' dtype (float32 or float64) before the projection, so the
-            # output depends on where the cloud is only through float rounding of its own extent.
-            local = pos - pos.index_select(0, cloud_start_rows(batch))                  # p - r, (N, 3)
-            projected = F.linear(local, self.pos_encoder.weight)                        # W (p - r), (N, C)
-            own = projected if self.pos_encoder.bias is None else projected + self.pos_encoder.bias
-            query = query + own
-            key = key + projected if self.relation == "subtraction" else key - projected
-            out, weights = self._attend(query, None, key, value - projected, None, neighbors, want_weights)
-            return out + own, weights
-        return self._attend(query, query_pos, key, value, pos, neighbors, want_weights)
+    def _attend_chunk(self, query: Tensor, hood: GatheredNeighbors) -> Tuple[Tensor, Tensor]:
+        r"""Steps 3-6 for one chunk: ``query (M, C)`` rows :math:`\varphi(x_i)` and their gathered neighbours
+        (``hood.key`` :math:`\psi(x_j)`, ``hood.value`` :math:`\alpha(x_j)`, ``(M, K, C)``; ``hood.rel_pos``
+        :math:`p_i - p_j`, ``(M, K, 3)``). Returns ``(M, C)`` outputs and ``(M, K, G)`` weights."""
+        m, k = hood.key.shape[:2]
+        query_i, key_j, value_j = query[:, None, :], hood.key, hood.value
+        # 3. relation of phi(x_i) and psi(x_j), plus the positional encoding delta_ij = theta(p_i - p_j)
+        delta = None if hood.rel_pos is None else pairwise(self.pos_encoder, hood.rel_pos)      # (M, K, C)
+        if self.relation == "subtraction":
+            relation = query_i - key_j
+        elif self.relation == "addition":
+            relation = query_i + key_j
+        elif self.relation == "hadamard":
+            relation = query_i * key_j
+        else:  # concat
+            relation = torch.cat([query_i.expand(-1, k, -1), key_j] + ([delta] if delta is not None else []), dim=-1)
+        if delta is not None and self.relation != "concat":
+            relation = relation + delta
+        # 4. mapping gamma, 5. normalisation over the neighbours j (softmax by default), per group
+        weights = normalize(pairwise(self.mapping, relation), hood.valid, self.normalization)   # (M, K, G)
+        # 6. aggregation sum_j w_ij (alpha(x_j) + delta_ij), each weight shared by its group's channels
+        if delta is not None:
+            value_j = value_j + delta
+        G = weights.shape[-1]
+        grouped = value_j.view(m, k, G, self.out_channels // G)
+        out = (weights[..., None] * grouped).sum(dim=1).reshape(m, self.out_channels)
+        return out, weights
+
+    def _fold_linear_encoding(self, query: Tensor, key: Tensor, value: Tensor, pos: Tensor,
+                              batch: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """A linear encoding's parts joined to the per-point rows ``(N, C)``; returns the new query, key, value
+        and the term ``W (p_i - r) + b`` to add to the output.
+
+        A linear encoding splits about any point r: delta_ij = (W (p_i - r) + b) - W (p_j - r). Its parts
+        join the per-point query, key and value, and since the weights of a group sum to one over the
+        neighbours, sum_j w_ij (v_j - W (p_j - r) + W (p_i - r) + b) = sum_j w_ij (v_j - W (p_j - r)) +
+        (W (p_i - r) + b). With r the first point of each cloud, p - r is formed in the positions' dtype
+        (float32 or float64) before the projection, so the output depends on where the cloud is only
+        through float rounding of its own extent.
+        """
+        local = pos - pos.index_select(0, cloud_start_rows(batch))                  # p - r, (N, 3)
+        projected = F.linear(local, self.pos_encoder.weight)                        # W (p - r), (N, C)
+        own = projected if self.pos_encoder.bias is None else projected + self.pos_encoder.bias
+        query = query + own
+        key = key + projected if self.relation == "subtraction" else key - projected
+        return query, key, value - projected, own
 
     @property
     def _folds_encoding(self) -> bool:
@@ -256,35 +299,13 @@ class VectorSelfAttention(NeighborhoodAttention):
     def _pair_modules(self) -> Tuple[Optional[nn.Module], ...]:
         return (self.pos_encoder, self.mapping)
 
-    def _attend(self, query: Tensor, query_pos: Optional[Tensor], key: Tensor, value: Tensor, pos: Optional[Tensor],
-                neighbors: Tensor, want_weights: bool) -> Tuple[Tensor, Optional[Tensor]]:
-        n, k = neighbors.shape
-        # BatchNorm inside theta or gamma needs all pairs at once in training to match its statistics.
-        whole = self._batchnorm and self.training
-        rows = n if whole else chunk_rows(k, self.out_channels, self.chunk_size, neighbors.device)
-        return self._over_chunks(query, query_pos, key, value, pos, neighbors, rows, want_weights)
+    @property
+    def _pair_channels(self) -> int:
+        return self.out_channels
 
-    def _pairs(self, query: Tensor, hood: GatheredNeighbors) -> Tuple[Tensor, Tensor]:
-        """One chunk of query rows ``(M, C)`` and their gathered neighbours: ``(M, C)`` outputs, ``(M, K, G)`` weights."""
-        m, k = hood.key.shape[:2]
-        key_j, value_j, delta = hood.key, hood.value, None
-        if self.pos_encoder is not None and hood.rel_pos is not None:   # (None: folded, see forward)
-            delta = pairwise(self.pos_encoder, hood.rel_pos)                # theta(p_i - p_j): (M, K, C)
-            value_j = value_j + delta
-        query_i = query[:, None, :]
-        if self.relation == "subtraction":
-            rel = query_i - key_j
-        elif self.relation == "addition":
-            rel = query_i + key_j
-        elif self.relation == "hadamard":
-            rel = query_i * key_j
-        else:  # concat
-            parts = [query_i.expand(-1, k, -1), key_j] + ([delta] if delta is not None else [])
-            rel = torch.cat(parts, dim=-1)
-        if delta is not None and self.relation != "concat":
-            rel = rel + delta
-        weights = normalize(pairwise(self.mapping, rel), hood.valid, self.normalization)  # (M, K, G)
-        G = weights.shape[-1]
-        grouped = value_j.view(m, k, G, self.out_channels // G)
-        out = (weights[..., None] * grouped).sum(dim=1).reshape(m, self.out_channels)
-        return out, weights
+
+def projection(in_channels: int, out_channels: int, bias: bool) -> nn.Linear:
+    """A ``Linear(in_channels, out_channels)``; ``in_channels=-1``: a ``LazyLinear`` sized at the first call."""
+    if in_channels == -1:
+        return nn.LazyLinear(out_channels, bias=bias)
+    return nn.Linear(in_channels, out_channels, bias=bias)
