@@ -1,4 +1,4 @@
-"""The ``pcattn`` command: ``train``, ``eval``, ``plot``, ``visualize``, ``ablate``, ``bench``, ``export``.
+"""The ``pcattn`` command: ``train``, ``eval``, ``plot``, ``visualize``, ``predict``, ``ablate``, ``bench``, ``export``.
 
     pcattn train --dataset builtin --attention vector --out runs/builtin-vector
     pcattn train --out runs/builtin-vector --resume          # continue a killed run
@@ -7,6 +7,7 @@
     pcattn eval --checkpoint runs/builtin-vector/best.pt --votes 3
     pcattn plot runs/builtin-vector
     pcattn visualize --checkpoint runs/builtin-vector/best.pt --dataset builtin --index 7 --out attention.png
+    pcattn predict --checkpoint runs/builtin-vector/best.pt --input my_clouds/   # label your own files
     pcattn ablate --variants vector vector-no-pe scalar --epochs 15
     pcattn bench --quick
 
@@ -21,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-__all__ = ["main", "add_train_arguments", "add_eval_arguments", "add_visualize_arguments"]
+__all__ = ["main", "add_train_arguments", "add_eval_arguments", "add_visualize_arguments", "add_predict_arguments"]
 
 
 # ============================================================================ train
@@ -459,6 +460,68 @@ def _unused_visualize_options(args: argparse.Namespace):
     ]
 
 
+# ============================================================================ predict
+def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by pcattn train (any task)")
+    parser.add_argument("--input", required=True, metavar="FILE_OR_FOLDER",
+                        help="a cloud (.ply .pcd .npy .txt .xyz .las .laz) or a folder of them")
+    parser.add_argument("--out", default=None, metavar="FILE_OR_FOLDER",
+                        help="segmenters: the labelled cloud (.ply, .npy or .txt; default <input>.labels.ply), or "
+                             "for a folder the folder of labelled clouds (default <folder>-labels); classifiers: a "
+                             ".json file (default <input>.class.json, or <folder>-classes.json)")
+    parser.add_argument("--format", choices=("ply", "npy", "txt"), default=None,
+                        help="a folder's labelled clouds: .ply (default: colours and a label property), or .npy / .txt "
+                             "columns x y z label")
+    parser.add_argument("--category", default=None,
+                        help="a part segmenter's object category (one of the checkpoint's)")
+    parser.add_argument("--votes", type=int, default=1,
+                        help="test-time votes of a classifier or scene segmenter (default 1: none)")
+    parser.add_argument("--num-points", type=int, default=None,
+                        help="points a classifier or part segmenter sees (default: as in training); every point "
+                             "of a larger part cloud takes the part of its nearest seen point")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip a file that cannot be read (named in the summary) instead of stopping")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random choices (sampling, votes)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=True)
+    return parser
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from .engine import CheckpointError
+    from .engine.prediction import Predictor, format_summary, predict_files
+
+    folder = Path(args.input).is_dir()
+
+    def report(result) -> None:  # each file as it is done: a folder of large scans takes minutes
+        if folder:
+            status = result.prediction.describe() if result.ok else f"skipped: {result.error}"
+            print(f"{result.input.name}: {status}", file=sys.stderr, flush=True)
+
+    try:
+        refuse_unused([("--format", not folder and args.format is not None,
+                        "it is the format of a folder's labelled clouds; for one file --out's extension says it")])
+        predictor = Predictor.from_checkpoint(args.checkpoint, category=args.category, num_points=args.num_points,
+                                              votes=args.votes, device=args.device, progress=args.progress,
+                                              seed=args.seed)
+        results = predict_files(predictor, args.input, args.out, skip_bad=args.skip_bad,
+                                suffix=None if args.format is None else f".{args.format}", report=report)
+    except (OSError, ValueError, ImportError, CheckpointError) as error:  # ValueError: a bad file, named
+        print(f"pcattn predict: error: {error}", file=sys.stderr)
+        return 2
+    if folder:
+        print(format_summary(results))
+    else:
+        result = results[0]
+        print(f"{result.input}: {result.prediction.describe()}")
+        if result.prediction.task == "classification":
+            top = sorted(zip(result.prediction.probabilities, result.prediction.classes), reverse=True)[:5]
+            print("  " + ", ".join(f"{name} {p:.3f}" for p, name in top))
+    for path in sorted({str(result.output) for result in results if result.ok}):
+        print(f"wrote {path}")
+    return 0
+
+
 # ============================================================================ export
 def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by pcattn train")
@@ -528,6 +591,11 @@ def build_parser() -> argparse.ArgumentParser:
     ablation.add_arguments(ablate).set_defaults(handler=_lazy("bench.ablation", "run"))
     benchmark = commands.add_parser("bench", help="speed and memory against PyG and other implementations")
     harness.add_arguments(benchmark).set_defaults(handler=_lazy("bench.harness", "run"))
+    predict = commands.add_parser("predict", help="label your own clouds with a trained checkpoint",
+                                  description="Label a cloud or a folder of clouds with a trained classifier, part "
+                                  "segmenter or scene segmenter: every point, in the input's order, its coordinates "
+                                  "kept.")
+    add_predict_arguments(predict).set_defaults(handler=run_predict)
     export = commands.add_parser("export", help="export a trained classifier (ONNX, TorchScript, torch.export)",
                                  description="Export a checkpoint for inference, checked against eager.")
     add_export_arguments(export).set_defaults(handler=run_export)
