@@ -1,6 +1,6 @@
-"""Optional packages: Open3D (PLY/PCD reading, rendering, the fast CPU kNN), h5py (HDF5 datasets) and
-matplotlib (colours, plots, the fallback renderer) are extras, not requirements: ``pip install pcattn``
-gives the layers and models with torch and PyG alone. Each is imported where it is used, through
+"""Optional packages: Open3D (PLY/PCD reading, rendering, the fast CPU kNN), h5py (HDF5 datasets),
+matplotlib (colours, plots, the fallback renderer) and laspy (LiDAR files) are extras, not requirements:
+``pip install pcattn`` gives the layers and models with torch and PyG alone. Each is imported where it is used, through
 :func:`require`, whose error names the extra that installs it.
 """
 from __future__ import annotations
@@ -12,9 +12,10 @@ __all__ = ["MissingExtra", "require", "EXTRAS"]
 
 #: the pip extras, by what they are for (``pcattn[all]`` holds every one)
 EXTRAS = {"io": "reading PLY/PCD files (open3d) and HDF5 datasets (h5py)",
-          "viz": "attention and part pictures, training plots (open3d, matplotlib)"}
+          "viz": "attention and part pictures, training plots (open3d, matplotlib)",
+          "las": "reading LiDAR .las/.laz files in pcattn predict (laspy, with the lazrs LAZ backend)"}
 
-_DISTRIBUTIONS = {"open3d": "open3d", "h5py": "h5py", "matplotlib": "matplotlib", "mpl_toolkits": "matplotlib"}
+_DISTRIBUTIONS = {"open3d": "open3d", "h5py": "h5py", "matplotlib": "matplotlib", "mpl_toolkits": "matplotlib", "laspy": "laspy"}
 
 
 class MissingExtra(ImportError):

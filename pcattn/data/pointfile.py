@@ -463,13 +463,9 @@ def point_features(cloud: PointFile, needs: Sequence[str], trained: str = "the m
 # ---------------------------------------------------------------------------------------------
 
 def _text_lines(pos: np.ndarray, labels: np.ndarray) -> str:
-    """``x y z label`` lines; float64 positions in the shortest text that reads back to the same double
-    (Python's ``repr``), float32 ones with 9 significant digits (the same float32)."""
-    if pos.dtype == np.float64:
-        coordinates = [" ".join(map(repr, row)) for row in pos.tolist()]
-    else:
-        coordinates = [" ".join(f"{value:.9g}" for value in row) for row in pos.tolist()]
-    return "".join(f"{xyz} {label}\n" for xyz, label in zip(coordinates, labels.tolist()))
+    """``x y z label`` lines; each coordinate in the shortest text that reads back to its exact value as a
+    double (Python's ``repr``; a float32 value is exact as a double, so it reads back as itself)."""
+    return "".join(f"{x!r} {y!r} {z!r} {label}\n" for (x, y, z), label in zip(pos.tolist(), labels.tolist()))
 
 
 def write_labelled(path, pos: np.ndarray, labels: np.ndarray, colors: Optional[np.ndarray] = None) -> Path:
@@ -478,7 +474,7 @@ def write_labelled(path, pos: np.ndarray, labels: np.ndarray, colors: Optional[n
     * ``.ply``: binary little endian, vertex properties ``x y z`` (``double`` for float64 positions, ``float``
       for float32), ``red green blue`` (``uchar``, from ``colors``) and ``int label``;
     * ``.npy``: ``(N, 4)`` columns ``x y z label`` in the positions' float type;
-    * ``.txt``: lines ``x y z label`` (coordinates written so they read back exactly).
+    * ``.txt``: lines ``x y z label``, coordinates written so they read back exactly (as doubles).
 
     The file is written beside ``path`` and renamed over it, so a failed write leaves no half file.
 
