@@ -304,3 +304,50 @@ def test_a_folder_stops_at_an_unreadable_file_or_skips_it(tmp_path, checkpoints,
     with pytest.raises(ValueError, match="would overwrite the input"):
         predict_files(Predictor.from_checkpoint(checkpoints / "parts.pt", category="mug"), folder / "a.npy",
                       folder / "a.npy")
+
+
+# ------------------------------------------------------------------------- scenes
+@pytest.fixture(scope="module")
+def room():
+    """A 1.2 m box of 3,000 points on its floor and walls (metres) with colours: a tiny room."""
+    rng = np.random.default_rng(3)
+    side = rng.integers(0, 3, size=3000)
+    uv = rng.uniform(0, 1.2, size=(3000, 2))
+    pos = np.where(side[:, None] == 0, np.column_stack([uv, np.zeros(3000)]),
+                   np.where(side[:, None] == 1, np.column_stack([uv[:, 0], np.zeros(3000), uv[:, 1]]),
+                            np.column_stack([np.zeros(3000), uv])))
+    rgb = rng.integers(0, 256, size=(3000, 3))
+    return np.column_stack([pos, rgb])
+
+
+@pytest.fixture(scope="module")
+def scene_checkpoint(tmp_path_factory, room):
+    """A tiny scene segmenter (xyz + rgb in, grid pooling), its classes balanced on the room."""
+    torch.manual_seed(4)
+    model = lively(create_model("pt-scene-tiny-vector", num_classes=4, in_channels=6, grid_sizes=(0.1,), **TINY), 4)
+    pos = torch.from_numpy((room[:, :3] - room[:, :3].min(axis=0)).astype(np.float32))
+    with torch.no_grad():
+        x = torch.cat([pos, torch.from_numpy(room[:, 3:] / 255).float()], dim=1)
+        model.head[-1].bias -= model(x, pos, torch.zeros(len(pos), dtype=torch.long)).mean(dim=0)
+    path = tmp_path_factory.mktemp("scene") / "scene.pt"
+    save_checkpoint(path, model_checkpoint(model, ["floor", "wall", "chair", "table"], task="semseg",
+                                           categories=None, category_parts=None, train_config={"voxel_size": 0.04}))
+    return path
+
+
+def test_scene_segmenter_labels_every_point_and_far_from_the_origin_the_same(tmp_path, scene_checkpoint, room):
+    """Every point of the room gets a label, written in its order with its float64 coordinates; the room
+    5e5 m from the origin (float32 there is 3 cm coarse, near the 4 cm voxels) gets the same labels."""
+    near = pcattn.predict(scene_checkpoint, room)
+    assert near.task == "semseg" and near.labels.shape == (3000,) and len(set(near.labels.tolist())) >= 2
+    np.testing.assert_allclose(near.colors, label_palette(4)[near.labels])
+    moved = room.copy()
+    moved[:, :3] += [5e5, -5e5, 50.0]
+    far_file = tmp_path / "far.npy"
+    np.save(far_file, moved)
+    assert main(["predict", "--checkpoint", str(scene_checkpoint), "--input", str(far_file), "--out",
+                 str(tmp_path / "far.ply"), "--no-progress"]) == 0
+    written = read_labelled_scene(tmp_path / "far.ply")
+    assert np.array_equal(written["pos"], moved[:, :3]) and np.array_equal(written["seg"], near.labels)
+    with pytest.raises(ValueError, match="num_points is for classifiers and part segmenters"):
+        pcattn.predict(scene_checkpoint, room, num_points=100)

@@ -140,9 +140,12 @@ def model_features(cloud: PointFile, needs: Sequence[str], source: str) -> Dict[
         raise UnreadableFile(str(error)) from None
 
 
-def _task_name(model: nn.Module) -> str:
-    """``"classification"``, ``"partseg"`` or ``"semseg"``: the model's task (:func:`task_of_model`); a
-    segmenter without categories that pools by grid is a scene segmenter."""
+def _task_name(model: nn.Module, checkpoint: Dict[str, Any]) -> str:
+    """``"classification"``, ``"partseg"`` or ``"semseg"``: the task the checkpoint records, else the model's
+    (:func:`task_of_model`; a segmenter without categories that pools by grid is a scene segmenter)."""
+    recorded = checkpoint.get("task")
+    if recorded in TASK_NAMES:
+        return recorded
     name = task_of_model(model).name
     if name == "partseg" and isinstance(model, PointTransformerSegmenter) and model.num_categories is None \
             and model.encoder.grid_sizes is not None:
@@ -205,7 +208,7 @@ class Predictor:
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    "cpu" if device == "auto" else device)
         self.model = model.to(self.device).eval()
-        self.task = _task_name(model)
+        self.task = _task_name(model, checkpoint)
         count = int(getattr(model, "num_classes", 0))
         self.classes = list(classes) if classes is not None else \
             list(checkpoint.get("classes") or [str(i) for i in range(count)])
@@ -356,7 +359,7 @@ class Predictor:
         room = {"pos": torch.from_numpy(np.ascontiguousarray(cloud.pos, dtype=np.float64))}
         room.update({name: torch.from_numpy(values) for name, values in features.items()})
         scores = segment_room(self.model, room, self.voxel_size, self.votes, device=self.device,
-                              generator=torch.Generator().manual_seed(self.seed))
+                              generator=torch.Generator().manual_seed(self.seed), progress=self.progress)
         labels = scores.argmax(1).numpy().astype(np.int64)
         return Prediction("semseg", self.classes, len(cloud), labels=labels,
                           colors=label_palette(len(self.classes))[labels])

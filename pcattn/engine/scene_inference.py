@@ -53,7 +53,7 @@ def vote_copy(fragment: Sample, generator: torch.Generator) -> Sample:
 @torch.no_grad()
 def segment_room(model: nn.Module, sample: Sample, voxel_size: float = 0.04, votes: int = 1, *,
                  batch_points: int = 200_000, device: Union[str, torch.device, None] = None, precision: str = "32",
-                 generator: Optional[torch.Generator] = None) -> Tensor:
+                 generator: Optional[torch.Generator] = None, progress: bool = False) -> Tensor:
     """Class scores for every point of a whole room.
 
     Args:
@@ -69,6 +69,7 @@ def segment_room(model: nn.Module, sample: Sample, voxel_size: float = 0.04, vot
         device: where the model runs (default: its parameters' device).
         precision: ``"32"``, ``"bf16"`` or ``"fp16"`` (autocast of the forward passes).
         generator: the votes' random stream (default ``torch.Generator().manual_seed(0)``).
+        progress: a progress bar of the points through the model (a room of 10^6 points takes minutes on a CPU).
 
     Returns:
         float32 ``(N, C)`` on the CPU: per point, its softmax probabilities summed over every fragment that
@@ -94,16 +95,22 @@ def segment_room(model: nn.Module, sample: Sample, voxel_size: float = 0.04, vot
     scores: Optional[Tensor] = None
     was_training = model.training
     model.eval()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=votes * sum(fragment["pos"].shape[0] for fragment in fragments), desc="segmenting",
+               unit="point", unit_scale=True, leave=False, disable=not progress)
     try:
         for vote in range(votes):
             copies = fragments if vote == 0 else [vote_copy(fragment, generator) for fragment in fragments]
             for group in _groups(copies, batch_points):
                 logits = _forward(model, group, in_channels, device, precision)
+                bar.update(sum(fragment["pos"].shape[0] for fragment in group))
                 probabilities = logits.float().softmax(-1).cpu()
                 if scores is None:
                     scores = torch.zeros(sample["pos"].shape[0], probabilities.shape[1])
                 scores.index_add_(0, torch.cat([fragment["index"] for fragment in group]), probabilities)
     finally:
+        bar.close()
         model.train(was_training)
     return scores
 
