@@ -3,6 +3,7 @@
     pcattn train --dataset builtin --attention vector --out runs/builtin-vector
     pcattn train --out runs/builtin-vector --resume          # continue a killed run
     pcattn train --task partseg --dataset builtin-parts      # part segmentation (instance / class mIoU)
+    pcattn train --dataset builtin-rooms                     # scene segmentation (mIoU, mAcc, OA on whole rooms)
     torchrun --nproc_per_node 2 -m pcattn train ...          # DistributedDataParallel, --batch-size is global
     pcattn eval --checkpoint runs/builtin-vector/best.pt --votes 3
     pcattn plot runs/builtin-vector
@@ -30,15 +31,20 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     """Options of ``pcattn train`` / ``scripts/train_cls.py``. Every default is ``None`` here and
     filled from :class:`pcattn.engine.TrainConfig`, so ``--resume`` can tell what was given."""
     data = parser.add_argument_group("data")
-    data.add_argument("--task", choices=("classification", "partseg"),
-                      help="classification of whole clouds (default) or part segmentation (one part label per "
-                           "point, the object category given); default: the dataset's task")
-    data.add_argument("--dataset", choices=("builtin", "modelnet10", "modelnet40", "builtin-parts", "shapenetpart"),
+    data.add_argument("--task", choices=("classification", "partseg", "semseg"),
+                      help="classification of whole clouds (default), part segmentation (one part label per "
+                           "point, the object category given) or semseg (one class per point of whole rooms); "
+                           "default: the dataset's task")
+    data.add_argument("--dataset", choices=("builtin", "modelnet10", "modelnet40", "builtin-parts", "shapenetpart",
+                                            "builtin-rooms", "s3dis", "scannet", "folder"),
                       help="classification: built-in generated shapes (default, no download) or ModelNet; "
-                           "partseg: built-in part-labelled shapes (default, no download) or ShapeNetPart")
-    data.add_argument("--format", choices=("off", "normal_resampled", "hdf5", "folder", "normal", "v0"),
-                      help="ModelNet format (off, normal_resampled, hdf5, folder) or ShapeNetPart layout "
-                           "(normal, v0, hdf5); default: guessed from the files")
+                           "partseg: built-in part-labelled shapes (default, no download) or ShapeNetPart; "
+                           "semseg: built-in generated rooms (default, no download), S3DIS, ScanNet v2 "
+                           "(preprocessed) or folder (your own labelled rooms: classes.txt, train/, test/)")
+    data.add_argument("--format", choices=("off", "normal_resampled", "hdf5", "folder", "normal", "v0", "raw", "npy",
+                                           "folders"),
+                      help="ModelNet format (off, normal_resampled, hdf5, folder), ShapeNetPart layout "
+                           "(normal, v0, hdf5) or S3DIS layout (raw, npy, folders); default: guessed from the files")
     data.add_argument("--data-root", help="dataset folder (default: looked up under datasets/, see its README)")
     data.add_argument("--download", action="store_true", default=None,
                       help="download the Princeton ModelNet zip (format off), or the ShapeNetPart archive of "
@@ -47,7 +53,20 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                       help="ShapeNetPart: leave out (with a warning) listed shapes whose files are absent "
                            "(default: an error naming the file)")
     data.add_argument("--num-points", type=int, help="points per cloud (default 512 built-in, 1024 ModelNet, "
-                                                     "2048 ShapeNetPart)")
+                                                     "2048 ShapeNetPart); semseg: at most this many points per "
+                                                     "training crop (default 8192 built-in rooms, 80000 S3DIS, "
+                                                     "100000 ScanNet)")
+    scenes = parser.add_argument_group("scenes (semseg)")
+    scenes.add_argument("--voxel-size", type=float, help="grid sampling's voxel edge in metres, in training and in "
+                                                         "the evaluation on whole rooms (default 0.04)")
+    scenes.add_argument("--test-area", type=int, help="S3DIS: the held-out test area, 1-6 (default 5: train on the "
+                                                      "other five)")
+    scenes.add_argument("--room-repeats", type=int, help="random crops of each training room per epoch (default 4 "
+                                                         "built-in rooms, 30 S3DIS, 1 otherwise)")
+    scenes.add_argument("--rooms", type=_pair, metavar="TRAIN,TEST",
+                        help="built-in rooms: how many train and test rooms (default 16,4)")
+    scenes.add_argument("--room-points", type=_pair, metavar="LOW,HIGH",
+                        help="built-in rooms: the range of points per room (default 50000,200000)")
     data.add_argument("--use-normals", action="store_true", default=None, help="normals as extra input features")
     data.add_argument("--up-axis", type=_axis, help="vertical axis x, y or z (default: the dataset's)")
     data.add_argument("--no-augment", dest="augment", action="store_false", default=None,
@@ -114,6 +133,17 @@ def _axis(value: str) -> int:
     if value in ("0", "1", "2"):
         return int(value)
     raise argparse.ArgumentTypeError(f"expected x, y, z, 0, 1 or 2, got {value!r}")
+
+
+def _pair(text: str) -> tuple:
+    """``"16,4"`` -> ``(16, 4)``, the type of ``--rooms`` and ``--room-points``."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected two whole numbers separated by a comma (e.g. 16,4), got {text!r}")
+    return values
 
 
 def _epochs(text: str) -> tuple:
@@ -257,6 +287,8 @@ def format_evaluation(result) -> str:
     the point accuracy, instance and class mIoU and the per-category table."""
     if "instance_miou" in result:
         return format_part_evaluation(result)
+    if "miou" in result:
+        return format_scene_evaluation(result)
     classes = result["classes"]
     width = max(len(name) for name in classes)
     lines = [f"{result['checkpoint']} (epoch {result.get('epoch')}), {result['samples']} test shapes, "
@@ -289,6 +321,24 @@ def format_part_evaluation(result) -> str:
              f"  {'category':<{width}}  mIoU    shapes"]
     for name in names:
         lines.append(f"  {name:<{width}}  {result['per_category'][name]:.4f}  {result['category_shapes'][name]:>6}")
+    return "\n".join(lines)
+
+
+def format_scene_evaluation(result) -> str:
+    """The report of a scene evaluation (:func:`pcattn.engine.scene_inference.evaluate_scenes`): mIoU, mAcc,
+    OA and the per-class IoU table."""
+    names = list(result["iou"])
+    width = max(len(name) for name in names + ["class"])
+    lines = [f"{result['checkpoint']} (epoch {result.get('epoch')}), {result['samples']} test rooms, "
+             f"{result['points']:,} labelled points, {result['votes']} vote(s), voxel {result['voxel_size']} m",
+             f"mIoU                    {result['miou']:.4f}",
+             f"mAcc                    {result['macc']:.4f}",
+             f"OA                      {result['oa']:.4f}",
+             f"  {'class':<{width}}  IoU     Acc     points"]
+    for name, target in zip(names, result["target"]):
+        iou, accuracy = result["iou"][name], result["acc"][name]
+        lines.append(f"  {name:<{width}}  {'-' if iou is None else f'{iou:.4f}':<6}  "
+                     f"{'-' if accuracy is None else f'{accuracy:.4f}':<6}  {target:>9,}")
     return "\n".join(lines)
 
 
@@ -572,13 +622,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pcattn", description="Self-attention on 3D point clouds: train, "
                                      "evaluate, visualise, benchmark.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    train = commands.add_parser("train", help="train a classifier or a part segmenter",
+    train = commands.add_parser("train", help="train a classifier, a part segmenter or a scene segmenter",
                                 description="Train a Point Transformer classifier (or, with --task partseg, a part "
-                                "segmenter); writes checkpoints, metrics.jsonl and plots into --out.")
+                                "segmenter; with --task semseg, a scene segmenter); writes checkpoints, "
+                                "metrics.jsonl and plots into --out.")
     add_train_arguments(train).set_defaults(handler=run_train)
     evaluation = commands.add_parser("eval", help="evaluate a checkpoint", description="OA, mAcc, per-class "
                                      "accuracy and confusion matrix of a classifier on its test split; instance and "
-                                     "class mIoU, point accuracy and per-category mIoU of a part segmenter.")
+                                     "class mIoU, point accuracy and per-category mIoU of a part segmenter; mIoU, "
+                                     "mAcc, OA and per-class IoU of a scene segmenter on every point of its whole "
+                                     "test rooms.")
     add_eval_arguments(evaluation).set_defaults(handler=run_eval)
     plot = commands.add_parser("plot", help="draw a run's curves.png and confusion.png")
     plot.add_argument("run_dir", help="a run folder (holds metrics.jsonl / eval.json)")

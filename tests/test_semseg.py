@@ -147,3 +147,135 @@ def test_evaluation_metrics_checked_by_hand_with_ignored_points():
     assert result["oa"] == pytest.approx(5 / 7)
     assert result["iou"] == pytest.approx({"a": 0.5, "b": 2 / 3, "c": 0.5})
     assert result["samples"] == 2 and result["points"] == 7
+
+
+# ------------------------------------------------------------------------------------------ the task
+def test_loss_and_hits_leave_the_ignore_label_out():
+    from pcattn.engine.tasks import get_task
+
+    task = get_task("semseg")
+    logits = torch.tensor([[4.0, 0.0], [0.0, 4.0], [4.0, 0.0], [0.0, 4.0]])
+    target = torch.tensor([0, 0, -1, -1])
+    assert task.hits(logits, target) == (1, 2)                       # 2 labelled points, 1 right
+    expected = torch.nn.functional.cross_entropy(logits[:2], target[:2])
+    torch.testing.assert_close(task.loss(logits, target, 0.0), expected)
+    unlabelled = task.loss(logits.requires_grad_(), torch.full((4,), -1), 0.0)
+    assert float(unlabelled.detach()) == 0.0 and unlabelled.requires_grad    # no NaN from a crop without labels
+    batch = collate_scenes([crop(5, 1), crop(3, 2), crop(4, 3)])
+    assert task.samples(batch, batch["seg"]) == 3                    # crops, not points
+
+
+def test_task_of_model_tells_a_scene_segmenter_from_a_part_segmenter(scene_model):
+    from pcattn.engine.tasks import task_of_model
+
+    parts = create_model("pt-seg-tiny-vector", num_classes=4, num_categories=2)
+    assert task_of_model(scene_model).name == "semseg" and task_of_model(parts).name == "partseg"
+    assert task_of_model(parts, {"task": "semseg"}).name == "semseg"  # what the checkpoint records wins
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(dataset="builtin-rooms", test_area=3), "test_area"),
+    (dict(dataset="s3dis", test_area=7), "areas 1-6"),
+    (dict(dataset="s3dis", rooms=(2, 1)), "built-in rooms"),
+    (dict(dataset="builtin", voxel_size=0.05), "scene segmentation"),
+    (dict(dataset="builtin-rooms", voxel_size=0.0), "voxel_size"),
+    (dict(dataset="builtin-rooms", up_axis=1), "z up"),
+    (dict(dataset="builtin-rooms", data_root="somewhere"), "generated in memory"),
+    (dict(dataset="builtin-rooms", room_points=(900, 100)), "low <= high"),
+    (dict(task="partseg", dataset="builtin-rooms"), "semseg dataset"),
+])
+def test_scene_settings_are_checked_before_anything_runs(options, match):
+    from pcattn.engine import TrainConfig
+
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**options).resolved()
+
+
+def test_builtin_rooms_imply_semseg_with_the_scene_defaults():
+    from pcattn.engine import TrainConfig
+
+    config = TrainConfig(dataset="builtin-rooms").resolved()
+    assert (config.task, config.model, config.voxel_size) == ("semseg", "pt-scene-tiny-vector", 0.04)
+    s3dis = TrainConfig(dataset="s3dis").resolved()
+    assert (s3dis.model, s3dis.test_area, s3dis.num_points) == ("pt-scene-vector", 5, 80_000)
+
+
+# ------------------------------------------------------------------------------------------ training runs
+TINY_ROOMS = ["--rooms", "4,1", "--room-points", "600,800", "--num-points", "256", "--room-repeats", "1",
+              "--batch-size", "2", "--epochs", "2", "--lr", "5e-3", "--threads", "1", "--no-progress", "--no-plots"]
+
+
+def tiny_rooms_config(out, **overrides):
+    from pcattn.engine import TrainConfig
+
+    options = dict(dataset="builtin-rooms", rooms=(4, 1), room_points=(600, 800), num_points=256, room_repeats=1,
+                   batch_size=2, epochs=2, lr=5e-3, threads=1, progress=False, plots=False, out=str(out))
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+@pytest.fixture(scope="module")
+def rooms_run(tmp_path_factory):
+    """Two epochs on 4 tiny built-in rooms through the command line (``--dataset builtin-rooms`` alone
+    implies the task); the run folder."""
+    from pcattn.cli import main
+
+    out = tmp_path_factory.mktemp("semseg") / "run"
+    assert main(["train", "--dataset", "builtin-rooms", *TINY_ROOMS, "--out", str(out)]) == 0
+    return out
+
+
+def test_builtin_rooms_train_from_the_command_line_into_a_complete_run_folder(rooms_run):
+    import json
+
+    from pcattn.data import ROOM_CLASSES
+    from pcattn.engine import load_checkpoint, load_model
+    from test_engine import metric_rows
+
+    rows = metric_rows(rooms_run)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_miou", "test_macc", "test_oa",
+                            "lr"}
+    checkpoint = load_checkpoint(rooms_run / "best.pt")
+    assert checkpoint["task"] == "semseg" and checkpoint["kind"] == "pcattn-segmenter"
+    assert checkpoint["classes"] == list(ROOM_CLASSES) and checkpoint["categories"] is None
+    assert checkpoint["train_config"]["model"] == "pt-scene-tiny-vector"
+    best = max(rows, key=lambda row: row["test_miou"])
+    assert checkpoint["epoch"] == best["epoch"] and checkpoint["best_metric"] == "test_miou"
+    evaluation = json.loads((rooms_run / "eval.json").read_text())       # best.pt on every point of the test room
+    test_room = BuiltinRooms("test", rooms=1, num_points=(600, 800))[0]
+    assert evaluation["points"] == test_room["pos"].shape[0] == sum(map(sum, evaluation["confusion"]))
+    assert evaluation["miou"] == pytest.approx(best["test_miou"])
+    model, _, _ = load_model(rooms_run / "best.pt")
+    assert model.in_channels == 6 and model.num_categories is None
+
+
+def test_eval_of_a_scene_checkpoint_prints_miou_and_the_class_table(rooms_run, tmp_path, capsys):
+    import json
+
+    from pcattn.cli import main
+    from pcattn.data import ROOM_CLASSES
+
+    saved = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(rooms_run / "best.pt"), "--votes", "2", "--json", str(saved),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    for line in ("mIoU", "mAcc", "OA", "1 test rooms", "2 vote(s)", *ROOM_CLASSES):
+        assert line in printed, line
+    result, one_vote = json.loads(saved.read_text()), json.loads((rooms_run / "eval.json").read_text())
+    assert f"mIoU                    {result['miou']:.4f}" in printed
+    assert result["votes"] == 2 and result["target"] == one_vote["target"]   # the same points, scored again
+    assert result["points"] == sum(result["target"]) == sum(map(sum, result["confusion"]))
+
+
+def test_killed_scene_run_resumes_to_the_same_result(rooms_run, tmp_path, monkeypatch):
+    from pcattn.engine import train
+    from test_engine import metric_rows, train_killed_in_epoch_2
+
+    killed = tmp_path / "killed"
+    train_killed_in_epoch_2(tiny_rooms_config(killed), monkeypatch)
+    torch.manual_seed(1234), np.random.seed(99)                       # the checkpoint restores them
+    train(tiny_rooms_config(killed, resume=True))
+    assert metric_rows(killed) == metric_rows(rooms_run)
+    a, b = (torch.load(run / "last.pt", weights_only=True)["model_state"] for run in (rooms_run, killed))
+    assert all(torch.equal(a[key], b[key]) for key in a)

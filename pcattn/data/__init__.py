@@ -45,7 +45,7 @@ from .modelnet import ModelNetHDF5, ModelNetNormalResampled, ModelNetOFF
 from .parts import BuiltinParts
 from .rooms import ROOM_CLASSES, BuiltinRooms, generate_room
 from .s3dis import S3DIS, S3DIS_CLASSES
-from .scenes import IGNORE_INDEX, SCANNET20_CLASSES, ScanNet, SceneDataset, SceneFolder
+from .scenes import IGNORE_INDEX, SCANNET20_CLASSES, RepeatedRooms, ScanNet, SceneDataset, SceneFolder
 from .shapenetpart import ShapeNetPart
 from .transforms import seed_worker, test_transforms, train_transforms
 
@@ -96,11 +96,15 @@ __all__ = [
     "collate_scenes",
     "collate_rooms",
     "scene_model_inputs",
+    "SCENE_DATASETS",
+    "build_scene_dataset",
+    "RepeatedRooms",
 ]
 
 FORMATS = ("off", "normal_resampled", "hdf5", "folder")
 DATASETS = ("builtin", "modelnet10", "modelnet40")
 PART_DATASETS = ("builtin-parts", "shapenetpart")
+SCENE_DATASETS = ("builtin-rooms", "s3dis", "scannet", "folder")
 _FORMAT_CLASSES = {
     "off": ModelNetOFF,
     "normal_resampled": ModelNetNormalResampled,
@@ -173,7 +177,7 @@ def check_generated_options(dataset: str, root=None, format: Optional[str] = Non
 
     Raises:
         ValueError: naming the option and the dataset."""
-    if dataset not in ("builtin", "builtin-parts"):
+    if dataset not in ("builtin", "builtin-parts", "builtin-rooms"):
         return
     if format is not None:
         raise ValueError(f"format {format!r} (--format) is for datasets read from files; the {dataset} dataset is "
@@ -182,6 +186,9 @@ def check_generated_options(dataset: str, root=None, format: Optional[str] = Non
         raise ValueError(f"the built-in parts are generated in memory and read no folder: root (--data-root) {root} "
                          f"is not used; a model trained on them is evaluated on them (train on "
                          f"--dataset shapenetpart for a folder of part-labelled shapes)")
+    if dataset == "builtin-rooms" and root is not None:
+        raise ValueError(f"the built-in rooms are generated in memory and read no folder: root (--data-root) {root} "
+                         f"is not used (train on --dataset folder for a folder of your own labelled rooms)")
     if dataset == "builtin-parts" and skip_missing:
         raise ValueError("skip_missing (--skip-missing) is for ShapeNetPart's split lists; the built-in parts "
                          "list no files")
@@ -302,3 +309,53 @@ def build_part_dataset(
     return ShapeNetPart(folder, "trainval" if split == "train" else split, format, num_points,
                         use_normals=use_normals, missing="skip" if skip_missing else "error", transform=transform,
                         seed=seed, **kwargs)
+
+
+def build_scene_dataset(
+    dataset: str = "builtin-rooms",
+    split: str = "train",
+    root=None,
+    format: Optional[str] = None,
+    test_area: int = 5,
+    rooms: Optional[Tuple[int, int]] = None,
+    room_points: Optional[Tuple[int, int]] = None,
+    transform: Optional[Callable[[Dict[str, Tensor]], Dict[str, Tensor]]] = None,
+    progress: Optional[bool] = None,
+):
+    """Build one split of a scene dataset by name: whole rooms, one per item (the room format of
+    :mod:`pcattn.data.scenes` as tensors, passed through ``transform``).
+
+    Args:
+        dataset: ``"builtin-rooms"`` (generated in memory), ``"s3dis"`` (:class:`S3DIS`, any of its layouts;
+            ``format`` picks one), ``"scannet"`` (:class:`ScanNet`; its ``val`` scenes are the test split) or
+            ``"folder"`` (:class:`SceneFolder`: ``<root>/classes.txt``, ``<root>/train/``, ``<root>/test/``,
+            else ``<root>/val/``).
+        split: ``"train"`` or ``"test"``.
+        root: the data's folder; ``None`` looks in :func:`default_data_dir` (``s3dis``: its usual folder
+            names; ``scannet``: ``<data dir>/scannet``); required for ``"folder"``.
+        test_area: S3DIS's held-out area.
+        rooms: built-in rooms: ``(train, test)`` counts (default ``(16, 4)``).
+        room_points: built-in rooms: the range of points per room.
+        progress: S3DIS: the raw layout's conversion bar.
+    """
+    dataset = dataset.lower()
+    if dataset not in SCENE_DATASETS:
+        raise ValueError(f"dataset must be one of {SCENE_DATASETS}, got {dataset!r}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if dataset == "builtin-rooms":
+        check_generated_options(dataset, root, format)
+        counts = rooms if rooms is not None else (16, 4)
+        options = {} if room_points is None else {"num_points": tuple(room_points)}
+        return BuiltinRooms(split, rooms=int(counts[split == "test"]), transform=transform, **options)
+    if dataset == "s3dis":
+        return S3DIS(root, split, test_area=test_area, layout=format, progress=progress, transform=transform)
+    if dataset == "scannet":
+        folder = Path(root).expanduser() if root is not None else default_data_dir() / "scannet"
+        return ScanNet(folder, "train" if split == "train" else "val", transform=transform)
+    if root is None:
+        raise ValueError("the folder dataset reads your own labelled rooms: give its folder (--data-root) holding "
+                         "classes.txt, train/ and test/")
+    folder = Path(root).expanduser()
+    test_split = "test" if (folder / "test").is_dir() or not (folder / "val").is_dir() else "val"
+    return SceneFolder(folder, "train" if split == "train" else test_split, transform=transform)

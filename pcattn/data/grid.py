@@ -251,18 +251,23 @@ class RandomPointDrop:
 def scene_train_transforms(voxel_size: float = 0.04, max_points: Optional[int] = 80_000,
                            scale: Tuple[float, float] = (0.9, 1.1), jitter: float = 0.005,
                            color_jitter: float = 0.05, auto_contrast: float = 0.2, drop: float = 0.2,
-                           generator: Optional[torch.Generator] = None) -> Compose:
+                           generator: Optional[torch.Generator] = None, rotate: bool = True,
+                           flip: bool = True) -> Compose:
     """Grid sampling, a sphere crop of at most ``max_points`` (``None``: no crop), float64 centring, then
     the augmentations: rotation about z, isotropic scale, flips of x and y, jitter (sigma ``jitter``,
     clipped at 4 sigma), colour auto-contrast (probability ``auto_contrast``), colour jitter, point dropout
-    (20% of the points, with probability ``drop``). A zero turns one off; labels follow their points."""
+    (20% of the points, with probability ``drop``). A zero (``rotate=False``, ``flip=False``, ``scale=None``)
+    turns one off; labels follow their points."""
     steps: List[Callable[[Sample], Sample]] = [GridSample(voxel_size, generator)]
     if max_points is not None:
         steps.append(SphereCrop(max_points, generator))
-    steps += [CentreCrop(), RandomRotateUp(axis=2, generator=generator)]
+    steps.append(CentreCrop())
+    if rotate:
+        steps.append(RandomRotateUp(axis=2, generator=generator))
     if scale is not None and tuple(scale) != (1.0, 1.0):
         steps.append(RandomScale(scale[0], scale[1], anisotropic=False, generator=generator))
-    steps.append(RandomFlip(generator=generator))
+    if flip:
+        steps.append(RandomFlip(generator=generator))
     if jitter > 0:
         steps.append(RandomJitter(jitter, 4 * jitter, generator=generator))
     if auto_contrast > 0:

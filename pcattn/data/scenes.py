@@ -39,7 +39,7 @@ from .io import _PLY_SIZES, _check_complete, _require_file, check_cloud, read_te
 
 __all__ = ["IGNORE_INDEX", "SCANNET20_CLASSES", "SCENE_EXTENSIONS", "SceneDataset", "ScanNet", "SceneFolder",
            "read_room_folder", "read_ply_vertices", "read_labelled_scene", "read_class_names", "check_room",
-           "room_to_sample"]
+           "room_to_sample", "RepeatedRooms"]
 
 #: the label of points that carry no class (ScanNet's unlabelled points); never scored, never a target
 IGNORE_INDEX = -1
@@ -151,6 +151,9 @@ class SceneDataset(Dataset):
         ignore_index: the label of unlabelled points.
     """
 
+    #: scenes stand with z up (the augmentations turn them about z)
+    up_axis = 2
+
     def __init__(self, classes: Sequence[str], names: Sequence[str], reader: Callable[[int], Dict[str, np.ndarray]],
                  transform: Optional[Callable] = None, ignore_index: int = IGNORE_INDEX):
         self.classes = list(classes)
@@ -178,6 +181,37 @@ class SceneDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rooms={len(self)}, classes={self.num_classes})"
+
+
+class RepeatedRooms(Dataset):
+    """Each room of ``rooms`` ``repeats`` times in one epoch (item ``i`` is room ``i mod len(rooms)``, through
+    its transform): a training epoch draws that many random crops of every room, as the scene networks loop
+    over their few large rooms. ``classes``, ``room_names``, ``up_axis`` and ``transform`` are the rooms'."""
+
+    def __init__(self, rooms: SceneDataset, repeats: int = 1):
+        if not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+        self.rooms, self.repeats = rooms, repeats
+        self.classes, self.room_names, self.up_axis = rooms.classes, rooms.room_names, rooms.up_axis
+
+    @property
+    def transform(self):
+        return self.rooms.transform
+
+    @transform.setter
+    def transform(self, transform) -> None:
+        self.rooms.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rooms) * self.repeats
+
+    def __getitem__(self, index: int) -> Dict[str, Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} crops")
+        return self.rooms[index % len(self.rooms)]
+
+    def __repr__(self) -> str:
+        return f"RepeatedRooms({self.rooms!r}, repeats={self.repeats})"
 
 
 # ---------------------------------------------------------------------------------------------

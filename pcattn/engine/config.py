@@ -14,7 +14,8 @@ from ..models import MODEL_CONFIGS, SEGMENTER_CONFIGS
 from .checkpoint import load_checkpoint
 from .device import check_precision_name
 
-__all__ = ["TrainConfig", "TASKS", "TASK_DATASETS", "TASK_DEFAULTS", "RESULT_FIELDS", "check_resume_settings",
+__all__ = ["TrainConfig", "TASKS", "TASK_DATASETS", "TASK_DEFAULTS", "DATASET_DEFAULTS", "RESULT_FIELDS",
+           "check_resume_settings",
            "merge_resume_config", "read_run_config"]
 
 # TrainConfig fields that change what a run computes: a resumed run must not change them.
@@ -22,18 +23,31 @@ RESULT_FIELDS = ("task", "dataset", "format", "data_root", "model", "attention",
                  "use_normals",
                  "lr", "weight_decay", "optimizer", "momentum", "warmup", "lr_schedule", "lr_steps", "lr_step_factor",
                  "label_smoothing", "seed", "augment",
-                 "up_axis", "attention_options", "precision", "skip_missing", "init_encoder")
+                 "up_axis", "attention_options", "precision", "skip_missing", "init_encoder",
+                 "voxel_size", "test_area", "rooms", "room_points", "room_repeats")
 
 #: the tasks a run trains, and the datasets of each (the first is the task's default)
-TASKS = ("classification", "partseg")
+TASKS = ("classification", "partseg", "semseg")
 TASK_DATASETS = {"classification": ("builtin", "modelnet10", "modelnet40"),
-                 "partseg": ("builtin-parts", "shapenetpart")}
+                 "partseg": ("builtin-parts", "shapenetpart"),
+                 "semseg": ("builtin-rooms", "s3dis", "scannet", "folder")}
 #: the defaults of the settings that depend on the task (the part segmenter was tuned on the built-in parts:
 #: a higher learning rate, smaller batches and no label smoothing)
 TASK_DEFAULTS = {"classification": dict(epochs=15, batch_size=32, lr=2e-3, weight_decay=1e-4, label_smoothing=0.1),
-                 "partseg": dict(epochs=15, batch_size=16, lr=5e-3, weight_decay=1e-2, label_smoothing=0.0)}
+                 "partseg": dict(epochs=15, batch_size=16, lr=5e-3, weight_decay=1e-2, label_smoothing=0.0),
+                 "semseg": dict(epochs=15, batch_size=4, lr=5e-3, weight_decay=1e-2, label_smoothing=0.0)}
+#: scene datasets' own defaults, before the task's (the real scans: the scene papers' schedules with AdamW as
+#: the Point Transformer v2 trains, 100 epochs, crops of 80,000 (S3DIS) or 100,000 (ScanNet) points, each S3DIS
+#: room cropped 30 times per epoch as the official Point Transformer code loops over its 204 training rooms)
+DATASET_DEFAULTS = {
+    "builtin-rooms": dict(num_points=8192, room_repeats=4),
+    "s3dis": dict(epochs=100, batch_size=8, lr=5e-3, weight_decay=0.05, num_points=80_000, room_repeats=30),
+    "scannet": dict(epochs=100, batch_size=8, lr=5e-3, weight_decay=0.02, num_points=100_000, room_repeats=1),
+    "folder": dict(num_points=80_000, room_repeats=1),
+}
 #: file formats of each dataset family (``None`` in a config: guessed from the files)
-_FORMATS = {"classification": ("off", "normal_resampled", "hdf5", "folder"), "partseg": ("normal", "v0", "hdf5")}
+_FORMATS = {"classification": ("off", "normal_resampled", "hdf5", "folder"), "partseg": ("normal", "v0", "hdf5"),
+            "semseg": ("raw", "npy", "folders")}
 
 
 @dataclass
@@ -41,14 +55,18 @@ class TrainConfig:
     """Everything a training run depends on (saved in its checkpoints and ``config.json``).
 
     Attributes:
-        task: ``"classification"`` (one label per cloud) or ``"partseg"`` (part segmentation: one
-            part label per point, the object category given); ``None`` takes the dataset's task
+        task: ``"classification"`` (one label per cloud), ``"partseg"`` (part segmentation: one
+            part label per point, the object category given) or ``"semseg"`` (semantic segmentation of
+            scenes: one class per point of whole rooms); ``None`` takes the dataset's task
             (``"classification"`` when neither is given).
         dataset: classification: ``"builtin"`` (generated, no download; the default), ``"modelnet10"``
             or ``"modelnet40"``; part segmentation: ``"builtin-parts"`` (generated, no download; the
-            default) or ``"shapenetpart"``.
+            default) or ``"shapenetpart"``; scenes: ``"builtin-rooms"`` (generated, no download; the
+            default), ``"s3dis"``, ``"scannet"`` (preprocessed, ``train/`` and ``val/``: evaluated on ``val``)
+            or ``"folder"`` (your own labelled rooms: ``<data_root>/classes.txt``, ``train/``, ``test/``).
         format: ModelNet file format (``off``, ``normal_resampled``, ``hdf5``, ``folder``) or
-            ShapeNetPart layout (``normal``, ``v0``, ``hdf5``); ``None`` guesses it from the files.
+            ShapeNetPart layout (``normal``, ``v0``, ``hdf5``) or S3DIS layout (``raw``, ``npy``,
+            ``folders``); ``None`` guesses it from the files.
         data_root: dataset folder; ``None`` looks under ``datasets/`` (see ``datasets/README.md``).
         skip_missing: ShapeNetPart: leave out (with a warning) shapes its split lists name but whose
             files are absent; by default such a shape is an error naming the file.
@@ -65,7 +83,16 @@ class TrainConfig:
             :class:`pcattn.VectorSelfAttention` / :class:`pcattn.ScalarSelfAttention`).
         epochs, batch_size, num_points: the usual (``batch_size`` is the global batch under
             ``torchrun``: each of N processes takes ``batch_size / N``); ``num_points=None`` is 512 for the built-in
-            datasets, 1024 for ModelNet and 2048 for ShapeNetPart.
+            datasets, 1024 for ModelNet and 2048 for ShapeNetPart. Scenes: ``batch_size`` crops per step and
+            ``num_points`` the crop's budget (at most that many grid-sampled points around a random point:
+            8,192 for the built-in rooms, 80,000 S3DIS, 100,000 ScanNet).
+        voxel_size: scenes: the grid sampling's voxel edge in metres (default 0.04, the Point Transformer's),
+            in training and in the evaluation on whole rooms.
+        test_area: S3DIS: the area held out for testing, 1-6 (default 5: train on the other five).
+        rooms: built-in rooms: ``(train, test)`` numbers of rooms (default ``(16, 4)``).
+        room_points: built-in rooms: the range of points per room (default ``(50000, 200000)``).
+        room_repeats: scenes: crops drawn from each training room per epoch (default 4 for the built-in
+            rooms, 30 for S3DIS, 1 otherwise).
         lr, weight_decay, optimizer (``"adamw"`` or ``"sgd"``), momentum (SGD only).
             ``None`` for ``epochs``, ``batch_size``, ``lr``, ``weight_decay`` and ``label_smoothing`` takes the
             task's default (:data:`TASK_DEFAULTS`: 15, 32, 2e-3, 1e-4, 0.1 for classification; 15, 16, 5e-3,
@@ -121,6 +148,11 @@ class TrainConfig:
     attention: Optional[str] = None
     attention_options: Optional[Dict[str, Any]] = None
     init_encoder: Optional[str] = None
+    voxel_size: Optional[float] = None
+    test_area: Optional[int] = None
+    rooms: Optional[Tuple[int, int]] = None
+    room_points: Optional[Tuple[int, int]] = None
+    room_repeats: Optional[int] = None
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
     num_points: Optional[int] = None
@@ -160,16 +192,20 @@ class TrainConfig:
         stays ``None`` until the device is known: see :func:`pcattn.engine.device.resolve_precision`)."""
         config = dataclasses.replace(self)
         _resolve_task(config)
+        for name, value in DATASET_DEFAULTS.get(config.dataset, {}).items():
+            if getattr(config, name) is None:
+                setattr(config, name, value)
         for name, value in TASK_DEFAULTS[config.task].items():
             if getattr(config, name) is None:
                 setattr(config, name, value)
         if config.attention not in (None, "vector", "scalar"):
             raise ValueError(f"attention must be 'vector' or 'scalar', got {config.attention!r}")
-        models = SEGMENTER_CONFIGS if config.task == "partseg" else MODEL_CONFIGS
+        models = MODEL_CONFIGS if config.task == "classification" else SEGMENTER_CONFIGS
         if config.model is None:
             attention = config.attention or "vector"
-            tiny = "tiny-" if config.dataset in ("builtin", "builtin-parts") else ""
-            config.model = f"pt-{'seg-' if config.task == 'partseg' else ''}{tiny}{attention}"
+            tiny = "tiny-" if config.dataset in ("builtin", "builtin-parts", "builtin-rooms") else ""
+            kind = {"classification": "", "partseg": "seg-", "semseg": "scene-"}[config.task]
+            config.model = f"pt-{kind}{tiny}{attention}"
         if config.model not in models:
             other = "segmentation" if config.task == "classification" else "classification"
             hint = f" ({config.model!r} is a {other} model)" if config.model in {**MODEL_CONFIGS, **SEGMENTER_CONFIGS} \
@@ -211,10 +247,15 @@ class TrainConfig:
             _check_attention_options(config.attention, dict(config.attention_options))
         if config.up_axis is not None and config.up_axis not in (0, 1, 2):
             raise ValueError(f"up_axis must be 0, 1 or 2 (x, y, z), got {config.up_axis!r}")
+        _check_scene_options(config)
         config.precision = check_precision_name(config.precision)
         if config.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {config.num_workers}")
         if config.download:
+            if config.task == "semseg":
+                raise ValueError(f"download is for ModelNet and ShapeNetPart; {config.dataset} is "
+                                 + ("generated locally" if config.dataset == "builtin-rooms" else
+                                    "not downloaded by pcattn (see datasets/README.md for its sources)"))
             if config.dataset in ("builtin", "builtin-parts"):
                 raise ValueError(f"download is for ModelNet and ShapeNetPart; the {config.dataset} dataset is "
                                  f"generated locally")
@@ -255,6 +296,51 @@ def _check_lr_schedule(config: TrainConfig) -> None:
     if not (math.isfinite(float(config.lr_step_factor)) and 0 < config.lr_step_factor <= 1):
         raise ValueError(f"lr_step_factor must be in (0, 1], got {config.lr_step_factor}")
     config.lr_steps = steps
+
+
+def _check_scene_options(config: TrainConfig) -> None:
+    """The scene settings: only for ``semseg`` (and ``test_area`` only for S3DIS, ``rooms`` / ``room_points``
+    only for the built-in rooms); ``voxel_size`` filled in (0.04) and every value checked."""
+    scene_only = ("voxel_size", "test_area", "rooms", "room_points", "room_repeats")
+    if config.task != "semseg":
+        given = [name for name in scene_only if getattr(config, name) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} (--{given[0].replace('_', '-')}) are for scene segmentation "
+                             f"(task semseg); the {config.task} task has no rooms")
+        return
+    if config.up_axis not in (None, 2):
+        raise ValueError(f"up_axis {config.up_axis}: scenes stand with z up (their augmentation turns them about z); "
+                         f"leave up_axis unset for semseg")
+    if config.voxel_size is None:
+        config.voxel_size = 0.04
+    if not (isinstance(config.voxel_size, (int, float)) and math.isfinite(config.voxel_size)
+            and config.voxel_size > 0):
+        raise ValueError(f"voxel_size must be a positive number of metres, got {config.voxel_size!r}")
+    config.voxel_size = float(config.voxel_size)
+    if config.test_area is not None and config.dataset != "s3dis":
+        raise ValueError(f"test_area (--test-area) picks S3DIS's held-out area; {config.dataset} has no areas")
+    if config.dataset == "s3dis":
+        config.test_area = 5 if config.test_area is None else config.test_area
+        if isinstance(config.test_area, bool) or config.test_area not in range(1, 7):
+            raise ValueError(f"test_area must be one of the S3DIS areas 1-6, got {config.test_area!r}")
+    for name in ("rooms", "room_points"):
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if config.dataset != "builtin-rooms":
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) is for the generated built-in rooms, not "
+                             f"{config.dataset}")
+        value = list(value)
+        if len(value) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+            raise ValueError(f"{name} must be two positive whole numbers, got {getattr(config, name)!r}")
+        if name == "room_points" and value[0] > value[1]:
+            raise ValueError(f"room_points must be (low, high) with low <= high, got {value}")
+        setattr(config, name, value)
+    if isinstance(config.room_repeats, bool) or not isinstance(config.room_repeats, int) or config.room_repeats < 1:
+        raise ValueError(f"room_repeats must be a whole number >= 1, got {config.room_repeats!r}")
+    if config.dataset in ("scannet", "folder") and config.format is not None:
+        raise ValueError(f"format {config.format!r} (--format) picks an S3DIS layout; {config.dataset} has one "
+                         f"layout")
 
 
 def _resolve_task(config: TrainConfig) -> None:

@@ -19,6 +19,7 @@ from .device import autocast, resolve_device, resolve_precision
 from .distributed import Distributed, ShardedBatches, distributed_session, sum_over_ranks
 from .loaders import batch_inputs, build_loaders
 from .metrics import PartSegmentationMetrics
+from .scene_inference import evaluate_scenes, is_scene_segmenter
 
 __all__ = ["vote_augment", "evaluate_classification", "evaluate_parts", "evaluate_checkpoint", "evaluate"]
 
@@ -273,7 +274,9 @@ def _evaluate_checkpoint(checkpoint_path, distributed: Distributed, votes, batch
     precision = resolve_precision(config.precision, resolved_device)
     options = dict(votes=votes, up_axis=test_loader.dataset.up_axis, seed=seed, progress=progress,
                    precision=precision)
-    if isinstance(model, PointTransformerSegmenter):  # its categories and parts: the test set's, checked above
+    if checkpoint.get("task") == "semseg" or is_scene_segmenter(model):  # whole test rooms, every point
+        result = evaluate_scenes(model, test_loader, classes=classes, voxel_size=config.voxel_size, **options)
+    elif isinstance(model, PointTransformerSegmenter):  # its categories and parts: the test set's, checked above
         result = evaluate_parts(model, test_loader, **options)
     else:
         result = evaluate_classification(model, test_loader, classes=classes, **options)

@@ -33,6 +33,8 @@ def _build_loaders(config: TrainConfig, generator: torch.Generator, with_train: 
 
     from ..data import seed_worker, test_transforms
 
+    if config.task == "semseg":
+        return _scene_loaders(config, generator, with_train, distributed)
     build, common, train_points, test_points = _dataset_builder(config)
     test_set = build(split="test", transform=test_transforms(), num_points=test_points, **common)
     if config.up_axis is not None:
@@ -69,6 +71,52 @@ def _build_loaders(config: TrainConfig, generator: torch.Generator, with_train: 
     else:
         train_loader = DataLoader(train_set, shuffle=True, drop_last=True, generator=generator,
                                   batch_size=config.batch_size, worker_init_fn=seed_worker, **loader_options)
+    return train_loader, test_loader
+
+
+def _scene_loaders(config: TrainConfig, generator: torch.Generator, with_train: bool, distributed: Distributed):
+    """Scene segmentation: the test loader yields whole rooms, one at a time (a list of one room:
+    :func:`~pcattn.data.grid.collate_rooms`; under ``torchrun`` room ``j`` goes to rank ``j % world_size``);
+    the train loader yields flat batches of ``batch_size`` random crops (:func:`~pcattn.data.grid.collate_scenes`),
+    each training room cropped ``room_repeats`` times per epoch."""
+    from torch.utils.data import DataLoader
+
+    from ..data import (RepeatedRooms, build_scene_dataset, collate_rooms, collate_scenes, scene_train_transforms,
+                        seed_worker)
+
+    common = dict(root=config.data_root, format=config.format, test_area=config.test_area, rooms=config.rooms,
+                  room_points=config.room_points, progress=config.progress)
+    test_set = build_scene_dataset(config.dataset, "test", **common)
+    loader_options = dict(num_workers=config.num_workers, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=False)
+    test_loader = DataLoader(test_set, batch_sampler=ShardedBatches(len(test_set), 1, distributed.rank,
+                                                                    distributed.world_size),
+                             collate_fn=collate_rooms, **loader_options)
+    if not with_train:
+        return None, test_loader
+    rooms = build_scene_dataset(config.dataset, "train", **common)
+    if rooms.classes != test_set.classes:
+        raise ValueError(f"train and test rooms disagree on the classes: {rooms.classes} vs {test_set.classes}")
+    # without augmentation: grid sampling, the crop and its centring only
+    options = {} if config.augment else dict(rotate=False, flip=False, scale=None, jitter=0, color_jitter=0,
+                                             auto_contrast=0, drop=0)
+    rooms.transform = scene_train_transforms(config.voxel_size, config.num_points, **options)
+    train_set = RepeatedRooms(rooms, config.room_repeats)
+    if len(train_set) < config.batch_size:
+        raise ValueError(f"the training split has {len(rooms)} rooms x {config.room_repeats} crops each = "
+                         f"{len(train_set)} crops, fewer than batch_size={config.batch_size}")
+    # drop_last: BatchNorm cannot take a batch of one crop
+    if distributed.enabled:
+        sampler = GlobalBatchSampler(len(train_set), config.batch_size, distributed.rank, distributed.world_size,
+                                     generator)
+        train_loader = DataLoader(train_set, sampler=sampler, batch_size=config.batch_size // distributed.world_size,
+                                  drop_last=True, generator=generator, collate_fn=collate_scenes,
+                                  worker_init_fn=functools.partial(rank_worker_init, distributed.rank),
+                                  **loader_options)
+    else:
+        train_loader = DataLoader(train_set, shuffle=True, drop_last=True, generator=generator,
+                                  batch_size=config.batch_size, collate_fn=collate_scenes, worker_init_fn=seed_worker,
+                                  **loader_options)
     return train_loader, test_loader
 
 

@@ -81,7 +81,7 @@ class TrainingState:
 
     def checkpoint(self, config: TrainConfig, metrics: Dict[str, Any]) -> Dict[str, Any]:
         return model_checkpoint(
-            self.model, **self.labels.entries(), optimizer=self.optimizer.state_dict(),
+            self.model, **self.task.checkpoint_entries(self.labels), optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict() if self.scaler is not None else None,
             epoch=self.epoch, rng_state=rng_state(self.generator), best_score=self.best_score,
             best_metric=self.task.score, best_epoch=self.best_epoch,
@@ -89,7 +89,7 @@ class TrainingState:
 
 
 def train(config: TrainConfig) -> Dict[str, Any]:
-    """Train a classifier or a part segmenter as ``config`` says; returns a summary
+    """Train a classifier, a part segmenter or a scene segmenter as ``config`` says; returns a summary
     ``{"task", "score": the metric that chose best.pt, "best_score", "best_epoch", "final": metrics of
     the last epoch, "eval": evaluation of best.pt, "run_dir", "seconds"}`` (and ``"best_oa"`` =
     ``best_score`` for classification).
@@ -162,9 +162,8 @@ def _train_locked(config: TrainConfig, device: torch.device, out: Path, distribu
             state.history = start_metrics(out, state.epoch, state.history)
     parameters = sum(p.numel() for p in state.model.parameters())
     _log(f"training {config.model} ({parameters / 1e6:.2f} M parameters) on {config.dataset} "
-         f"({len(train_loader.dataset)} train / {len(test_loader.dataset)} test shapes, "
-         f"{describe_labels(state.labels)}, "
-         f"{config.num_points} points) on {device}, precision {config.precision}, {torch.get_num_threads()} threads"
+         f"({_describe_data(config, train_loader.dataset, test_loader.dataset)}, {describe_labels(state.labels)}) "
+         f"on {device}, precision {config.precision}, {torch.get_num_threads()} threads"
          + (", deterministic algorithms" if torch.are_deterministic_algorithms_enabled() else "")
          + (f", {distributed.world_size} processes (DistributedDataParallel, global batch {config.batch_size}, "
             f"{_count_sync_bn(state.model)} SyncBatchNorm layers)" if distributed.enabled else ""), config.progress)
@@ -235,7 +234,7 @@ def build_training(config: TrainConfig, labels: Labels, steps_per_epoch: int, de
     distributed = distributed or Distributed(device=device)
     task = get_task(config.task)
     options = {"attention_kwargs": dict(config.attention_options)} if config.attention_options else {}
-    model = task.build_model(config.model, labels, 6 if config.use_normals else 3, **options)
+    model = task.build_model(config.model, labels, task.in_channels(config.use_normals), **options)
     sync_bn = config.sync_bn if config.sync_bn is not None else distributed.world_size > 1
     if sync_bn and distributed.world_size > 1:
         model = convert_sync_batchnorm(model, device)
@@ -287,7 +286,8 @@ def run_epoch(state: TrainingState, epoch: int, train_loader, test_loader, confi
     trained = train_one_epoch(state, epoch, train_loader, config, device)
     broadcast_buffers(state.model)  # every rank evaluates rank 0's BatchNorm statistics, the ones saved
     result = state.task.evaluate(state.model, test_loader, device, state.labels,
-                                 label_smoothing=config.label_smoothing, precision=config.precision)
+                                 label_smoothing=config.label_smoothing, precision=config.precision,
+                                 **state.task.evaluation_options(config))
     return {"epoch": epoch, "train_loss": trained["loss"], "train_acc": trained["acc"],
             **state.task.epoch_row(result), "lr": state.optimizer.param_groups[0]["lr"],
             "epoch_time": time.perf_counter() - started,
@@ -308,7 +308,7 @@ def train_one_epoch(state: TrainingState, epoch: int, loader, config: TrainConfi
     for batch in bar:
         args, kwargs, target = state.task.inputs(batch, device, config.use_normals)
         loss, logits = train_step(state, args, kwargs, target, config, device, epoch)
-        size = target.shape[0]
+        size = state.task.samples(batch, target)  # clouds or crops, not points
         right, count = state.task.hits(logits, target)
         loss_sum += float(loss) * size
         correct, counted, seen = correct + right, counted + count, seen + size
@@ -395,7 +395,7 @@ def finish_run(state: TrainingState, config: TrainConfig, out: Path, test_loader
     if best_path.exists():
         best_model, _, _ = load_model(best_path, device)
         evaluation = state.task.evaluate(best_model, test_loader, device, state.labels, up_axis=config.up_axis,
-                                         precision=config.precision)
+                                         precision=config.precision, **state.task.evaluation_options(config))
         evaluation.update(checkpoint=str(best_path), epoch=state.best_epoch)
         if is_main_process():
             write_json(out / "eval.json", evaluation)
@@ -403,6 +403,14 @@ def finish_run(state: TrainingState, config: TrainConfig, out: Path, test_loader
     _log(f"done: best {state.task.score_name} {state.best_score:.4f} at epoch {state.best_epoch}; checkpoints in {out}",
          config.progress)
     return summary
+
+
+def _describe_data(config: TrainConfig, train_set, test_set) -> str:
+    """``"64 train / 16 test shapes, 512 points"``, or for scenes the rooms, crops and voxel, for the log."""
+    if config.task == "semseg":
+        return (f"{len(train_set.room_names)} train rooms x {config.room_repeats} crops of <= {config.num_points} "
+                f"points / {len(test_set)} test rooms, voxel {config.voxel_size} m")
+    return f"{len(train_set)} train / {len(test_set)} test shapes, {config.num_points} points"
 
 
 def _log(message: str, progress: bool) -> None:

@@ -27,9 +27,16 @@ from .device import autocast, resolve_precision
 from .distributed import ShardedBatches, sum_over_ranks
 from .scene_metrics import SceneSegmentationMetrics
 
-__all__ = ["segment_room", "evaluate_scenes", "vote_copy"]
+__all__ = ["segment_room", "evaluate_scenes", "vote_copy", "is_scene_segmenter"]
 
 Sample = Dict[str, Tensor]
+
+
+def is_scene_segmenter(model: nn.Module) -> bool:
+    """A segmenter without an object-category input: it labels scenes (a part segmenter takes categories)."""
+    from ..models import PointTransformerSegmenter
+
+    return isinstance(model, PointTransformerSegmenter) and model.num_categories is None
 
 
 def vote_copy(fragment: Sample, generator: torch.Generator) -> Sample:
@@ -166,7 +173,7 @@ def evaluate_scenes(model: nn.Module, loader, device: Union[str, torch.device, N
 
     Returns:
         :meth:`SceneSegmentationMetrics.compute`'s ``{"miou", "macc", "oa", "iou", "acc", "intersection",
-        "union", "target", "points"}`` plus ``"loss"`` (the mean over labelled points of ``-log`` of the
+        "union", "target", "points"}`` plus ``"confusion"`` (labelled points, rows = true class), ``"loss"`` (the mean over labelled points of ``-log`` of the
         point's mean probability of its true class), ``"classes"``, ``"votes"``, ``"voxel_size"`` and
         ``"samples"`` (rooms).
     """
@@ -184,14 +191,18 @@ def evaluate_scenes(model: nn.Module, loader, device: Union[str, torch.device, N
         numbers = list(range(len(loader)))
         rooms = (loader[index] for index in numbers)
     loss_sum, rooms_done = 0.0, 0
+    confusion = torch.zeros(len(classes) * len(classes), dtype=torch.float64)
     for number, room in tqdm(zip(numbers, rooms), total=len(numbers), desc="evaluating rooms", leave=False,
                              disable=not progress, unit="room"):
         generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(number))
         scores = segment_room(model, room, voxel_size, votes, batch_points=batch_points, device=device,
                               precision=precision, generator=generator)
         target = room["seg"].long()
-        metrics.update(scores.argmax(1), target)
+        metrics.update(scores.argmax(1), target)  # checks the labels' range too
         labelled = target != ignore_index
+        predicted = scores.argmax(1)
+        confusion += torch.bincount(target[labelled] * len(classes) + predicted[labelled],
+                                    minlength=len(classes) ** 2).double()
         mean_probability = scores[labelled] / scores[labelled].sum(1, keepdim=True)
         loss_sum += float(-mean_probability.gather(1, target[labelled, None]).clamp_min(1e-12).log().sum())
         rooms_done += 1
@@ -199,9 +210,11 @@ def evaluate_scenes(model: nn.Module, loader, device: Union[str, torch.device, N
     if sharded:
         metrics.load_state(sum_over_ranks(metrics.state(), device).cpu())
         totals = sum_over_ranks(totals, device).cpu()
+        confusion = sum_over_ranks(confusion, device).cpu()
     if int(totals[1]) == 0:
         raise ValueError("evaluate_scenes: the loader yielded no rooms")
     result = metrics.compute()
     result.update(loss=float(totals[0]) / max(result["points"], 1), classes=classes, votes=votes,
+                  confusion=confusion.round().long().view(len(classes), len(classes)).tolist(),
                   voxel_size=float(voxel_size), samples=int(totals[1]))
     return result

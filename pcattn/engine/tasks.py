@@ -1,6 +1,7 @@
-"""What differs between the tasks a run trains: classification of whole clouds and part segmentation.
+"""What differs between the tasks a run trains: classification of whole clouds, part segmentation and
+semantic segmentation of scenes.
 
-The training loop (:mod:`~pcattn.engine.loop`) is the same for both; a :class:`Task` supplies the
+The training loop (:mod:`~pcattn.engine.loop`) is the same for all; a :class:`Task` supplies the
 pieces that differ:
 
 * model: a :class:`~pcattn.models.PointTransformerClassifier`, or a
@@ -13,6 +14,11 @@ pieces that differ:
 * evaluation: :func:`~pcattn.engine.evaluate_classification` (OA, mAcc), or :func:`~pcattn.engine.evaluate_parts`
   (point accuracy, instance and class mIoU);
 * the score that picks ``best.pt``: ``test_oa``, or ``test_instance_miou``.
+
+Scenes (:class:`SemanticSegmentationTask`): a segmenter without categories taking centred xyz + rgb
+(+ normals), flat batches of crops (``model(x, pos, batch)``), cross-entropy per point with the ignore
+label ``-1`` left out, whole test rooms labelled point by point
+(:func:`~pcattn.engine.scene_inference.evaluate_scenes`), ``best.pt`` by ``test_miou``.
 """
 from __future__ import annotations
 
@@ -23,12 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.grid import scene_model_inputs
+from ..data.scenes import IGNORE_INDEX
 from ..models import PointTransformerSegmenter, create_model
 from .evaluation import evaluate_classification, evaluate_parts
 from .loaders import batch_inputs
+from .scene_inference import evaluate_scenes, is_scene_segmenter
 
-__all__ = ["Labels", "Task", "ClassificationTask", "PartSegmentationTask", "get_task", "task_of_model",
-           "describe_labels"]
+__all__ = ["Labels", "Task", "ClassificationTask", "PartSegmentationTask", "SemanticSegmentationTask", "get_task",
+           "task_of_model", "describe_labels"]
 
 
 @dataclass
@@ -79,6 +88,22 @@ class Task:
     name = ""
     score = ""        # the metrics row's key that chooses best.pt (higher is better)
     score_name = ""   # how log lines call it
+
+    def in_channels(self, use_normals: bool) -> int:
+        """The model's input channels: xyz (3), with normals 6."""
+        return 6 if use_normals else 3
+
+    def samples(self, batch: Dict[str, Tensor], target: Tensor) -> int:
+        """How many samples (clouds, crops) ``batch`` holds: the loop's samples/s and loss weights."""
+        return int(target.shape[0])
+
+    def evaluation_options(self, config) -> Dict[str, Any]:
+        """Options of :meth:`evaluate` taken from the run's config (none for the object tasks)."""
+        return {}
+
+    def checkpoint_entries(self, labels: Labels) -> Dict[str, Any]:
+        """What a checkpoint records of the task: its name and the labels' entries."""
+        return {"task": self.name, **labels.entries()}
 
     def build_model(self, model_name: str, labels: Labels, in_channels: int, **options: Any) -> nn.Module:
         raise NotImplementedError
@@ -166,7 +191,61 @@ class PartSegmentationTask(Task):
                 f"point accuracy {result['accuracy']:.4f}")
 
 
-_TASKS = {task.name: task for task in (ClassificationTask(), PartSegmentationTask())}
+class SemanticSegmentationTask(Task):
+    """Scenes: one class per point of whole rooms (see the module docstring)."""
+
+    name, score, score_name = "semseg", "test_miou", "test mIoU"
+
+    def in_channels(self, use_normals):
+        return 9 if use_normals else 6  # centred xyz + rgb (+ normals): scene_model_inputs
+
+    def build_model(self, model_name, labels, in_channels, **options):
+        model = create_model(model_name, num_classes=len(labels.classes), in_channels=in_channels, **options)
+        if not isinstance(model, PointTransformerSegmenter):
+            raise ValueError(f"model {model_name!r} is a classifier; scene segmentation needs a segmenter "
+                             f"(pt-scene-tiny-vector, pt-scene-vector, ...)")
+        return model
+
+    def inputs(self, batch, device, use_normals):
+        x, pos, clouds = scene_model_inputs(batch, self.in_channels(use_normals))
+        moved = tuple(tensor.to(device, non_blocking=True) for tensor in (x, pos, clouds))
+        return moved, {}, batch["seg"].to(device, non_blocking=True)
+
+    def samples(self, batch, target):
+        return int(batch["batch"][-1]) + 1  # crops, not points
+
+    def loss(self, logits, target, label_smoothing):
+        if not bool((target != IGNORE_INDEX).any()):  # a batch of unlabelled points: no signal, not NaN
+            return logits.float().sum() * 0.0
+        return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
+
+    @staticmethod
+    def hits(logits, target):
+        labelled = target != IGNORE_INDEX
+        return int(((logits.argmax(-1) == target) & labelled).sum()), int(labelled.sum())
+
+    def evaluation_options(self, config):
+        return {"voxel_size": config.voxel_size}
+
+    def checkpoint_entries(self, labels):
+        # a segmenter's checkpoint holds the categories' entries: a scene segmenter has none
+        return {"task": self.name, **labels.entries(), "categories": None, "category_parts": None}
+
+    def evaluate(self, model, loader, device, labels, **options):
+        return evaluate_scenes(model, loader, device, classes=labels.classes, **options)
+
+    def epoch_row(self, result):
+        return {"test_loss": result["loss"], "test_miou": result["miou"], "test_macc": result["macc"],
+                "test_oa": result["oa"]}
+
+    def describe(self, row):
+        return f"test mIoU {row['test_miou']:.4f}  mAcc {row['test_macc']:.4f}  OA {row['test_oa']:.4f}"
+
+    def summary(self, result):
+        return f"mIoU {result['miou']:.4f}, mAcc {result['macc']:.4f}, OA {result['oa']:.4f}"
+
+
+_TASKS = {task.name: task for task in (ClassificationTask(), PartSegmentationTask(), SemanticSegmentationTask())}
 
 
 def get_task(name: str) -> Task:
@@ -176,8 +255,14 @@ def get_task(name: str) -> Task:
     return _TASKS[name]
 
 
-def task_of_model(model: nn.Module) -> Task:
-    """The task a model was built for: a segmenter segments parts, anything else classifies."""
+def task_of_model(model: nn.Module, checkpoint: Optional[Dict[str, Any]] = None) -> Task:
+    """The task a model was built for: the one its ``checkpoint`` records when it records one; else a
+    segmenter without categories segments scenes, one with categories parts, anything else classifies."""
+    recorded = (checkpoint or {}).get("task")
+    if recorded in _TASKS:
+        return _TASKS[recorded]
+    if is_scene_segmenter(model):
+        return _TASKS["semseg"]
     return _TASKS["partseg" if isinstance(model, PointTransformerSegmenter) else "classification"]
 
 
