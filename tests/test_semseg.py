@@ -201,14 +201,14 @@ def test_builtin_rooms_imply_semseg_with_the_scene_defaults():
 
 
 # ------------------------------------------------------------------------------------------ training runs
-TINY_ROOMS = ["--rooms", "4,1", "--room-points", "600,800", "--num-points", "256", "--room-repeats", "1",
+TINY_ROOMS = ["--rooms", "4,1", "--room-points", "600,800", "--num-points", "128", "--room-repeats", "1",
               "--batch-size", "2", "--epochs", "2", "--lr", "5e-3", "--threads", "1", "--no-progress", "--no-plots"]
 
 
 def tiny_rooms_config(out, **overrides):
     from pcattn.engine import TrainConfig
 
-    options = dict(dataset="builtin-rooms", rooms=(4, 1), room_points=(600, 800), num_points=256, room_repeats=1,
+    options = dict(dataset="builtin-rooms", rooms=(4, 1), room_points=(600, 800), num_points=128, room_repeats=1,
                    batch_size=2, epochs=2, lr=5e-3, threads=1, progress=False, plots=False, out=str(out))
     options.update(overrides)
     return TrainConfig(**options)
@@ -279,3 +279,104 @@ def test_killed_scene_run_resumes_to_the_same_result(rooms_run, tmp_path, monkey
     assert metric_rows(killed) == metric_rows(rooms_run)
     a, b = (torch.load(run / "last.pt", weights_only=True)["model_state"] for run in (rooms_run, killed))
     assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+S3DIS_RAW = "Stanford3dDataset_v1.2_Aligned_Version"
+
+
+def test_real_s3dis_files_train_and_evaluate_on_every_point_of_the_test_area(shared_fixtures, tmp_path):
+    """The real raw release's files (every 40th line of each, so it runs in seconds): conferenceRoom_1 as
+    Area 1 for training, copyRoom_1 in Area 5, the default test area; the evaluation scores each of the
+    test room's points once, by the class its file names."""
+    import json
+
+    from pcattn.cli import main
+    from pcattn.data import S3DIS_CLASSES
+
+    source = shared_fixtures / "s3dis" / S3DIS_RAW / "Area_5"
+    counts = {}
+    for area, room in (("Area_1", "conferenceRoom_1"), ("Area_5", "copyRoom_1")):
+        folder = tmp_path / S3DIS_RAW / area / room / "Annotations"
+        folder.mkdir(parents=True)
+        for path in sorted((source / room / "Annotations").glob("*.txt")):
+            lines = path.read_text().splitlines()[::40]
+            (folder / path.name).write_text("\n".join(lines) + "\n")
+            counts[path.stem.split("_")[0]] = counts.get(path.stem.split("_")[0], 0) + len(lines) * (area == "Area_5")
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "s3dis", "--data-root", str(tmp_path / S3DIS_RAW), "--num-points", "256",
+                 "--model", "pt-scene-tiny-vector",
+                 "--batch-size", "2", "--room-repeats", "2", "--epochs", "1", "--threads", "1", "--no-progress",
+                 "--no-plots", "--out", str(out)]) == 0
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["classes"] == list(S3DIS_CLASSES) and evaluation["samples"] == 1
+    expected = [counts.get(name, 0) for name in S3DIS_CLASSES]
+    assert evaluation["target"] == expected and expected[S3DIS_CLASSES.index("beam")] == 250
+
+
+def write_scene_layout(root, kind):
+    """Built-in rooms written as ScanNet's preprocessed scenes (some points unlabelled: -1) or as a folder of
+    your own rooms (``.npy`` and ``.txt`` tables and classes.txt); returns the test room's labels."""
+    from pcattn.data import ROOM_CLASSES, generate_room
+
+    splits = {"train": [0, 1], "val" if kind == "scannet" else "test": [2]}
+    for split, seeds in splits.items():
+        for seed in seeds:
+            room = generate_room([7, seed], num_points=(500, 600))
+            seg = room["seg"].copy()
+            seg[::7] = -1 if kind == "scannet" else seg[::7]
+            if kind == "scannet":
+                folder = root / split / f"scene{seed:04d}_00"
+                folder.mkdir(parents=True)
+                np.save(folder / "coord.npy", room["pos"].astype(np.float32))
+                np.save(folder / "color.npy", np.round(room["color"] * 255).astype(np.uint8))
+                np.save(folder / "normal.npy", room["normals"])
+                np.save(folder / "segment20.npy", seg)
+            else:
+                (root / split).mkdir(parents=True, exist_ok=True)
+                table = np.concatenate([room["pos"], room["color"] * 255, seg[:, None]], axis=1)
+                if split == "train":
+                    np.save(root / split / f"room{seed}.npy", table)
+                else:
+                    np.savetxt(root / split / f"room{seed}.txt", table, fmt="%.6f")
+    if kind == "folder":
+        (root / "classes.txt").write_text("\n".join(ROOM_CLASSES) + "\n")
+    return seg
+
+
+@pytest.mark.parametrize("kind", ["scannet", "folder"])
+def test_scannet_and_folder_layouts_train_and_evaluate_every_labelled_point(kind, tmp_path):
+    import json
+
+    from pcattn.cli import main
+
+    test_labels = write_scene_layout(tmp_path / "data", kind)
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", kind, "--data-root", str(tmp_path / "data"), "--model", "pt-scene-tiny-vector",
+                 "--num-points", "256", "--batch-size", "2", "--epochs", "1", "--threads", "1", "--no-progress",
+                 "--no-plots", "--out", str(out)]) == 0
+    evaluation = json.loads((out / "eval.json").read_text())
+    labelled = test_labels[test_labels >= 0]
+    assert evaluation["points"] == len(labelled) < len(test_labels) + (kind == "folder")
+    assert evaluation["target"] == np.bincount(labelled, minlength=len(evaluation["classes"])).tolist()
+
+
+def test_two_processes_train_and_evaluate_whole_rooms_as_one_process(tmp_path):
+    """torchrun with 2 processes: one epoch (one step: 2 crops, one per rank), then best.pt evaluated with the
+    3 test rooms sharded over the ranks (2 + 1) and the intersection, union and target counts summed: exactly
+    the one-process result."""
+    import json
+
+    from pcattn.engine import evaluate_checkpoint
+    from test_distributed import torchrun
+
+    out = tmp_path / "rooms"
+    options = [option if option != "4,1" else "2,3" for option in TINY_ROOMS]
+    options[options.index("--epochs") + 1] = "1"
+    printed = torchrun(2, "train", "--dataset", "builtin-rooms", *options, "--out", out)
+    assert "2 processes (DistributedDataParallel, global batch 2" in printed
+    two = json.loads((out / "eval.json").read_text())
+    one = evaluate_checkpoint(out / "best.pt", progress=False)
+    assert two["samples"] == one["samples"] == 3
+    for key in ("intersection", "union", "target", "confusion"):
+        assert two[key] == one[key], key
+    assert two["miou"] == one["miou"] and two["loss"] == pytest.approx(one["loss"], rel=1e-9)
