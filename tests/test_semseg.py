@@ -154,7 +154,7 @@ def test_loss_and_hits_leave_the_ignore_label_out():
     from pcattn.engine.tasks import get_task
 
     task = get_task("semseg")
-    logits = torch.tensor([[4.0, 0.0], [0.0, 4.0], [4.0, 0.0], [0.0, 4.0]])
+    logits = torch.tensor([[4.0, 0.0], [0.0, 4.0], [4.0, 0.0], [0.0, 1.0]])
     target = torch.tensor([0, 0, -1, -1])
     assert task.hits(logits, target) == (1, 2)                       # 2 labelled points, 1 right
     expected = torch.nn.functional.cross_entropy(logits[:2], target[:2])
