@@ -6,6 +6,7 @@
 #   bash scripts/main.sh                 # vector attention (default)
 #   ATTENTION=scalar bash scripts/main.sh
 #   TASK=partseg bash scripts/main.sh    # part segmentation of the built-in parts -> runs/builtin-parts-<attention>/
+#   TASK=semseg bash scripts/main.sh     # scene segmentation of the built-in rooms -> runs/builtin-rooms-<attention>/
 #
 # A killed run continues where its last checkpoint left it when started again.
 set -euo pipefail
@@ -33,8 +34,20 @@ if [ "$task" = partseg ]; then
         --mode parts --views 2 --size 320 --out "$run/parts_airplane.png"
     echo "[main] done: $run/{best.pt,metrics.jsonl,eval.json,eval_votes.json,curves.png,confusion.png,parts.png,parts_airplane.png,parts.ply}"
     exit 0
+elif [ "$task" = semseg ]; then
+    run=runs/builtin-rooms-$attention
+    resume=()
+    [ -f "$run/last.pt" ] && resume=(--resume)
+    echo "[main] training pt-scene-tiny-$attention on the built-in rooms -> $run"
+    pcattn train --dataset builtin-rooms --attention "$attention" --rooms 16,4 --room-points 30000,40000 \
+        --num-points 4096 --batch-size 4 --room-repeats 4 --epochs 4 --out "$run" "${resume[@]}"
+
+    echo "[main] evaluating $run/best.pt on every point of the whole test rooms, 2 votes (mIoU, mAcc, OA, per class)"
+    pcattn eval --checkpoint "$run/best.pt" --votes 2 --json "$run/eval_votes.json"
+    echo "[main] done: $run/{best.pt,metrics.jsonl,eval.json,eval_votes.json,curves.png,confusion.png}"
+    exit 0
 elif [ "$task" != classification ]; then
-    echo "[main] TASK must be classification (default) or partseg, got '$task'" >&2
+    echo "[main] TASK must be classification (default), partseg or semseg, got '$task'" >&2
     exit 2
 fi
 
