@@ -1,7 +1,7 @@
 """The benchmark's cases: what each comparison builds, and the list of cases a run measures.
 
 A *builder* (one per case kind: ``vector``, ``lucidrains``, ``scalar``, ``knn``, ``fps``,
-``classifier``, ``scale``, ``ceiling``) runs inside a worker process: from the case's parameters it
+``classifier``, ``scale``, ``ceiling``, ``scene``) runs inside a worker process: from the case's parameters it
 builds every side on the same weights and inputs and returns them as a :class:`Built` (one
 :class:`Side` per implementation, an optional correctness check). :func:`build_cases` turns the
 command-line options into the list of :class:`Case` records the harness runs.
@@ -30,6 +30,7 @@ DEVICES = ("cpu", "cuda")
 PRECISIONS: Dict[str, Optional[str]] = {"32": None, "bf16": "bfloat16", "fp16": "float16"}
 CUDA_ALLOCATOR = "cuda"          # the one allocator column of a --device cuda run (glibc settings do not apply)
 CPU_MEMORY_BUDGET_GIB = 4.0      # --memory-budget-gib default on the CPU
+SCENE_FPS_CAP_S = 300.0          # a scene case's FPS side is skipped where its sampling alone would take longer
 
 
 # ============================================================================ what a case is
@@ -447,6 +448,119 @@ def _build_scale(p: Dict[str, Any]) -> Built:
     return Built({"ours": Side(_fwd_or_fwdbwd(_amp(lambda: layer(x, pos), p), list(layer.parameters()), [x], mode))})
 
 
+def _scene_room(seed: int, points: int) -> Dict[str, Any]:
+    """A built-in room of exactly ``points`` points as tensors (``pos`` float64, far from the origin as real
+    scans are; ``color``; ``seg``): generated with a tenth more and cut (rows are in random order)."""
+    torch = _torch()
+    from pcattn.data import generate_room
+
+    target = int(points * 1.1) + 64
+    room = generate_room(seed, (target, target))
+    if room["pos"].shape[0] < points:
+        raise RuntimeError(f"the built-in room holds {room['pos'].shape[0]} points, fewer than {points}")
+    return {"pos": torch.from_numpy(room["pos"][:points]), "color": torch.from_numpy(room["color"][:points]),
+            "seg": torch.from_numpy(room["seg"][:points])}
+
+
+def scene_points(seed: int, points: int) -> Dict[str, Any]:
+    """``points`` points of a scene as a scene network sees them: built-in rooms grid-sampled at 0.04 m (one
+    random point per voxel), side by side along x (one room holds some 10^4-10^5 points after sampling),
+    placed 10^5 m from the origin as scans are, a sphere crop of ``points`` of them centred in float64 (made
+    float32 there). A training crop (10^5 points) or a large scene (10^6) alike."""
+    torch = _torch()
+    from pcattn.data import CentreCrop, GridSample, SphereCrop
+
+    generator = torch.Generator().manual_seed(seed)
+    rooms, total, offset = [], 0, 0.0
+    room_points = min(200_000, max(4 * points, 2_000))
+    while total < 1.2 * points:
+        room = GridSample(0.04, generator)(_scene_room(seed + len(rooms), room_points))
+        pos = room["pos"] - room["pos"].min(dim=0).values          # float64: exact at metres
+        pos[:, 0] += offset
+        offset = float(pos[:, 0].max()) + 0.5
+        rooms.append({**room, "pos": pos + 1.0e5})
+        total += pos.shape[0]
+    floor = {key: torch.cat([room[key] for room in rooms]) for key in ("pos", "color", "seg")}
+    return CentreCrop()(SphereCrop(points, generator=generator)(floor))
+
+
+def fps_seconds_estimate(pos, cloud_sizes: List[int], stride: int, levels: int) -> float:
+    """Seconds the farthest point sampling of an FPS network's transitions would take on clouds of
+    ``cloud_sizes`` points: each of ``levels`` transitions keeps ``1/stride`` of its input, one step per
+    kept point, each step costing time proportional to the points. The rate is timed on ``pos``
+    (256 steps of :func:`~pcattn.nn.geometry.farthest_point_sampling`)."""
+    import time
+
+    from pcattn.nn.geometry import farthest_point_sampling
+
+    steps = 256
+    farthest_point_sampling(pos, count=min(16, pos.shape[0]))          # warm-up: the rate, not the first call
+    start = time.perf_counter()
+    farthest_point_sampling(pos, count=min(steps, pos.shape[0]))
+    per_point_step = (time.perf_counter() - start) / (pos.shape[0] * min(steps, pos.shape[0]))
+    work = 0.0
+    for size in cloud_sizes:
+        for _ in range(levels):
+            kept = -(-size // stride)
+            work += size * kept
+            size = kept
+    return work * per_point_step
+
+
+def _build_scene(p: Dict[str, Any]) -> Built:
+    """A scene segmenter with grid pooling ("ours") against the same widths and depths with farthest point
+    sampling + kNN transitions ("fps-knn"), on ``N`` points of grid-sampled built-in rooms (:func:`scene_points`).
+
+    ``mode="train"``: one training step (forward, cross-entropy, backward, AdamW). ``mode="infer"``: one forward
+    pass under ``torch.no_grad`` over all ``N`` points at once. The FPS side is not run where its sampling
+    alone is estimated to take more than ``fps_cap_s`` seconds (:func:`fps_seconds_estimate`); the table says so.
+    """
+    torch = _torch()
+    import torch.nn.functional as F
+
+    from pcattn.data import ROOM_CLASSES, scene_model_inputs
+    from pcattn.models import create_segmenter
+
+    name, mode, N, cap = p["model"], p["mode"], p["N"], p["fps_cap_s"]
+    dev = _device(p)
+    scene = scene_points(p.get("seed", 0), N)
+    x, pos, batch = (t.to(dev) for t in scene_model_inputs(scene, 6))
+    labels = scene["seg"].to(dev)
+    torch.manual_seed(0)
+    models = {"ours": create_segmenter(name, len(ROOM_CLASSES), in_channels=6),
+              "fps-knn": create_segmenter(name, len(ROOM_CLASSES), in_channels=6, grid_sizes=None)}
+    fps_down = models["fps-knn"].encoder.down
+    extra: Dict[str, Any] = {"points": N, "params": sum(t.numel() for t in models["ours"].parameters())}
+
+    def train_step(model):
+        model.to(dev).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+        def run():
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x, pos, batch), labels).backward()
+            optimizer.step()
+        return run
+
+    def inference(model):
+        model.to(dev).eval()
+
+        def run():
+            with torch.no_grad():
+                return model(x, pos, batch)
+        return run
+
+    make = train_step if mode == "train" else inference
+    sides = {side: Side(make(models[side])) for side in p["sides"]}
+    if "fps-knn" in sides:
+        estimate = fps_seconds_estimate(pos[:100_000], [N], fps_down[0].stride, len(fps_down))
+        extra["fps_estimate_s"] = round(estimate, 1)
+        if estimate > cap:
+            sides["fps-knn"] = Side(None, skip=f"skipped: its farthest point sampling alone ~{estimate:.0f} s "
+                                               f"(estimated from 256 steps), over {cap:.0f} s")
+    return Built(sides, extra=extra)
+
+
 def _build_ceiling(p: Dict[str, Any]) -> Built:
     """The machine's own rates: float32 matmul (GFLOP/s) and a large copy (GB/s, read + write)."""
     torch = _torch()
@@ -462,6 +576,7 @@ def _build_ceiling(p: Dict[str, Any]) -> Built:
 BUILDERS: Dict[str, Callable[[Dict[str, Any]], Built]] = {
     "vector": _build_vector, "lucidrains": _build_lucidrains, "scalar": _build_scalar, "knn": _build_knn,
     "fps": _build_fps, "classifier": _build_classifier, "scale": _build_scale, "ceiling": _build_ceiling,
+    "scene": _build_scene,
 }
 
 
@@ -539,6 +654,17 @@ def build_cases(args: argparse.Namespace) -> List[Case]:
         cases.append(Case("classifier train step (PyG example network) B=4 P=512 classes=40", "classifier",
                           dict(B=4, P=512, classes=40), ["ours", "pyg-example"], single, 1, 1, 2,
                           "classifier", unit="samples/s"))
+    # Scene networks: grid pooling ("ours") against the same widths and depths with FPS + kNN transitions
+    # (--quick: a tiny training step, only when --cases selects it: a worker process costs the smoke test seconds)
+    scene_sizes = [("train", 1024)] if quick else [("train", 100_000), ("infer", 1_000_000)]
+    scene_models = ["pt-scene-tiny-vector"] if quick else ["pt-scene-tiny-vector", "pt-scene-vector"]
+    selected = any(word in ("scene", "pt-scene") for word in (args.cases or []))
+    for mode, N in scene_sizes if selected or not quick else []:
+        for model in scene_models:
+            what = "train step (forward, backward, AdamW)" if mode == "train" else "inference (no_grad, one pass)"
+            cases.append(Case(f"scene {what} {model} N={N}", "scene",
+                              dict(model=model, mode=mode, N=N, fps_cap_s=SCENE_FPS_CAP_S), ["ours", "fps-knn"],
+                              single, 1, 1, 1, "scene"))
     if cuda:    # a GPU needs larger operands than a CPU to reach its rates
         ceiling = dict(matmul_n=4096, copy_mib=1024)
     else:

@@ -172,7 +172,7 @@ def _short(error: BaseException, limit: int = 120) -> str:
 
 
 # ============================================================================ one subprocess
-_OPEN3D_KINDS = ("knn", "lucidrains", "scale", "classifier", "vector", "scalar")
+_OPEN3D_KINDS = ("knn", "lucidrains", "scale", "classifier", "vector", "scalar", "scene")
 CUDA_MIN_WARMUP = 2
 
 
@@ -421,7 +421,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "'cuda' column)")
     parser.add_argument("--cases", nargs="*", default=None,
                         help="only cases whose name contains one of these words (or kind: vector, lucidrains, "
-                             "scalar, knn, fps, classifier, scale, ceiling)")
+                             "scalar, knn, fps, classifier, scale, ceiling, scene; e.g. --cases scene runs the "
+                             "scene networks' rows alone)")
     parser.add_argument("--memory-budget-gib", type=float, default=None,
                         help="do not run a side estimated to need more (reported as OOM-guard); default 4 on "
                              "the CPU, three quarters of the GPU's memory with --device cuda")
