@@ -314,3 +314,41 @@ def test_dropin_version_of_the_example_network_swaps_only_the_conv_class():
         block_theirs, block_ours = theirs.transformer_input, ours.transformer_input
         nbr = knn(pos, 9, batch)
         assert torch.allclose(block_ours(x, pos, nbr), block_theirs(x, pos, nbr), atol=1e-5)
+
+
+def test_scene_rows_selected_by_cases_scene():
+    """The scene rows: a training step on 100,000 points and inference on 1,000,000, each model with grid
+    pooling against FPS + kNN; ``--cases scene`` runs them alone; the smoke run (--quick) has them only when
+    selected, at a tiny size."""
+    full = [c for c in build_cases(_bench_args()) if c.kind == "scene"]
+    assert {(c.params["mode"], c.params["N"], c.params["model"]) for c in full} == {
+        (mode, N, model) for mode, N in (("train", 100_000), ("infer", 1_000_000))
+        for model in ("pt-scene-tiny-vector", "pt-scene-vector")}
+    assert all(c.sides == ["ours", "fps-knn"] for c in full)
+    assert {c.kind for c in build_cases(_bench_args("--cases", "scene"))} == {"scene"}
+    assert "scene" not in {c.kind for c in build_cases(_bench_args("--quick"))}
+    quick = build_cases(_bench_args("--quick", "--cases", "scene"))
+    assert [(c.kind, c.params["N"]) for c in quick] == [("scene", 1024)]
+
+
+def test_scene_worker_grid_against_fps_in_process():
+    """In process, tiny: a training step of both networks runs on exactly N points; an inference whose FPS
+    side's sampling is estimated over the cap skips that side, saying so."""
+    from pcattn.bench.cases import BUILDERS, scene_points
+
+    scene = scene_points(0, 256)
+    assert scene["pos"].shape == (256, 3) and scene["pos"].dtype == torch.float32
+    assert float(scene["pos"][:, 2].min()) == 0.0 and float(scene["pos"].abs().max()) < 50   # centred, floor at 0
+    threads = torch.get_num_threads()
+    params = dict(model="pt-scene-tiny-vector", N=256, sides=["ours", "fps-knn"])
+    try:
+        train = worker({"kind": "scene", "params": dict(params, mode="train", fps_cap_s=1e9, check=True),
+                        "order": ["ours", "fps-knn"], "warmup": 1, "iters": 1, "threads": 1})
+    finally:
+        torch.set_num_threads(threads)
+    assert all(side["status"] == "ok" and side["times"][0] > 0 for side in train["sides"].values())
+    assert "peak_bytes" in train["sides"]["ours"] and train["extra"]["points"] == 256
+    infer = BUILDERS["scene"](dict(params, mode="infer", fps_cap_s=0.0))
+    assert infer.sides["fps-knn"].step is None and infer.sides["fps-knn"].skip.startswith("skipped:")
+    assert "over 0 s" in infer.sides["fps-knn"].skip and infer.extra["fps_estimate_s"] > 0
+    infer.sides["ours"].step()

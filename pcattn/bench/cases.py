@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
@@ -448,9 +449,11 @@ def _build_scale(p: Dict[str, Any]) -> Built:
     return Built({"ours": Side(_fwd_or_fwdbwd(_amp(lambda: layer(x, pos), p), list(layer.parameters()), [x], mode))})
 
 
+@functools.lru_cache(maxsize=4)
 def _scene_room(seed: int, points: int) -> Dict[str, Any]:
     """A built-in room of exactly ``points`` points as tensors (``pos`` float64, far from the origin as real
-    scans are; ``color``; ``seg``): generated with a tenth more and cut (rows are in random order)."""
+    scans are; ``color``; ``seg``): generated with a tenth more and cut (rows are in random order). Cached
+    (callers make new tensors from it)."""
     torch = _torch()
     from pcattn.data import generate_room
 
@@ -554,7 +557,7 @@ def _build_scene(p: Dict[str, Any]) -> Built:
     sides = {side: Side(make(models[side])) for side in p["sides"]}
     if "fps-knn" in sides:
         estimate = fps_seconds_estimate(pos[:100_000], [N], fps_down[0].stride, len(fps_down))
-        extra["fps_estimate_s"] = round(estimate, 1)
+        extra["fps_estimate_s"] = round(estimate, 3)
         if estimate > cap:
             sides["fps-knn"] = Side(None, skip=f"skipped: its farthest point sampling alone ~{estimate:.0f} s "
                                                f"(estimated from 256 steps), over {cap:.0f} s")
