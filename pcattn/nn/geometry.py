@@ -39,7 +39,10 @@ __all__ = [
     "checked_inputs",
     "inputs_checked",
     "tracing",
+    "exporting",
+    "cloud_ordinals",
     "OPEN3D_MIN_POINTS",
+    "RECORDED_QUERY_CHUNK",
 ]
 
 # Clouds at least this large are searched with Open3D's C++ kNN on the CPU (when installed):
@@ -47,6 +50,9 @@ __all__ = [
 OPEN3D_MIN_POINTS = 128
 # Largest number of pairwise distances held at once by the torch brute force (64 MiB in float32).
 _MAX_PAIRS = 1 << 24
+# Query rows per step of a kNN recorded by torch.export: each step holds a (B, 256, P) float32 distance
+# block (100 MB for one cloud of 10^5 points), whatever the number of points.
+RECORDED_QUERY_CHUNK = 256
 
 
 # ----------------------------------------------------------------------------- validation
@@ -83,6 +89,17 @@ def tracing() -> bool:
     batched ``cdist`` + ``topk`` (never Open3D), one chunk per layer, plain autograd.
     """
     return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
+def exporting() -> bool:
+    """Whether ``torch.export`` (which the ONNX exporter runs) records the call.
+
+    Recorded by ``torch.export``, pcattn keeps the number of points a dynamic size: farthest point
+    sampling is a loop that stays a loop (``while_loop``, an ONNX ``Loop``), kNN runs over chunks of
+    queries in a ``while_loop`` too, grid pooling numbers its voxels by sorting. ``torch.compile``
+    and ``torch.jit.trace`` keep the static-shape paths of :func:`tracing`.
+    """
+    return torch.compiler.is_exporting()
 
 
 def check_positions(pos: Tensor, name: str = "pos") -> None:
@@ -139,7 +156,21 @@ def cloud_start_rows(batch: Tensor) -> Tensor:
     layers subtract it (in float32) before projecting absolute positions, so a projection depends on
     where a cloud is only through the rounding of the cloud's own extent. No host synchronisation.
     """
+    if exporting():  # (ONNX has no searchsorted): the smallest row of each cloud, scattered by cloud ordinal
+        ordinal = cloud_ordinals(batch)
+        rows = torch.arange(batch.shape[0], device=batch.device)
+        first = torch.full_like(rows, batch.shape[0]).scatter_reduce(0, ordinal, rows, "amin")
+        return first.index_select(0, ordinal)
     return torch.searchsorted(batch, batch)
+
+
+def cloud_ordinals(batch: Tensor) -> Tensor:
+    """For each row of a sorted ``batch (N,)``, the rank of its cloud among the clouds present: ``(N,)``
+    long in ``[0, N)`` (cloud ids with gaps, ``[0, 0, 4, 4, 7]``, become ``[0, 0, 1, 1, 2]``). Static shapes:
+    what a recorded graph uses to index per-cloud buffers of ``N`` rows without knowing the number of clouds.
+    """
+    new_cloud = torch.cat([torch.ones_like(batch[:1], dtype=torch.bool), batch[1:] != batch[:-1]])
+    return new_cloud.long().cumsum(0) - 1
 
 
 def to_flat(pos: Tensor, *features: Tensor) -> Tuple[Tensor, ...]:
@@ -291,6 +322,10 @@ def knn(
     elif query_batch is not None:
         check_batch(query_batch, query.shape[0], query.device, "query_batch")
 
+    if exporting():  # one masked search over the rows, in chunks of queries: no cloud sizes read
+        clouds = None if batch is None else batch[None]
+        query_clouds = None if query_batch is None else query_batch[None]
+        return _knn_recorded(pos[None], k, None if self_query else query[None], clouds, query_clouds)[0]
     ptr = batch_ptr(batch, pos.shape[0]).tolist()
     qptr = ptr if self_query else batch_ptr(query_batch, query.shape[0]).tolist()
     if len(qptr) > len(ptr):
@@ -400,6 +435,8 @@ def _knn_batched(points: Tensor, k: int, queries: Optional[Tensor] = None) -> Te
     ``points (B, P, 3)``, ``queries (B, M, 3)`` (default ``points``) -> ``(B, M, k)`` local indices,
     ``-1`` padded when ``P < k``.
     """
+    if exporting():
+        return _knn_recorded(points, k, queries)
     self_query = queries is None
     queries = points if self_query else queries
     B, P = points.shape[:2]
@@ -422,6 +459,57 @@ def _knn_batched(points: Tensor, k: int, queries: Optional[Tensor] = None) -> Te
         index = _self_first(index.reshape(B * M, kk), rows).view(B, M, kk)
     if kk < k:
         index = torch.cat([index, index.new_full((B, M, k - kk), -1)], dim=2)
+    return index
+
+
+def _knn_recorded(points: Tensor, k: int, queries: Optional[Tensor] = None, clouds: Optional[Tensor] = None,
+                  query_clouds: Optional[Tensor] = None) -> Tensor:
+    """kNN as ``torch.export`` records it, the number of points a dynamic size (see :func:`exporting`).
+
+    ``points (B, P, 3)``, ``queries (B, M, 3)`` (default ``points``, each point first) and, for flat rows
+    holding several clouds, their cloud ids ``clouds (B, P)`` and ``query_clouds (B, M)`` (a query sees
+    only its own cloud) -> ``(B, M, k)`` local indices, nearest first, ``-1`` where a cloud has fewer than
+    ``k`` points. The queries go :data:`RECORDED_QUERY_CHUNK` rows at a time through a ``while_loop`` (an
+    ONNX ``Loop``), so the memory is ``B x 256 x P`` distances, not ``B x M x P``; ``k`` columns at infinity after the cloud
+    keep ``topk`` valid for a cloud smaller than ``k`` (a size the graph cannot know).
+    """
+    from torch._higher_order_ops import while_loop
+
+    self_query = queries is None
+    if points.dtype in (torch.float16, torch.bfloat16):
+        points, queries = points.float(), None if self_query else queries.float()
+    # (a loop's body may not see one tensor under two names: the self-search copies its queries)
+    queries = points.clone() if self_query else queries
+    if clouds is not None and (self_query or query_clouds is None):
+        query_clouds = clouds.clone()
+    B, M = points.shape[0], queries.shape[1]
+    chunk = RECORDED_QUERY_CHUNK
+    offsets = torch.arange(chunk, device=points.device)
+    beyond = points.new_full((B, chunk, k), float("inf"))
+    # the last query row as a tensor (the loop takes no size that grid pooling's data decides)
+    last_row = torch.ones_like(queries[0, :, 0], dtype=torch.long).sum() - 1
+
+    def more(start: Tensor, index: Tensor):
+        return start <= last_row
+
+    def search(start: Tensor, index: Tensor):
+        rows = torch.minimum(start + offsets, last_row)    # (the last chunk repeats the last row)
+        query = queries.index_select(1, rows)
+        # squared differences axis by axis (no (B, chunk, P, 3) tensor), as the static path
+        dist = sum((query[:, :, None, axis] - points[:, None, :, axis]).square() for axis in range(3))
+        if clouds is not None:
+            dist = dist.masked_fill(query_clouds.index_select(1, rows)[:, :, None] != clouds[:, None, :],
+                                    float("inf"))
+        values, found = torch.cat([dist, beyond], dim=2).topk(k, dim=2, largest=False, sorted=True)
+        found = torch.where(torch.isinf(values), torch.full_like(found, -1), found)
+        return start + chunk, index.index_copy(1, rows, found)
+
+    start = torch.zeros((), dtype=torch.long, device=points.device)
+    empty = torch.full((B, M, k), -1, dtype=torch.long, device=points.device)
+    index = while_loop(more, search, (start, empty))[1]
+    if self_query:
+        rows = torch.arange(M, device=index.device).repeat(B)
+        index = _self_first(index.reshape(B * M, k), rows).view(B, M, k)
     return index
 
 
@@ -478,7 +566,7 @@ def farthest_point_sampling(
         if batch is not None:
             raise ValueError("batch is only for flat (N, 3) positions, got dense (B, P, 3)")
         B, P = pos.shape[:2]
-        m = min(count, P) if count is not None else math.ceil(ratio * P)
+        m = min(count, P) if count is not None else _kept_points(P, ratio)
         sizes = torch.full((B,), P, dtype=torch.long, device=pos.device)
         return _fps_padded(pos, sizes, m, random_start, generator)
 
@@ -502,9 +590,21 @@ def farthest_point_sampling(
     return (chosen + starts[:, None].to(pos.device))[take]      # (stays on the device)
 
 
+def _kept_points(points: int, ratio: float) -> int:
+    """``ceil(ratio * points)``; in integers when ``ratio`` is ``1 / stride`` (a recorded, symbolic
+    number of points then stays an integer expression instead of a float rounded)."""
+    stride = round(1.0 / ratio)
+    if abs(stride * ratio - 1.0) < 1e-12:
+        return (points + stride - 1) // stride
+    return math.ceil(ratio * points)
+
+
 def _fps_padded(pos: Tensor, sizes: Tensor, m: int, random_start: bool,
                 generator: Optional[torch.Generator], valid: Optional[Tensor] = None) -> Tensor:
     B, P = pos.shape[:2]
+    if exporting() and not random_start and valid is None:
+        work = pos.detach()
+        return _fps_loop(work.float() if work.dtype in (torch.float16, torch.bfloat16) else work, m)
     m = min(m, P)
     work = pos.detach()
     if work.dtype in (torch.float16, torch.bfloat16):
@@ -538,6 +638,34 @@ def _fps_padded(pos: Tensor, sizes: Tensor, m: int, random_start: bool,
         torch.minimum(dist, step, out=dist).scatter_(1, current[:, None], -1.0)
         current = dist.argmax(dim=1)
     return chosen
+
+
+def _fps_loop(points: Tensor, m: int) -> Tensor:
+    """Farthest point sampling of ``points (B, P, 3)`` from each cloud's first point, ``m`` kept points as
+    ``(B, m)`` local indices, written as a ``while_loop``: ``torch.export`` records one step (an ONNX
+    ``Loop``), not ``m`` unrolled steps, and ``P`` and ``m`` stay dynamic. The same steps as the eager loop."""
+    from torch._higher_order_ops import while_loop
+
+    B, P = points.shape[:2]
+    columns = torch.arange(m, device=points.device)[None, :]
+
+    def keep_going(step, dist, chosen, current):
+        return step < m
+
+    def choose(step, dist, chosen, current):
+        chosen = torch.where(columns == step, current[:, None], chosen)
+        last = points.gather(1, current[:, None, None].expand(-1, 1, 3))                  # (B, 1, 3)
+        diff = points - last
+        squared = diff[..., 0].square() + diff[..., 1].square() + diff[..., 2].square()   # (B, P)
+        # kept points sit at -1 so that duplicates of a kept point are chosen before any point twice
+        dist = torch.minimum(dist, squared).scatter(1, current[:, None], -1.0)
+        return step + 1, dist, chosen, dist.argmax(dim=1)
+
+    start = (torch.zeros((), dtype=torch.long, device=points.device),
+             points.new_full((B, P), float("inf")),
+             torch.zeros((B, m), dtype=torch.long, device=points.device),
+             torch.zeros(B, dtype=torch.long, device=points.device))
+    return while_loop(keep_going, choose, start)[2]
 
 
 def fps_equal_clouds(pos: Tensor, ratio: float, clouds: int) -> Tensor:

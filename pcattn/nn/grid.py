@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .geometry import batch_ptr
+from .geometry import batch_ptr, cloud_ordinals, exporting
 
 __all__ = ["check_grid_size", "voxel_clusters", "GridPool", "GridUnpool", "Pooled"]
 
@@ -38,6 +38,8 @@ def voxel_clusters(pos: Tensor, batch: Tensor, grid_size: float) -> Tuple[Tensor
     check_grid_size(grid_size)
     if pos.shape[0] == 0:
         raise ValueError("pos holds no point")
+    if exporting():
+        return _recorded_voxel_clusters(pos, batch, grid_size)
     sizes = batch_ptr(batch, pos.shape[0]).diff()
     clouds = sizes.numel()
     lowest = torch.full((clouds, 3), float("inf"), dtype=pos.dtype, device=pos.device)
@@ -51,6 +53,26 @@ def voxel_clusters(pos: Tensor, batch: Tensor, grid_size: float) -> Tuple[Tensor
         rows = torch.cat([batch.long()[:, None], cells], dim=1)
         _, cluster = torch.unique(rows, dim=0, sorted=True, return_inverse=True)
     return cluster, int(cluster.max()) + 1
+
+
+def _recorded_voxel_clusters(pos: Tensor, batch: Tensor, grid_size: float) -> Tuple[Tensor, int]:
+    """:func:`voxel_clusters` as ``torch.export`` records it: no size read on the host, the number of
+    points dynamic and the number of voxels the size of a ``unique`` (an ONNX ``Unique``).
+
+    The same numbering in (cloud, x, y, z) order, built one coordinate at a time: a cell's rank along
+    an axis is below ``N``, so each ``previous * N + rank`` key is below ``N^2`` (no overflow below
+    3 x 10^9 points, whatever the grid's extent), and ``unique`` renumbers it below ``N`` again."""
+    n = pos.shape[0]
+    ordinal = cloud_ordinals(batch)                                                  # (N,) in [0, N)
+    lowest = pos.new_full((n, 3), float("inf")).scatter_reduce(0, ordinal[:, None].expand(-1, 3), pos, "amin")
+    cells = torch.floor((pos - lowest.index_select(0, ordinal)) / grid_size).long()   # (N, 3), >= 0
+    cluster = ordinal
+    for axis in range(3):
+        _, rank = torch.unique(cells[:, axis], sorted=True, return_inverse=True)
+        voxels, cluster = torch.unique(cluster * n + rank, sorted=True, return_inverse=True)
+    count = voxels.shape[0]
+    torch._check(count >= 1)   # (a cloud of points has a voxel: what the searches after need to know of count)
+    return cluster, count
 
 
 class Pooled(NamedTuple):
