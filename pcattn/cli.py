@@ -574,35 +574,46 @@ def run_predict(args: argparse.Namespace) -> int:
 
 # ============================================================================ export
 def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by pcattn train")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by pcattn train (classifier, "
+                        "part or scene segmenter)")
     parser.add_argument("--format", required=True, choices=("onnx", "torchscript", "torch-export"))
-    parser.add_argument("--num-points", type=int, default=1024, help="points per cloud, fixed in the export")
+    parser.add_argument("--num-points", type=int, default=1024, help="points per cloud of the example input "
+                        "(onnx and torch-export then take any number of points; torchscript keeps it)")
     parser.add_argument("--batch-size", type=int, default=2, help="batch of the example input (default 2; "
-                        "onnx and torch-export take any batch size)")
+                        "onnx and torch-export take any batch size; scene segmenters take one cloud)")
     parser.add_argument("--out", required=True, help="file to write (.onnx, .pt, .pt2)")
     return parser
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .engine import CHECKPOINT_KIND, CheckpointError, check_writable, load_model
-    from .export import check_extension, export_classifier
+    from .engine import CheckpointError, check_writable, load_model
+    from .export import check_extension, export_model
 
-    def progress(message: str) -> None:  # long exports (minutes) say what they are doing
+    def progress(message: str) -> None:  # long exports (a minute) say what they are doing
         print(f"pcattn export: {message}", file=sys.stderr, flush=True)
 
     try:
         check_extension(args.out, args.format)
-        check_writable(args.out)  # before the export, which takes minutes (as train, eval and visualize do)
-        model, _, _ = load_model(args.checkpoint, kind=CHECKPOINT_KIND)  # segmenters are not exported yet
-        result = export_classifier(model, args.out, args.format, num_points=args.num_points,
-                                   batch_size=args.batch_size, progress=progress)
-    except (OSError, ValueError, ImportError, RuntimeError, CheckpointError) as error:  # OSError: --out's folder
+        check_writable(args.out)  # before the export, which takes a minute (as train, eval and visualize do)
+        model, _, _ = load_model(args.checkpoint)
+        result = export_model(model, args.out, args.format, num_points=args.num_points, batch_size=args.batch_size,
+                              progress=progress)
+    except (OSError, ValueError, TypeError, ImportError, RuntimeError, CheckpointError) as error:  # OSError: --out
         print(f"pcattn export: error: {error}", file=sys.stderr)
         return 2
-    batch = "any batch size" if result.dynamic_batch else f"batch size {args.batch_size}"
-    print(f"wrote {result.path} ({result.format}, input points ({'B' if result.dynamic_batch else args.batch_size}, "
-          f"{args.num_points}, {model.in_channels}), {batch}); max abs difference from eager "
-          f"{result.max_abs_diff:.2e} on {result.checked_batch_size} clouds")
+    channels = model.in_channels
+    if result.kind == "scene segmenter":
+        shape = f"points (N, {channels}), N from {result.min_points:,}"
+    elif result.dynamic_batch:
+        shape = f"points (B, P, {channels}), any B, P from {result.min_points:,}"
+    else:
+        shape = f"points ({args.batch_size}, {args.num_points}, {channels}) only"
+    if result.kind == "part segmenter" and getattr(model, "num_categories", None) is not None:
+        shape += ", category (B,) int64"
+    print(f"wrote {result.path} ({result.format}, {result.kind}, {shape}) in {result.seconds:.1f} s; max abs "
+          f"difference from eager {result.max_abs_diff:.2e} on {result.checked_batch_size} "
+          f"{'cloud' if result.checked_batch_size == 1 else 'clouds'} of {', '.join(map(str, result.checked_points))} "
+          f"points")
     return 0
 
 
@@ -649,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "segmenter or scene segmenter: every point, in the input's order, its coordinates "
                                   "kept.")
     add_predict_arguments(predict).set_defaults(handler=run_predict)
-    export = commands.add_parser("export", help="export a trained classifier (ONNX, TorchScript, torch.export)",
+    export = commands.add_parser("export", help="export a trained network (ONNX, TorchScript, torch.export)",
                                  description="Export a checkpoint for inference, checked against eager.")
     add_export_arguments(export).set_defaults(handler=run_export)
     return parser

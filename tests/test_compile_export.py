@@ -99,6 +99,9 @@ def checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize("fmt", ["torchscript", "torch-export", "onnx"])
 def test_export_command_round_trips(checkpoint, fmt, tmp_path, capsys):
+    """Exported at 32 points: TorchScript takes that shape only (its file refuses others); torch.export and
+    ONNX take another batch size and another number of points (equal to eager there), and refuse, by
+    name, a cloud smaller than the graph allows."""
     from pcattn.cli import main
     from pcattn.engine import load_model
     from pcattn.export import example_clouds, run_exported
@@ -108,20 +111,121 @@ def test_export_command_round_trips(checkpoint, fmt, tmp_path, capsys):
                  "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert "max abs difference from eager" in captured.out and out.exists()
-    assert "pcattn export: exporting to" in captured.err and "pcattn export: checking" in captured.err  # progress
+    assert "pcattn export: exporting the classifier to" in captured.err and "pcattn export: checking" in captured.err
     model, _, _ = load_model(checkpoint)
-    batch = 2 if fmt == "torchscript" else 5                      # torch-export and ONNX: dynamic batch
-    clouds = example_clouds(batch, 32, seed=7)
+    dynamic = fmt != "torchscript"
+    clouds = example_clouds(5, 50, seed=7) if dynamic else example_clouds(2, 32, seed=7)
     with torch.no_grad():
         expected = model(None, clouds)
     assert (run_exported(out, fmt, clouds) - expected).abs().max() <= 1e-4
-    other = example_clouds(2, 20, seed=7)                       # another number of points: refused, by name
-    with pytest.raises(ValueError, match=r"exported for points of shape \(\S+, 32, 3\).*got \(2, 20, 3\)"):
-        run_exported(out, fmt, other)
     if fmt == "torchscript":                                    # the file itself refuses (the bare trace did not)
+        other = example_clouds(2, 20, seed=7)
+        with pytest.raises(ValueError, match=r"exported for points of shape \(2, 32, 3\).*got \(2, 20, 3\)"):
+            run_exported(out, fmt, other)
         for wrong in (other, example_clouds(3, 32)):
             with pytest.raises(Exception, match=r"exported for points of shape \[2, 32, 3\]"):
                 torch.jit.load(str(out))(wrong)
+    else:                                                       # every level keeps 2 points: 5 at least
+        assert "any B, P from 5" in captured.out
+        with pytest.raises(ValueError, match=r"takes clouds of 5 to 16,777,216 points .*got \(2, 4, 3\)"):
+            run_exported(out, fmt, example_clouds(2, 4, seed=7))
+
+
+# ----------------------------------------------------------------------------- the recorded (exported) paths
+def test_recorded_knn_equals_eager_knn_across_chunks_clouds_and_small_clouds():
+    """The kNN torch.export records (a loop over chunks of 256 queries, clouds told apart by id, k columns
+    at infinity) gives eager's neighbours: 600 queries (three chunks, the last partial), three clouds of a
+    flat batch (ids with a gap), one of them smaller than k (its missing slots -1)."""
+    from pcattn.nn.geometry import _knn_recorded, knn
+
+    torch.manual_seed(0)
+    batch = torch.tensor([0] * 300 + [2] * 294 + [5] * 6)
+    pos = torch.randn(600, 3)
+    expected = knn(pos, 8, batch)
+    got = _knn_recorded(pos[None], 8, None, batch[None], batch[None])[0]
+    assert torch.equal(got, expected)
+    assert (got[-6:, 6:] == -1).all() and (got[:-6] >= 0).all()
+    query, query_batch = torch.randn(40, 3), torch.tensor([0] * 20 + [5] * 20)     # a search of other points
+    expected = knn(pos, 3, batch, query=query, query_batch=query_batch)
+    assert torch.equal(_knn_recorded(pos[None], 3, query[None], batch[None], query_batch[None])[0], expected)
+
+
+def test_recorded_fps_and_cloud_starts_equal_eager(monkeypatch):
+    """Farthest point sampling as a loop (one recorded step) keeps eager's points; the cloud starts by
+    scatter (ONNX has no searchsorted) are eager's, cloud ids with gaps included."""
+    from pcattn.nn import geometry
+
+    torch.manual_seed(0)
+    pos = torch.randn(3, 50, 3)
+    assert torch.equal(geometry._fps_loop(pos, 13), geometry.farthest_point_sampling(pos, count=13))
+    batch = torch.tensor([0, 0, 0, 3, 3, 4, 7, 7, 7, 7])
+    expected = geometry.cloud_start_rows(batch)
+    monkeypatch.setattr(geometry, "exporting", lambda: True)
+    assert torch.equal(geometry.cloud_start_rows(batch), expected)
+
+
+def test_recorded_voxel_numbering_equals_eager():
+    """Grid pooling's voxels numbered by sorting, one axis at a time (no size read on the host, no key that
+    overflows): eager's numbering in (cloud, x, y, z) order and eager's count, over a batch of three
+    clouds (ids with a gap)."""
+    from pcattn.nn.grid import _recorded_voxel_clusters, voxel_clusters
+
+    torch.manual_seed(0)
+    pos = torch.rand(500, 3) * torch.tensor([3.0, 2.0, 1.0])
+    batch = torch.tensor([0] * 200 + [1] * 100 + [4] * 200)
+    cluster, count = voxel_clusters(pos, batch, 0.25)
+    got, got_count = _recorded_voxel_clusters(pos, batch, 0.25)
+    assert torch.equal(got, cluster) and got_count == count
+
+
+@pytest.fixture(scope="module")
+def scene_export(tmp_path_factory):
+    """A tiny scene segmenter (two levels, grid pooling), exported to ONNX at 2,000 points."""
+    from pcattn.export import export_model
+
+    torch.manual_seed(0)
+    model = create_model("pt-scene-tiny-vector", num_classes=5, in_channels=6, widths=(16, 32), depths=(1, 1),
+                         grid_sizes=(0.2,), k=8).eval()
+    path = tmp_path_factory.mktemp("scene") / "scene.onnx"
+    return model, export_model(model, path, "onnx", num_points=2000)
+
+
+@pytest.mark.parametrize("num_points", [3000, 500])
+def test_exported_scene_segmenter_labels_other_sizes_in_onnxruntime(scene_export, num_points):
+    """Exported at 2,000 points, the ONNX file labels a crop of another size in onnxruntime as eager does
+    (same argmax at every point, logits within 1e-4)."""
+    from pcattn.export import example_scene, run_exported
+
+    model, exported = scene_export
+    assert exported.kind == "scene segmenter" and exported.min_points <= 500
+    points = example_scene(num_points, 6, seed=num_points)
+    with torch.no_grad():
+        expected = model(points[None], points[None, :, :3])[0]
+    got = run_exported(exported.path, "onnx", points)
+    assert got.shape == (num_points, 5)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    assert (got - expected).abs().max() <= 1e-4
+
+
+def test_part_segmenter_exports_with_its_category_input(tmp_path):
+    """A part segmenter (category input) to torch.export: another batch and number of points, with the
+    categories, equal eager; TorchScript refuses a scene segmenter by name, before anything is written."""
+    from pcattn.export import example_clouds, export_model, run_exported
+
+    torch.manual_seed(0)
+    model = create_model("pt-seg-tiny-vector", num_classes=6, num_categories=2, widths=(16, 32), depths=(1, 1),
+                         k=8).eval()
+    exported = export_model(model, tmp_path / "parts.pt2", "torch-export", num_points=32, check=False)
+    assert exported.kind == "part segmenter"
+    clouds, category = example_clouds(3, 45, seed=3), torch.tensor([1, 0, 1])
+    with torch.no_grad():
+        expected = model(None, clouds, category=category)
+    got = run_exported(exported.path, "torch-export", clouds, category)
+    assert got.shape == (3, 45, 6) and (got - expected).abs().max() <= 1e-4
+    scene = create_model("pt-scene-tiny-vector", num_classes=5, in_channels=6)
+    with pytest.raises(ValueError, match="number of voxels depends on the cloud.*onnx or torch-export"):
+        export_model(scene, tmp_path / "scene.pt", "torchscript")
+    assert not (tmp_path / "scene.pt").exists()
 
 
 def test_nothing_queries_the_device_while_compiling(monkeypatch):
@@ -171,7 +275,7 @@ def test_legacy_call_order_warns_once_per_model():
     (["--format", "torchscript", "--out", "afile/x.pt"], r"afile/x.pt: cannot write it, afile is not a folder"),
     (["--format", "torchscript", "--out", "."], "it is a folder"),
     (["--format", "torchscript", "--num-points", "100000000", "--out", "x.pt"],
-     r"num_points 100,000,000: the export would unroll 25,000,000 farthest point sampling steps .*"
+     r"num_points 100,000,000: the TorchScript trace would unroll 25,000,000 farthest point sampling steps .*"
      r"\(2, 100,000,000, 100,000,000\) float32 distance matrix"),
 ])
 def test_export_refuses_early_and_by_name(checkpoint, argv, message, tmp_path, capsys, monkeypatch):

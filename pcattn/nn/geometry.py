@@ -179,7 +179,8 @@ def to_flat(pos: Tensor, *features: Tensor) -> Tuple[Tensor, ...]:
     Returns ``(pos_flat, *features_flat, batch)``; ``batch`` is ``arange(B).repeat_interleave(P)``.
     """
     B, P = pos.shape[:2]
-    batch = torch.arange(B, device=pos.device).repeat_interleave(P)
+    # (an expand, not repeat_interleave: the ONNX exporter mistranslates a repeat_interleave of dynamic sizes)
+    batch = torch.arange(B, device=pos.device)[:, None].expand(B, P).reshape(B * P)
     flat = [t.reshape(B * P, *t.shape[2:]) for t in (pos, *features)]
     return (*flat, batch)
 
@@ -473,14 +474,17 @@ def _knn_recorded(points: Tensor, k: int, queries: Optional[Tensor] = None, clou
     ONNX ``Loop``), so the memory is ``B x 256 x P`` distances, not ``B x M x P``; ``k`` columns at infinity after the cloud
     keep ``topk`` valid for a cloud smaller than ``k`` (a size the graph cannot know).
     """
-    from torch._higher_order_ops import while_loop
+    from torch._higher_order_ops.while_loop import while_loop_op
 
     self_query = queries is None
     if points.dtype in (torch.float16, torch.bfloat16):
         points, queries = points.float(), None if self_query else queries.float()
     # (a loop's body may not see one tensor under two names: the self-search copies its queries)
     queries = points.clone() if self_query else queries
-    if clouds is not None and (self_query or query_clouds is None):
+    if clouds is None:   # (every point in one cloud: ids that all agree)
+        clouds = torch.zeros_like(points[..., 0], dtype=torch.long)
+        query_clouds = torch.zeros_like(queries[..., 0], dtype=torch.long)
+    elif self_query or query_clouds is None:
         query_clouds = clouds.clone()
     B, M = points.shape[0], queries.shape[1]
     chunk = RECORDED_QUERY_CHUNK
@@ -489,24 +493,26 @@ def _knn_recorded(points: Tensor, k: int, queries: Optional[Tensor] = None, clou
     # the last query row as a tensor (the loop takes no size that grid pooling's data decides)
     last_row = torch.ones_like(queries[0, :, 0], dtype=torch.long).sum() - 1
 
-    def more(start: Tensor, index: Tensor):
+    def more(start, index, points, queries, clouds, query_clouds, offsets, beyond, last_row):
         return start <= last_row
 
-    def search(start: Tensor, index: Tensor):
+    def search(start, index, points, queries, clouds, query_clouds, offsets, beyond, last_row):
         rows = torch.minimum(start + offsets, last_row)    # (the last chunk repeats the last row)
         query = queries.index_select(1, rows)
         # squared differences axis by axis (no (B, chunk, P, 3) tensor), as the static path
         dist = sum((query[:, :, None, axis] - points[:, None, :, axis]).square() for axis in range(3))
-        if clouds is not None:
-            dist = dist.masked_fill(query_clouds.index_select(1, rows)[:, :, None] != clouds[:, None, :],
-                                    float("inf"))
+        other_cloud = query_clouds.index_select(1, rows)[:, :, None] != clouds[:, None, :]
+        dist = dist.masked_fill(other_cloud, float("inf"))
         values, found = torch.cat([dist, beyond], dim=2).topk(k, dim=2, largest=False, sorted=True)
         found = torch.where(torch.isinf(values), torch.full_like(found, -1), found)
         return start + chunk, index.index_copy(1, rows, found)
 
     start = torch.zeros((), dtype=torch.long, device=points.device)
     empty = torch.full((B, M, k), -1, dtype=torch.long, device=points.device)
-    index = while_loop(more, search, (start, empty))[1]
+    # the operator itself, every tensor passed in: traced once as a graph (the public while_loop would
+    # run Dynamo over the body, seconds per call)
+    index = while_loop_op(more, search, (start, empty),
+                          (points, queries, clouds, query_clouds, offsets, beyond, last_row))[1]
     if self_query:
         rows = torch.arange(M, device=index.device).repeat(B)
         index = _self_first(index.reshape(B * M, k), rows).view(B, M, k)
@@ -644,15 +650,16 @@ def _fps_loop(points: Tensor, m: int) -> Tensor:
     """Farthest point sampling of ``points (B, P, 3)`` from each cloud's first point, ``m`` kept points as
     ``(B, m)`` local indices, written as a ``while_loop``: ``torch.export`` records one step (an ONNX
     ``Loop``), not ``m`` unrolled steps, and ``P`` and ``m`` stay dynamic. The same steps as the eager loop."""
-    from torch._higher_order_ops import while_loop
+    from torch._higher_order_ops.while_loop import while_loop_op
 
     B, P = points.shape[:2]
     columns = torch.arange(m, device=points.device)[None, :]
+    last_step = torch.ones_like(columns).sum() - 1     # m - 1 as a tensor
 
-    def keep_going(step, dist, chosen, current):
-        return step < m
+    def keep_going(step, dist, chosen, current, points, columns, last_step):
+        return step <= last_step
 
-    def choose(step, dist, chosen, current):
+    def choose(step, dist, chosen, current, points, columns, last_step):
         chosen = torch.where(columns == step, current[:, None], chosen)
         last = points.gather(1, current[:, None, None].expand(-1, 1, 3))                  # (B, 1, 3)
         diff = points - last
@@ -665,7 +672,8 @@ def _fps_loop(points: Tensor, m: int) -> Tensor:
              points.new_full((B, P), float("inf")),
              torch.zeros((B, m), dtype=torch.long, device=points.device),
              torch.zeros(B, dtype=torch.long, device=points.device))
-    return while_loop(keep_going, choose, start)[2]
+    # the operator itself, every tensor passed in (see _knn_recorded)
+    return while_loop_op(keep_going, choose, start, (points, columns, last_step))[2]
 
 
 def fps_equal_clouds(pos: Tensor, ratio: float, clouds: int) -> Tensor:
