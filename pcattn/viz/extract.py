@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import ATTENTION_LAYERS, RecordedAttention, ScalarSelfAttention, VectorSelfAttention
+from ..nn.geometry import cloud_start_rows
 
 __all__ = ["LayerAttention", "AttentionExtraction", "attention_layer_names", "extract_attention", "select_layer",
            "reduce_groups"]
@@ -32,7 +33,8 @@ class LayerAttention:
         (All tensors are on the CPU, whatever the model's device.)
         weights: ``(N, K, G)`` attention weights (G = groups or heads), 0 for empty slots.
         neighbors: ``(N, K)`` rows of ``pos`` (``-1`` = empty slot).
-        pos: ``(N, 3)`` positions of the layer's points (a subset of the input's in deeper layers).
+        pos: ``(N, 3)`` positions of the layer's points (a subset of the input's in deeper layers, or
+            the voxels' mean positions after grid pooling), in the input's frame.
         batch: ``(N,)`` cloud id of each row.
     """
 
@@ -75,6 +77,22 @@ def _kind(module: nn.Module) -> str:
     if isinstance(module, ScalarSelfAttention):
         return "scalar"
     return type(module).__name__
+
+
+def _cloud_origins(model: nn.Module, pos: Tensor, batch: Optional[Tensor]) -> Optional[Tensor]:
+    """``(B, 3)`` the first point of each input cloud when ``model``'s layers see positions relative to it
+    (an :class:`~pcattn.models.encoder.Encoder` with grid pooling subtracts it: exact in float32 far from
+    the origin), so the recorded positions are moved back into the input's frame; else ``None``."""
+    from ..models.encoder import Encoder
+
+    if not any(isinstance(module, Encoder) and module.grid_sizes is not None for module in model.modules()):
+        return None
+    if pos.dim() == 3:            # dense (B, P, 3): each cloud's first row
+        return pos[:, 0].detach().float().cpu()
+    if batch is None:
+        return pos[:1].detach().float().cpu()
+    starts = torch.unique(cloud_start_rows(batch))   # sorted batch: the first row of each cloud, in cloud order
+    return pos[starts].detach().float().cpu()
 
 
 def _call_model(model: nn.Module, pos: Tensor, x: Optional[Tensor], batch: Optional[Tensor],
@@ -145,14 +163,18 @@ def extract_attention(
             module.last_attention = None
         with torch.no_grad():
             output = forward(model) if forward is not None else _call_model(model, pos, x, batch, category)
+        origins = _cloud_origins(model, pos, batch) if forward is None else None
         layers = []
         for name, module in modules:
             recorded: Optional[RecordedAttention] = module.last_attention
             if recorded is None:  # the layer exists but the forward pass did not use it
                 continue
+            layer_pos, layer_batch = recorded.pos.float().cpu(), recorded.batch.cpu()
+            if origins is not None:   # back from the encoder's cloud-relative frame to the input's
+                layer_pos = layer_pos + origins[layer_batch]
             # indices count the layers that ran (as select_layer does); values are computed on the CPU
             layers.append(LayerAttention(name, len(layers), _kind(module), recorded.weights.float().cpu(),
-                                         recorded.neighbors.cpu(), recorded.pos.float().cpu(), recorded.batch.cpu()))
+                                         recorded.neighbors.cpu(), layer_pos, layer_batch))
     finally:
         for (_, module), (record, last) in zip(modules, saved):
             module.record_attention = record

@@ -11,7 +11,7 @@ import os
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -42,13 +42,20 @@ def _fit(text: str, characters: int) -> str:
     return text if len(text) <= characters else text[: max(1, characters - 3)] + "..."
 
 
+# The legend column: a square swatch per entry, its name beside it.
+LEGEND_SWATCH, LEGEND_LINE = 12, 17
+
+
 def compose_figure(rows: Sequence[FigureRow], title: str = "", path=None, colorbar: bool = True,
-                   view_titles: Optional[Sequence[str]] = None, footer: str = "") -> np.ndarray:
+                   view_titles: Optional[Sequence[str]] = None, footer: str = "",
+                   legend: Optional[Sequence[Tuple[str, Sequence[float]]]] = None) -> np.ndarray:
     """Tile rendered views (rows x views) with row captions, a title and a colour bar per row.
 
     Images are placed pixel for pixel (no resampling), so the rendered colours reach the file
     unchanged. ``view_titles`` label the columns (under the last row), ``footer`` is a line of
-    small text at the bottom (a legend). Writes a PNG to ``path`` if given.
+    small text at the bottom (a legend). ``legend`` ``[(name, rgb in [0, 1]), ...]`` adds a column
+    on the right with a square swatch of each colour (exactly that colour, ``LEGEND_SWATCH`` pixels
+    wide) and its name, from the top of the first row down. Writes a PNG to ``path`` if given.
 
     Returns:
         The composed ``(H, W, 3)`` uint8 image.
@@ -66,11 +73,15 @@ def compose_figure(rows: Sequence[FigureRow], title: str = "", path=None, colorb
     columns = max(len(row.images) for row in rows)
     gap, header, top = 8, 30, (44 if title else 8)
     bar = 110 if colorbar else 0
-    total_w = gap + columns * (w + gap) + bar
+    legend = list(legend or [])
+    # about 7 px per character at 9 pt (and a margin), after the swatch and a space
+    legend_w = (2 * gap + LEGEND_SWATCH + 6 + int(7.5 * max(len(name) for name, _ in legend))) if legend else 0
+    total_w = gap + columns * (w + gap) + bar + legend_w
     # the legend wraps to the picture's width (about 6 px per character at 8 pt)
     footer_lines = textwrap.wrap(footer, max(20, (total_w - gap) // 6)) if footer else []
     bottom = 10 + 12 * len(footer_lines) if footer_lines else 0
     total_h = top + len(rows) * (header + h + gap) + bottom
+    total_h = max(total_h, top + header + len(legend) * LEGEND_LINE + gap + bottom)
     dpi = 100
     figure = Figure(figsize=(total_w / dpi, total_h / dpi), dpi=dpi, facecolor="white")
     canvas = FigureCanvasAgg(figure)
@@ -97,6 +108,16 @@ def compose_figure(rows: Sequence[FigureRow], title: str = "", path=None, colorb
             bar_ = figure.colorbar(mappable, cax=cax)
             bar_.set_label(row.label, fontsize=8)
             bar_.ax.tick_params(labelsize=7)
+    for number, (name, color) in enumerate(legend):
+        y = top + header + number * LEGEND_LINE                  # top edge of the swatch, in pixels from the top
+        x = total_w - legend_w + gap
+        swatch = figure.add_axes([x / total_w, 1 - (y + LEGEND_SWATCH) / total_h, LEGEND_SWATCH / total_w,
+                                  LEGEND_SWATCH / total_h])
+        swatch.imshow(np.full((LEGEND_SWATCH, LEGEND_SWATCH, 3), np.round(np.asarray(color) * 255), dtype=np.uint8),
+                      interpolation="nearest", aspect="auto")
+        swatch.set_axis_off()
+        figure.text((x + LEGEND_SWATCH + 6) / total_w, 1 - (y + LEGEND_SWATCH / 2) / total_h, name, ha="left",
+                    va="center", fontsize=9)
     if footer_lines:
         figure.text(gap / total_w, 6 / total_h, "\n".join(footer_lines), ha="left", va="bottom",
                     fontsize=8, color="0.3", linespacing=1.25)
@@ -116,7 +137,8 @@ class RowResult(NamedTuple):
     layer: LayerAttention
     values: PointValues
     colors: np.ndarray           # (P, 3)
-    probabilities: Optional[Tensor]   # (num_classes,) softmax of a classifier's logits, else None
+    probabilities: Optional[Tensor]   # softmax of the logits: a classifier's (num_classes,), a segmenter's
+                                      # (P, num_classes), else None
 
 
 class AttentionPicture(NamedTuple):
@@ -136,17 +158,23 @@ def attention_picture(
     size: Tuple[int, int] = (480, 480),
     up_axis: int = 1,
     backend: str = "auto",
-    title: str = "",
+    title: Union[str, Callable[[List["RowResult"]], str]] = "",
     path=None,
     colorbar: bool = True,
     category: Optional[int] = None,
+    zoom: Optional[float] = None,
+    query_name: Optional[str] = None,
 ) -> AttentionPicture:
     """Extract, colour, render and tile: one row per (model, layer), one column per view.
 
     ``models`` is one model or ``[(name, model), ...]`` (e.g. vector and scalar checkpoints side by
     side); ``layers`` lists layer indices or names (``None`` = first attention layer), each its own
     row. ``pos (P, 3)`` is one cloud, ``x (P, C)`` its features; ``category`` is its object
-    category id, which part segmenters take (``None`` for classifiers). Writes a PNG to ``path`` if given.
+    category id, which part segmenters take (``None`` for classifiers). ``title`` may be a function
+    of the rows' results (:class:`RowResult`: e.g. to name what the models predict). ``zoom``
+    (``"query"`` mode, a room rather than an object): each row draws only the points within ``zoom``
+    times the radius of the query's neighbourhood in that layer (at least 1). ``query_name`` names the
+    query in captions (default ``"point <query>"``). Writes a PNG to ``path`` if given.
     """
     if isinstance(models, nn.Module):
         models = [("", models)]
@@ -155,19 +183,26 @@ def attention_picture(
         raise ValueError(f"pos must be one cloud (P, 3), got {tuple(pos.shape)}")
     if mode == "query" and (isinstance(query, bool) or not 0 <= int(query) < pos.shape[0]):
         raise ValueError(f"query {query} out of range: the cloud has {pos.shape[0]} points (0..{pos.shape[0] - 1})")
+    if zoom is not None and (mode != "query" or not zoom >= 1):
+        raise ValueError(f"zoom must be None, or at least 1 in 'query' mode, got zoom={zoom!r} in mode {mode!r}")
     results, figure_rows = [], []
     for name, model in models:
         extraction = extract_attention(model, pos, x, category=category)
         output = extraction.output
-        probabilities = torch.softmax(output[0].float(), -1) if isinstance(output, Tensor) and output.dim() == 2 else None
+        # a classifier's (1, num_classes), a segmenter's (1, P, num_classes): the first cloud's
+        probabilities = torch.softmax(output[0].float(), -1) if isinstance(output, Tensor) and output.dim() in (2, 3) \
+            else None
         for which in layers:
             layer = select_layer(extraction.layers, which)
             values = point_values(layer, pos, mode=mode, query=query, reduce=reduce)
             colors = values.colors()
-            images = render_views(pos, colors, views, size, values.query_point, values.neighborhood, up_axis, backend)
+            if mode == "query" and query_name is not None:
+                values.label = f"weight from {query_name}"
+            drawn, highlight, neighborhood, within = _zoomed(pos, values, zoom)
+            images = render_views(pos[drawn], colors[drawn], views, size, highlight, neighborhood, up_axis, backend)
             caption = f"{name + ': ' if name else ''}layer {layer.index} {layer.name} ({layer.kind}, " \
-                      f"{layer.pos.shape[0]} pts), " + (f"query point {query}" if mode == "query" else "received") + \
-                      (f", {reduce} over groups" if reduce != "mean" else "")
+                      f"{layer.pos.shape[0]} pts), " + (f"query {query_name or f'point {query}'}" if mode == "query" else "received") + \
+                      (f", {reduce} over groups" if reduce != "mean" else "") + within
             results.append(RowResult(name, layer, values, colors, probabilities))
             figure_rows.append(FigureRow(images, caption, values.vmin, values.vmax, values.label))
     view_titles = [f"azimuth {a:.0f}, elevation {e:.0f}" for a, e in view_angles(views)]
@@ -177,8 +212,25 @@ def attention_picture(
                   "neighbourhood (weight 0)")
     else:
         footer = "colour: total attention weight each point receives from the other points whose neighbourhood holds it"
+    if callable(title):
+        title = title(results)
     image = compose_figure(figure_rows, title, path, colorbar, view_titles, footer)
     return AttentionPicture(image, results)
+
+
+def _zoomed(pos: Tensor, values: PointValues, zoom: Optional[float]):
+    """``(drawn rows (M,), the query's row among them, its neighbours' rows among them, a caption)``: every
+    point when ``zoom`` is ``None``, else those within ``zoom`` times the neighbourhood's radius of the query."""
+    if zoom is None:
+        return slice(None), values.query_point, values.neighborhood, ""
+    distance = torch.linalg.vector_norm(pos - pos[values.query_point], dim=1)
+    reach = float(distance[torch.as_tensor(values.neighborhood, dtype=torch.long)].max()) \
+        if len(values.neighborhood) else 0.0
+    radius = zoom * max(reach, 1e-6)
+    drawn = (distance <= radius).nonzero().flatten().numpy()
+    local = np.full(pos.shape[0], -1)
+    local[drawn] = np.arange(len(drawn))
+    return drawn, int(local[values.query_point]), local[values.neighborhood], f", points within {radius:.2f} of it"
 
 
 def write_ply(path, pos: Union[Tensor, np.ndarray], colors: np.ndarray) -> Path:

@@ -66,7 +66,10 @@ def _camera(pos: np.ndarray, azimuth: float, elevation: float, up_axis: int, fov
     center = (pos.min(0) + pos.max(0)) / 2
     radius = max(float(np.linalg.norm(pos - center, axis=1).max()), 1e-6)
     distance = radius / math.sin(math.radians(fov) / 2) * 1.05
-    return center, center + distance * direction, up
+    # the picture's up: the up axis made orthogonal to the view (Filament turns a look-at whose up is
+    # nearly the view direction, as from above, by 90 degrees)
+    image_up = up - (up @ direction) * direction
+    return center, center + distance * direction, image_up / np.linalg.norm(image_up)
 
 
 def _draw_ring(image: np.ndarray, x: float, y: float, radius: float, color, width: float = 2.5) -> None:
@@ -138,7 +141,24 @@ def _offscreen_renderer(width: int, height: int):
     return renderer
 
 
-def _render_open3d(pos, colors, angles, size, sizes, highlight, neighborhood, up_axis, fov):
+def _orthographic_frame(pos: np.ndarray, center: np.ndarray, eye: np.ndarray, up: np.ndarray, aspect: float
+                        ) -> Tuple[float, float, float, float]:
+    """``(half_width, half_height, near, far)`` of an orthographic camera at ``eye`` looking at ``center`` that
+    shows every point of ``pos`` in an image of ``aspect`` = width / height, with a 5% margin."""
+    forward = (center - eye) / np.linalg.norm(center - eye)
+    right = np.cross(forward, up)
+    right /= max(float(np.linalg.norm(right)), 1e-12)
+    image_up = np.cross(right, forward)
+    offsets = pos - center
+    half_height = max(float(np.abs(offsets @ image_up).max()), float(np.abs(offsets @ right).max()) / aspect, 1e-6)
+    half_height *= 1.05
+    depth = (pos - eye) @ forward
+    span = max(float(depth.max() - depth.min()), 1e-6)
+    return half_height * aspect, half_height, max(float(depth.min()) - 0.05 * span, 1e-6), \
+        float(depth.max()) + 0.05 * span
+
+
+def _render_open3d(pos, colors, angles, size, sizes, highlight, neighborhood, up_axis, fov, orthographic):
     import open3d as o3d
     from open3d.visualization import rendering
 
@@ -169,6 +189,10 @@ def _render_open3d(pos, colors, angles, size, sizes, highlight, neighborhood, up
     for azimuth, elevation in angles:
         center, eye, up = _camera(pos, azimuth, elevation, up_axis, fov)
         renderer.setup_camera(fov, center, eye, up)
+        if orthographic:
+            half_width, half_height, near, far = _orthographic_frame(pos, center, eye, up, width / height)
+            scene.camera.set_projection(rendering.Camera.Projection.Ortho, -half_width, half_width, -half_height,
+                                        half_height, near, far)
         image = np.array(renderer.render_to_image())[..., :3]
         if highlight is not None:
             camera = scene.camera
@@ -185,7 +209,7 @@ def _render_open3d(pos, colors, angles, size, sizes, highlight, neighborhood, up
 MATPLOTLIB_MAX_POINTS = 100_000
 
 
-def _render_matplotlib(pos, colors, angles, size, sizes, highlight, neighborhood, up_axis, fov):
+def _render_matplotlib(pos, colors, angles, size, sizes, highlight, neighborhood, up_axis, fov, orthographic):
     require("matplotlib", "viz", "rendering (Open3D cannot render here, and the matplotlib fallback)")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -209,10 +233,19 @@ def _render_matplotlib(pos, colors, angles, size, sizes, highlight, neighborhood
         ax = figure.add_axes([0, 0, 1, 1], projection="3d", facecolor=BACKGROUND)
         ax.computed_zorder = False   # draw the collections in order: neighbourhood and query on top
         ax.view_init(elev=elevation, azim=azimuth, vertical_axis="xyz"[up_axis])   # same angles as _camera
-        ax.set_xlim(center[0] - radius, center[0] + radius)
-        ax.set_ylim(center[1] - radius, center[1] + radius)
-        ax.set_zlim(center[2] - radius, center[2] + radius)
-        ax.set_box_aspect((1, 1, 1), zoom=1.25)
+        if orthographic:   # a box around the cloud with equal units on every axis: it fills more of the image
+            ax.set_proj_type("ortho")
+            low, high = pos.min(0), pos.max(0)
+            extent = np.maximum(high - low, 1e-3 * radius)
+            for set_limits, lo, hi in zip((ax.set_xlim, ax.set_ylim, ax.set_zlim), center - extent / 2,
+                                          center + extent / 2):
+                set_limits(lo, hi)
+            ax.set_box_aspect(tuple(extent / extent.max()), zoom=1.0)
+        else:
+            ax.set_xlim(center[0] - radius, center[0] + radius)
+            ax.set_ylim(center[1] - radius, center[1] + radius)
+            ax.set_zlim(center[2] - radius, center[2] + radius)
+            ax.set_box_aspect((1, 1, 1), zoom=1.25)
         ax.set_axis_off()
         if len(rest):
             ax.scatter(*pos[rest].T, c=colors[rest], s=area(base), depthshade=False, linewidths=0)
@@ -260,6 +293,7 @@ def render_views(
     backend: str = "auto",
     point_size: Optional[float] = None,
     fov: float = 40.0,
+    orthographic: bool = False,
 ) -> List[np.ndarray]:
     """Render a coloured cloud from one or more camera directions.
 
@@ -278,7 +312,9 @@ def render_views(
             ``"auto"`` (Open3D, else matplotlib with a warning; env ``PCATTN_RENDERER`` overrides).
             matplotlib draws at most :data:`MATPLOTLIB_MAX_POINTS` ordinary points (a fixed even subset).
         point_size: pixel size of ordinary points (default from the image size and point count).
-        fov: vertical field of view in degrees.
+        fov: vertical field of view in degrees (perspective cameras).
+        orthographic: parallel projection instead of perspective (a floor plan from above keeps its
+            walls straight and thin); Open3D frames the cloud tightly, matplotlib in its bounding cube.
 
     Returns:
         One ``(height, width, 3)`` uint8 image per view.
@@ -303,4 +339,4 @@ def render_views(
     angles = view_angles(views)
     render = _render_open3d if _resolve_backend(backend) == "open3d" else _render_matplotlib
     return render(pos, colors, angles, (width, height), sizes,
-                  None if highlight is None else int(highlight), neighborhood, up_axis, fov)
+                  None if highlight is None else int(highlight), neighborhood, up_axis, fov, bool(orthographic))
