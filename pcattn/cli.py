@@ -363,12 +363,15 @@ def run_plot(args: argparse.Namespace) -> int:
 def add_visualize_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of ``pcattn visualize`` / ``scripts/visualize_attention.py``."""
     parser.add_argument("--checkpoint", required=True, metavar="PT",
-                        help="trained classifier or part segmenter (best.pt / last.pt)")
+                        help="trained classifier, part segmenter or scene segmenter (best.pt / last.pt)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", metavar="FILE", help="a point cloud: .ply .pcd .xyz .txt .npy or .off (mesh)")
+    source.add_argument("--input", metavar="FILE", help="a point cloud: .ply .pcd .xyz .txt .npy or .off (mesh); "
+                                                        "for a scene segmenter a room: .ply, or .npy / .txt "
+                                                        "columns x y z [r g b] [label]")
     source.add_argument("--dataset", metavar="NAME",
                         help="take a sample of a dataset: builtin, modelnet10, modelnet40, builtin-parts, "
-                             "shapenetpart (these two with true parts)")
+                             "shapenetpart (these two with true parts); a room of builtin-rooms, s3dis, scannet "
+                             "or folder for a scene segmenter")
     parser.add_argument("--category", metavar="NAME", default=None,
                         help="part segmenter: the object category of --input (one of the checkpoint's categories; "
                              "a part dataset's sample has its own)")
@@ -381,19 +384,29 @@ def add_visualize_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
                              "several give one row each (default: the first attention layer)")
     parser.add_argument("--query", type=int, default=None,
                         help="--mode query: query point index in the input cloud (default 0)")
-    parser.add_argument("--mode", choices=("query", "received", "parts"), default="query",
-                        help="query: weights the query gives its neighbours; received: total weight each point "
-                             "receives (default query); parts (part segmenter): predicted parts, and with the "
-                             "truth known the true parts and the wrong points")
+    parser.add_argument("--mode", choices=("query", "received", "parts", "semseg"), default="query",
+                        help="query: weights the query gives its neighbours (in a room: zoomed around it); "
+                             "received: total weight each point receives (default query); parts (part segmenter): "
+                             "predicted parts, and with the truth known the true parts and the wrong points; "
+                             "semseg (scene segmenter): a room's predicted classes, true classes and wrong points, "
+                             "from above and in perspective, with the room's mIoU")
+    parser.add_argument("--cut-height", type=float, default=None, metavar="M",
+                        help="--mode semseg: hide the points higher than M above the floor, so the ceiling does "
+                             "not hide the room (default: 70%% of the room's height)")
+    parser.add_argument("--zoom", type=float, default=None,
+                        help="--mode query in a room: draw the points within ZOOM times the radius of the query's "
+                             "neighbourhood (default 3)")
     parser.add_argument("--reduce", default=None, help="over groups/heads: mean (default), max, or an index")
     parser.add_argument("--out", default="attention.png", help="picture to write (PNG; default attention.png)")
     parser.add_argument("--ply", default=None, metavar="PLY",
-                        help="also write the coloured cloud as .ply (--mode parts: the predicted parts' colours)")
+                        help="also write the coloured cloud as .ply (--mode parts: the predicted parts' colours; "
+                             "--mode semseg: every point of the room in its predicted class's colour)")
     parser.add_argument("--compare", default=None, metavar="PT",
                         help="a second checkpoint (e.g. scalar vs vector) shown below the first")
-    parser.add_argument("--views", type=int, default=3, help="fixed camera views side by side (default 3)")
+    parser.add_argument("--views", type=int, default=None, help="fixed camera views side by side (default 3)")
     parser.add_argument("--view", nargs=2, type=float, action="append", metavar=("AZIMUTH", "ELEVATION"),
-                        help="a chosen camera in degrees (repeatable; replaces --views)")
+                        help="a chosen camera in degrees (repeatable; replaces --views; --mode semseg: the "
+                             "perspective cameras beside the view from above)")
     parser.add_argument("--size", type=int, default=420, help="pixels per view (square, default 420)")
     parser.add_argument("--renderer", choices=("auto", "open3d", "matplotlib"), default="auto",
                         help="open3d (headless), matplotlib (fallback), auto (open3d, else matplotlib; default)")
@@ -413,18 +426,26 @@ def run_visualize(args: argparse.Namespace) -> int:
 
     from .engine import check_writable
 
-    views = [tuple(v) for v in args.view] if args.view else args.views
+    views = [tuple(v) for v in args.view] if args.view else (args.views or 3)
     if not Path(args.out).suffix:  # the picture is a PNG: name the file that is really written
         args.out = f"{args.out}.png"
     parts = args.mode == "parts"
     try:
         refuse_unused(_unused_visualize_options(args))
         args.index, args.split = args.index or 0, args.split or "test"
-        args.query, args.reduce, args.sampling = args.query or 0, args.reduce or "mean", args.sampling or "fps"
+        args.reduce = args.reduce or "mean"
         for path in (args.out, args.ply):
             if path:
                 check_writable(path)
         classifiers = viz.load_trained_models([args.checkpoint] + ([args.compare] if args.compare else []))
+        if classifiers[0].is_scene_segmenter:
+            return _visualize_room(args, classifiers)
+        if args.mode == "semseg":
+            raise ValueError(f"--mode semseg needs a scene segmentation checkpoint (pcattn train --task semseg), but "
+                             f"{args.checkpoint} is a {classifiers[0].kind} (--mode parts draws a part segmenter's "
+                             f"parts; --mode query or received the attention)")
+        refuse_unused(_unused_room_options(args))
+        args.query, args.sampling = args.query or 0, args.sampling or "fps"
         if parts and not classifiers[0].is_segmenter:
             raise ValueError(f"--mode parts needs a part segmentation checkpoint, but {args.checkpoint} is a "
                              f"classifier (show its attention with --mode query or --mode received)")
@@ -488,6 +509,89 @@ def run_visualize(args: argparse.Namespace) -> int:
 
 # Clouds larger than this take minutes through a model on a CPU: visualize says so before it starts.
 LARGE_CLOUD = 100_000
+
+
+def _unused_room_options(args: argparse.Namespace):
+    """The options only pictures of rooms take, refused for classifiers and part segmenters."""
+    return [(option, value is not None, "it is an option of pictures of rooms (scene segmenters)")
+            for option, value in (("--cut-height", args.cut_height), ("--zoom", args.zoom))]
+
+
+def _visualize_room(args: argparse.Namespace, segmenters) -> int:
+    """``pcattn visualize`` of scene segmenters: ``--mode semseg`` (a room's classes) or ``--mode query``
+    (the attention of a point of the room, zoomed around it)."""
+    from . import viz
+
+    semseg = args.mode == "semseg"
+    name = segmenters[0].name
+    try:
+        refuse_unused([
+            ("--num-points", args.num_points is not None, "a scene segmenter sees every point of the room"),
+            ("--sampling", args.sampling is not None and args.input is not None,
+             "a scene segmenter sees every point of the room"),
+            ("--up-axis", args.up_axis is not None, "rooms are z-up"),
+            ("--category", args.category is not None, "only part segmenters take an object category"),
+            ("--compare", semseg and args.compare is not None, "--mode semseg draws one checkpoint's classes"),
+            ("--views", semseg and args.views is not None, "--mode semseg draws the room from above and in "
+                                                           "perspective; choose the perspective cameras with --view"),
+            ("--cut-height", not semseg and args.cut_height is not None, "it hides the ceiling in --mode semseg"),
+            ("--zoom", semseg and args.zoom is not None, "it frames the query point in --mode query"),
+        ])
+        if args.mode not in ("semseg", "query"):
+            raise ValueError(f"--mode {args.mode} does not apply to {name}, a scene segmenter: --mode semseg draws "
+                             f"a room's classes, --mode query the attention of one of its points")
+        room = viz.checkpoint_room(segmenters[0], input_file=args.input, dataset=args.dataset, index=args.index,
+                                   split=args.split, data_root=args.data_root)
+        if room.num_points > LARGE_CLOUD:  # minutes on a CPU: say what runs
+            print(f"pcattn visualize: running {name} on {room.num_points:,} points...", file=sys.stderr, flush=True)
+        size = (args.size, args.size)
+        if semseg:
+            perspective = [tuple(v) for v in args.view] if args.view else viz.PERSPECTIVE_VIEWS
+            result = viz.checkpoint_semseg_picture(segmenters[0], room, title=args.title, perspective=perspective,
+                                                   size=size, cut_height=args.cut_height, backend=args.renderer,
+                                                   path=args.out)
+        else:
+            views = [tuple(v) for v in args.view] if args.view else (args.views or 3)
+            result = viz.checkpoint_room_attention(segmenters, room, query=args.query or 0, title=args.title,
+                                                   zoom=3.0 if args.zoom is None else args.zoom,
+                                                   layers=args.layer or [None], reduce=args.reduce, views=views,
+                                                   size=size, backend=args.renderer, path=args.out)
+    except (OSError, ValueError, ImportError, viz.RenderingUnavailable) as error:
+        print(f"pcattn visualize: error: {error}", file=sys.stderr)
+        return 2
+
+    height, width = result.picture.image.shape[:2]
+    if semseg:
+        segmentation = result.segmentation
+        print(f"{name}: {room.source}, {room.num_points:,} points: {segmentation.describe()}")
+        if segmentation.metrics is None:
+            print(f"note: {room.source} holds no true labels: only the predicted classes are drawn")
+        else:
+            scored = [f"{cls} {iou:.2f}" for cls, iou in segmentation.metrics["iou"].items() if iou is not None]
+            print("IoU per class: " + ", ".join(scored))
+        print(f"wrote {args.out} ({len(result.picture.captions)} row(s) x {len(result.picture.view_titles)} view(s), "
+              f"{width}x{height} px)")
+        pos = room.sample["pos"]
+        colors = viz.label_colors(segmentation.labels, len(segmenters[0].classes))
+        ply_note = f"every point of the room in the colour of the class {name} predicts"
+    else:
+        rows = result.picture.rows
+        print(f"{room.source}, {room.num_points:,} points: point {args.query or 0}; predicted: "
+              + " | ".join(result.predictions))
+        print(f"wrote {args.out} ({len(rows)} row(s) x {len(viz.view_angles(views))} view(s), {width}x{height} px)")
+        first = rows[0]
+        pos, colors = result.pos, first.colors
+        ply_note = f"the grid fragment the model saw, coloured by layer {first.layer.index}'s weights"
+    if args.ply:
+        try:
+            viz.write_ply(args.ply, pos, colors)
+        except (ValueError, OSError) as error:
+            print(f"pcattn visualize: error: {error}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.ply} ({ply_note})")
+    if args.show:
+        print("pcattn visualize: --show: not available for rooms; open the --ply file in a viewer", file=sys.stderr)
+    return 0
 
 
 def _unused_visualize_options(args: argparse.Namespace):

@@ -13,7 +13,10 @@ The pipeline, one function per step::
 or all of it at once with :func:`attention_picture` (:func:`checkpoint_picture` for trained
 checkpoints, as ``pcattn visualize`` does; classifiers and part segmenters alike). A part
 segmenter's predicted parts, true parts and wrong points are drawn by :func:`parts_picture`
-(:func:`checkpoint_parts_picture` for a checkpoint, ``pcattn visualize --mode parts``). Rendering uses Open3D's headless
+(:func:`checkpoint_parts_picture` for a checkpoint, ``pcattn visualize --mode parts``); a room's predicted
+classes, true classes and wrong points, from above and in perspective, by :func:`semseg_picture`
+(:func:`checkpoint_semseg_picture`, ``pcattn visualize --mode semseg``), and the attention of a point of
+a room, zoomed around it, by :func:`checkpoint_room_attention`. Rendering uses Open3D's headless
 ``OffscreenRenderer`` (software Vulkan from Debian's ``mesa-vulkan-drivers``); when it is not
 available a matplotlib scatter renderer draws the same picture (``backend="matplotlib"``, or
 automatically with a warning for ``backend="auto"``). Open3D and matplotlib are imported lazily.
@@ -27,6 +30,7 @@ Modules, each importing only those above it:
 * :mod:`~pcattn.viz.render`: cameras, the Open3D and matplotlib renderers;
 * :mod:`~pcattn.viz.figures`: composed pictures, :func:`attention_picture`, ``.ply`` files, windows;
 * :mod:`~pcattn.viz.parts`: part colours and part-segmentation pictures;
+* :mod:`~pcattn.viz.scenes`: class colours and pictures of rooms (semantic segmentation);
 * :mod:`~pcattn.viz.checkpoint`: pictures of trained checkpoints (their input and predictions);
 * :mod:`~pcattn.viz.plots`: training plots (independent of the rest).
 
@@ -34,9 +38,11 @@ Modules, each importing only those above it:
 """
 from ..data.cloud import load_cloud, prepare_cloud
 from ..deprecation import renamed_attributes
-from .checkpoint import (CheckpointInput, CheckpointPartsPicture, CheckpointPicture, Segmentation, TrainedModel,
-                         checkpoint_input, checkpoint_parts_picture, checkpoint_picture, load_trained_models,
-                         predictions, segment)
+from .checkpoint import (SCENE_DATASETS, CheckpointInput, CheckpointPartsPicture, CheckpointPicture,
+                         CheckpointScenePicture, RoomAttentionPicture, RoomInput, SceneSegmentation, Segmentation,
+                         TrainedModel, checkpoint_input, checkpoint_parts_picture, checkpoint_picture, checkpoint_room,
+                         checkpoint_room_attention, checkpoint_semseg_picture, load_trained_models, predictions,
+                         segment, segment_scene)
 from .extract import (AttentionExtraction, LayerAttention, attention_layer_names, extract_attention, reduce_groups,
                       select_layer)
 from .figures import (AttentionPicture, FigureRow, RowResult, attention_picture, compose_figure, has_display,
@@ -44,6 +50,8 @@ from .figures import (AttentionPicture, FigureRow, RowResult, attention_picture,
 from .parts import (RIGHT_COLOR, WRONG_COLOR, PartsPicture, error_colors, part_colors, part_legend, part_palette,
                     parts_picture)
 from .plots import plot_run
+from .scenes import (MAX_DRAWN_POINTS, PERSPECTIVE_VIEWS, TOP_VIEW, UNLABELLED_COLOR, DrawnPoints, ScenePicture,
+                     class_legend, class_palette, drawn_points, label_colors, scene_error_colors, semseg_picture)
 from .render import (BACKENDS, BACKGROUND, DEBIAN_RENDER_PACKAGES, RENDER_HELP, RenderingUnavailable,
                      open3d_rendering_available, render_views, view_angles)
 from .values import INACTIVE_COLOR, MODES, QUERY_COLOR, PointValues, colorize, point_values
@@ -90,6 +98,27 @@ __all__ = [
     "error_colors",
     "part_legend",
     "parts_picture",
+    "SCENE_DATASETS",
+    "RoomInput",
+    "SceneSegmentation",
+    "CheckpointScenePicture",
+    "RoomAttentionPicture",
+    "checkpoint_room",
+    "segment_scene",
+    "checkpoint_semseg_picture",
+    "checkpoint_room_attention",
+    "ScenePicture",
+    "DrawnPoints",
+    "semseg_picture",
+    "class_palette",
+    "class_legend",
+    "label_colors",
+    "scene_error_colors",
+    "drawn_points",
+    "UNLABELLED_COLOR",
+    "TOP_VIEW",
+    "PERSPECTIVE_VIEWS",
+    "MAX_DRAWN_POINTS",
     "WRONG_COLOR",
     "RIGHT_COLOR",
     "QUERY_COLOR",

@@ -22,7 +22,7 @@ the part metrics (:mod:`pcattn.engine.metrics`) and the datasets are imported wh
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,10 +31,13 @@ from torch import Tensor, nn
 from ..deprecation import renamed_attributes
 from .figures import AttentionPicture, attention_picture
 from .parts import PartsPicture, parts_picture
+from .scenes import ScenePicture, semseg_picture
 
 __all__ = ["TrainedModel", "CheckpointInput", "CheckpointPicture", "Segmentation", "CheckpointPartsPicture",
            "load_trained_models", "checkpoint_input", "predictions", "segment", "checkpoint_picture",
-           "checkpoint_parts_picture"]
+           "checkpoint_parts_picture", "SCENE_DATASETS", "RoomInput", "SceneSegmentation", "CheckpointScenePicture",
+           "checkpoint_room", "segment_scene", "checkpoint_semseg_picture", "checkpoint_room_attention",
+           "RoomAttentionPicture"]
 
 
 class TrainedModel(NamedTuple):
@@ -47,15 +50,22 @@ class TrainedModel(NamedTuple):
     train_config: Dict         # the run's training settings ({} for a checkpoint without them)
     categories: Optional[List[str]] = None              # a segmenter's object categories (index = category id)
     category_parts: Optional[List[List[int]]] = None    # a segmenter's global part ids of each category
+    scene: bool = False        # a scene segmenter (semantic segmentation of rooms: no category input)
 
     @property
     def is_segmenter(self) -> bool:
+        """A part segmenter (it takes the object category)."""
         return self.categories is not None
 
     @property
+    def is_scene_segmenter(self) -> bool:
+        """A scene segmenter: one class per point of a room, colours as input (``pcattn train --task semseg``)."""
+        return self.scene
+
+    @property
     def kind(self) -> str:
-        """``"part segmenter"`` or ``"classifier"``, for messages."""
-        return "part segmenter" if self.is_segmenter else "classifier"
+        """``"scene segmenter"``, ``"part segmenter"`` or ``"classifier"``, for messages."""
+        return "scene segmenter" if self.scene else "part segmenter" if self.is_segmenter else "classifier"
 
 
 class CheckpointInput(NamedTuple):
@@ -125,19 +135,24 @@ def load_trained_models(checkpoints: Sequence) -> List[TrainedModel]:
     models: List[TrainedModel] = []
     for path in checkpoints:
         model, classes, checkpoint = load_model(path)
-        segmenter = checkpoint.get("kind") == SEGMENTER_KIND
+        # a segmenter without object categories labels the points of scenes
+        segmenter = checkpoint.get("kind") == SEGMENTER_KIND and checkpoint.get("categories") is not None
+        scene = checkpoint.get("kind") == SEGMENTER_KIND and not segmenter
         loaded = TrainedModel(
             _short(path), model, classes, checkpoint.get("train_config") or {},
             list(checkpoint["categories"]) if segmenter else None,
-            [[int(p) for p in parts] for parts in checkpoint["category_parts"]] if segmenter else None)
+            [[int(p) for p in parts] for parts in checkpoint["category_parts"]] if segmenter else None, scene)
         if models:
             first = models[0]
             if model.in_channels != first.model.in_channels:
                 raise ValueError(f"{path} takes {model.in_channels} input channels but {checkpoints[0]} "
                                  f"takes {first.model.in_channels}: they cannot see the same input")
-            if loaded.is_segmenter != first.is_segmenter:
+            if loaded.kind != first.kind:
                 raise ValueError(f"{path} is a {loaded.kind} but {checkpoints[0]} is a {first.kind}: "
                                  f"compare checkpoints of one kind")
+            if loaded.scene and loaded.classes != first.classes:
+                raise ValueError(f"{path} labels other classes than {checkpoints[0]} ({', '.join(loaded.classes)} vs "
+                                 f"{', '.join(first.classes)}): they cannot be scored on the same labels")
             if loaded.is_segmenter and (loaded.categories, loaded.category_parts, loaded.classes) != \
                     (first.categories, first.category_parts, first.classes):
                 raise ValueError(f"{path} segments other categories or parts than {checkpoints[0]}: "
@@ -212,6 +227,9 @@ def checkpoint_input(
 
     if (input_file is None) == (dataset is None):
         raise ValueError("give exactly one of input_file and dataset")
+    if classifier.is_scene_segmenter:
+        raise ValueError(f"{classifier.name} is a scene segmenter: it is shown a room (checkpoint_room: a dataset "
+                         f"of {', '.join(SCENE_DATASETS)}, or a scene file), not an object's cloud")
     train = classifier.train_config
     use_normals = classifier.model.in_channels == 6
     num_points = num_points or train.get("num_points") or 1024
@@ -370,6 +388,265 @@ def checkpoint_parts_picture(segmenters: Sequence[TrainedModel], cloud: Checkpoi
     picture = parts_picture(cloud.pos, predicted, first.parts, first.part_names, cloud.seg,
                             up_axis=cloud.up_axis, title=title, **options)
     return CheckpointPartsPicture(picture, segmentations, title)
+
+
+# ============================================================================ scenes (rooms)
+#: the datasets of rooms a scene segmenter is shown (:func:`checkpoint_room`)
+SCENE_DATASETS = ("builtin-rooms", "s3dis", "scannet", "folder")
+
+
+class RoomInput(NamedTuple):
+    """The room a scene segmenter is shown (:func:`checkpoint_room`)."""
+
+    sample: Dict[str, Tensor]  # the room format as tensors: pos float64 (N, 3), color float32 (N, 3), seg int64 (N,)
+    source: str                # "builtin-rooms test #0 (test_room_00)" or "room.ply", for titles
+    labelled: bool             # False: a file without labels (seg is the ignore label everywhere)
+
+    @property
+    def num_points(self) -> int:
+        return int(self.sample["pos"].shape[0])
+
+
+class SceneSegmentation(NamedTuple):
+    """What a scene segmenter predicts for a whole room (:func:`segment_scene`)."""
+
+    labels: np.ndarray                  # (N,) int64 predicted class of every point of the room
+    metrics: Optional[Dict[str, Any]]   # SceneSegmentationMetrics.compute() of the room when labelled, else None
+
+    def describe(self) -> str:
+        """``"mIoU 41.2%, mAcc 50.3%, OA 80.1%"``, or ``"no true labels"``."""
+        if self.metrics is None:
+            return "no true labels"
+        return (f"mIoU {100 * self.metrics['miou']:.1f}%, mAcc {100 * self.metrics['macc']:.1f}%, "
+                f"OA {100 * self.metrics['oa']:.1f}%")
+
+
+class RoomAttentionPicture(NamedTuple):
+    """Output of :func:`checkpoint_room_attention`."""
+
+    picture: AttentionPicture
+    predictions: List[str]     # each model's class of the query point on the fragment it saw
+    title: str
+    pos: Tensor                # (P, 3) float32 the fragment the models saw (centred), the rows' colours' points
+    rows: Tensor               # (P,) int64 the fragment's rows in the room
+
+
+class CheckpointScenePicture(NamedTuple):
+    """Output of :func:`checkpoint_semseg_picture`."""
+
+    picture: ScenePicture
+    segmentation: SceneSegmentation
+    title: str
+
+
+def _voxel_size(segmenter: TrainedModel) -> float:
+    """The grid the scene segmenter was trained and is evaluated on (metres)."""
+    return float(segmenter.train_config.get("voxel_size") or 0.04)
+
+
+def _scene_dataset(name: str, split: str, root, train: Dict[str, Any]):
+    """Dataset ``name`` of :data:`SCENE_DATASETS`, ``split``; ``root`` and the S3DIS test area default to
+    the training run's when it used the same dataset."""
+    from ..data.rooms import BuiltinRooms
+    from ..data.s3dis import S3DIS
+    from ..data.scenes import ScanNet, SceneFolder
+
+    same = name == train.get("dataset")
+    root = root or (train.get("data_root") if same else None)
+    if name == "builtin-rooms":
+        return BuiltinRooms(split)
+    if name == "s3dis":
+        return S3DIS(root, split, test_area=int(train.get("test_area") or 5) if same else 5)
+    if root is None:
+        raise ValueError(f"dataset {name!r} needs its folder: give data_root (CLI --data-root)")
+    if name == "scannet":
+        return ScanNet(root, "val" if split == "test" else split)   # ScanNet's labelled held-out split is val
+    return SceneFolder(root, split)
+
+
+def _read_room_file(path, num_classes: int) -> Tuple[Dict[str, np.ndarray], bool]:
+    """A scene file as the room format, and whether it holds labels: a labelled file as
+    :func:`~pcattn.data.scenes.read_labelled_scene` reads it, or one without labels: a ``.ply`` without a
+    label property, ``.npy`` / ``.txt`` columns ``x y z`` or ``x y z r g b`` (its labels the ignore label)."""
+    from ..data.scenes import (IGNORE_INDEX, PLY_LABEL_NAMES, SCENE_EXTENSIONS, _load_npy, _read_text_table,
+                               check_room, read_labelled_scene, read_ply_vertices)
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: scene file not found")
+    suffix = path.suffix.lower()
+    if suffix not in SCENE_EXTENSIONS:
+        raise ValueError(f"{path}: a room is read from {', '.join(SCENE_EXTENSIONS)} files, got {suffix!r}")
+    if suffix == ".ply":
+        vertices = read_ply_vertices(path)
+        if any(name in vertices for name in PLY_LABEL_NAMES):
+            return read_labelled_scene(path, num_classes), True
+        missing = [axis for axis in "xyz" if axis not in vertices]
+        if missing:
+            raise ValueError(f"{path}: no vertex property {', '.join(missing)} (found {', '.join(vertices)})")
+        pos = np.stack([vertices[axis] for axis in "xyz"], axis=1)
+        names = next((names for names in (("red", "green", "blue"), ("r", "g", "b"))
+                      if all(name in vertices for name in names)), None)
+        color = np.stack([vertices[name] for name in names], axis=1) if names else None
+        return check_room(path, pos, np.full(len(pos), IGNORE_INDEX), color), False
+    table = _load_npy(path) if suffix == ".npy" else _read_text_table(path)
+    if table.ndim != 2 or table.shape[1] not in (3, 4, 6, 7):
+        raise ValueError(f"{path}: expected columns x y z [r g b] [label] (3, 4, 6 or 7), got an array of shape "
+                         f"{tuple(table.shape)}")
+    if table.shape[1] in (4, 7):
+        return read_labelled_scene(path, num_classes), True
+    color = table[:, 3:6] if table.shape[1] == 6 else None
+    return check_room(path, table[:, :3], np.full(len(table), IGNORE_INDEX), color), False
+
+
+def checkpoint_room(segmenter: TrainedModel, input_file=None, dataset: Optional[str] = None, index: int = 0,
+                    split: str = "test", data_root=None) -> RoomInput:
+    """The room to show a scene segmenter: ``input_file`` or room ``index`` of ``dataset``.
+
+    Args:
+        segmenter: from :func:`load_trained_models`, a scene segmenter.
+        input_file: a scene file: ``.ply`` (with or without a per-vertex label property), ``.npy`` / ``.txt``
+            with columns ``x y z [r g b] [label]`` (see :func:`~pcattn.data.scenes.read_labelled_scene`).
+        dataset: one of :data:`SCENE_DATASETS` (exactly one of ``input_file`` and ``dataset``);
+            ``data_root`` defaults to the training run's when it used the same dataset.
+        index, split: which room (ScanNet's ``"test"`` is its labelled ``val`` split).
+
+    Raises:
+        ValueError: not a scene segmenter, both or neither source, an unknown dataset, ``index`` out of
+            range, a dataset of other classes than the model's, a room without the colours the model takes.
+        FileNotFoundError: a missing file or dataset.
+    """
+    from ..data.scenes import room_to_sample
+
+    if not segmenter.is_scene_segmenter:
+        raise ValueError(f"{segmenter.name} is a {segmenter.kind}, not a scene segmenter: rooms are shown to "
+                         f"checkpoints of pcattn train --task semseg")
+    if (input_file is None) == (dataset is None):
+        raise ValueError("give exactly one of input_file and dataset")
+    classes = segmenter.classes
+    if input_file is not None:
+        room, labelled = _read_room_file(input_file, len(classes))
+        source = Path(input_file).name
+    else:
+        if dataset not in SCENE_DATASETS:
+            raise ValueError(f"unknown scene dataset {dataset!r}; a scene segmenter is shown a room of one of "
+                             f"{', '.join(SCENE_DATASETS)} (or a scene file)")
+        rooms = _scene_dataset(dataset, split, data_root, segmenter.train_config)
+        if list(rooms.classes) != list(classes):
+            raise ValueError(f"{segmenter.name} labels the classes {', '.join(classes)}, but {dataset}'s are "
+                             f"{', '.join(rooms.classes)}: its labels are not the dataset's")
+        if not 0 <= index < len(rooms):
+            raise ValueError(f"index {index} out of range: the {dataset} {split} split has {len(rooms)} rooms "
+                             f"(0..{len(rooms) - 1})")
+        room, labelled = rooms.load_room(index), True
+        source = f"{dataset} {split} #{index} ({rooms.room_names[index]})"
+    channels = segmenter.model.in_channels
+    for key, needed_from, what in (("color", 6, "colours (r g b)"), ("normals", 9, "normals")):
+        if channels >= needed_from and key not in room:
+            raise ValueError(f"{source}: the room has no {what}, but {segmenter.name} takes them as input "
+                             f"({channels} channels)")
+    return RoomInput(room_to_sample(room), source, labelled)
+
+
+def segment_scene(segmenter: TrainedModel, room: RoomInput, votes: int = 1) -> SceneSegmentation:
+    """The class of every point of ``room`` as ``segmenter`` predicts it, through grid fragments as evaluation
+    does (:func:`~pcattn.engine.scene_inference.segment_room`, at the run's voxel size), scored against the
+    room's labels when it has them (:class:`~pcattn.engine.scene_metrics.SceneSegmentationMetrics`)."""
+    from ..engine.scene_inference import segment_room
+    from ..engine.scene_metrics import SceneSegmentationMetrics
+
+    if not segmenter.is_scene_segmenter:
+        raise ValueError(f"{segmenter.name} is a {segmenter.kind}, not a scene segmenter: it labels no room")
+    scores = segment_room(segmenter.model, room.sample, _voxel_size(segmenter), votes)
+    labels = scores.argmax(1).numpy()
+    if not room.labelled:
+        return SceneSegmentation(labels, None)
+    metrics = SceneSegmentationMetrics(len(segmenter.classes), segmenter.classes)
+    metrics.update(labels, room.sample["seg"])
+    return SceneSegmentation(labels, metrics.compute() if metrics.points else None)
+
+
+def checkpoint_semseg_picture(segmenter: TrainedModel, room: RoomInput, title: Optional[str] = None, votes: int = 1,
+                              **options) -> CheckpointScenePicture:
+    """Draw the classes ``segmenter`` predicts for every point of ``room`` and, when the room is labelled,
+    its true classes and the wrong points (:func:`~pcattn.viz.scenes.semseg_picture`).
+
+    ``options`` go to :func:`~pcattn.viz.scenes.semseg_picture` (``perspective``, ``size``, ``cut_height``,
+    ``max_points``, ``backend``, ``path``). The default ``title`` names the room, its size and the
+    room's mIoU, mAcc and OA (:meth:`SceneSegmentation.describe`); the predictions' caption names the checkpoint.
+
+    Raises:
+        ValueError: not a scene segmenter.
+        :class:`~pcattn.viz.render.RenderingUnavailable`: ``backend="open3d"`` cannot run here.
+    """
+    segmentation = segment_scene(segmenter, room, votes)
+    if title is None:
+        title = f"{room.source}, {room.num_points:,} points: {segmentation.describe()}"
+    truth = room.sample["seg"] if segmentation.metrics is not None else None
+    picture = semseg_picture(room.sample["pos"], segmentation.labels, segmenter.classes, truth, title=title,
+                             name=segmenter.name, **options)
+    return CheckpointScenePicture(picture, segmentation, title)
+
+
+def checkpoint_room_attention(segmenters: Sequence[TrainedModel], room: RoomInput, query: int = 0,
+                              title: Optional[str] = None, zoom: Optional[float] = 3.0,
+                              **options) -> RoomAttentionPicture:
+    """Draw the attention of point ``query`` of ``room`` (a row of the room) in scene segmenters' layers.
+
+    The model sees the room as evaluation does: the grid fragment (at the run's voxel size) holding the
+    query, centred (:func:`~pcattn.data.grid.scene_test_fragments`, :func:`~pcattn.data.grid.scene_model_inputs`).
+    Each row draws the points within ``zoom`` times the radius of the query's neighbourhood in that layer
+    (``None``: the whole fragment). ``options`` go to :func:`~pcattn.viz.figures.attention_picture`
+    (``layers``, ``reduce``, ``views``, ``size``, ``backend``, ``colorbar``, ``path``); z is up.
+
+    Returns:
+        :class:`RoomAttentionPicture`; its ``predictions`` are each model's class of the query point on
+        that fragment, its ``pos`` the fragment (what ``picture.rows[i].colors`` colour).
+
+    Raises:
+        ValueError: not scene segmenters, ``query`` out of range.
+    """
+    from ..data.grid import scene_model_inputs, scene_test_fragments
+
+    for segmenter in segmenters:
+        if not segmenter.is_scene_segmenter:
+            raise ValueError(f"{segmenter.name} is a {segmenter.kind}, not a scene segmenter")
+    if isinstance(query, bool) or not 0 <= int(query) < room.num_points:
+        raise ValueError(f"query {query} out of range: the room has {room.num_points:,} points "
+                         f"(0..{room.num_points - 1})")
+    first = segmenters[0]
+    inputs = {key: value for key, value in room.sample.items() if key in ("pos", "color", "normals")}
+    for fragment in scene_test_fragments(inputs, _voxel_size(first)):
+        rows = (fragment["index"] == int(query)).nonzero().flatten()
+        if rows.numel():
+            break
+    row = int(rows[0])
+    x, pos, _ = scene_model_inputs(fragment, first.model.in_channels)
+    classes = first.classes
+    truth = int(room.sample["seg"][int(query)])
+    described: List[str] = []
+    titles: List[str] = []
+
+    def describe(results) -> str:
+        """The title: the room, the point, its true class and each model's class for it on this fragment."""
+        seen = set()
+        for result in results:   # one row per (model, layer): each model's output once
+            if result.name not in seen and result.probabilities is not None:
+                seen.add(result.name)
+                name = classes[int(result.probabilities[row].argmax())]
+                described.append(f"{result.name}: {name}" if len(segmenters) > 1 else name)
+        titles.append(f"{room.source}: point {query}" + (f" (true: {classes[truth]})" if truth >= 0 else "")
+                      + " - predicted: " + " | ".join(described))
+        return titles[-1]
+
+    picture = attention_picture([(s.name, s.model) for s in segmenters], pos, x, mode="query", query=row,
+                                up_axis=2, title=describe if title is None else title, zoom=zoom,
+                                query_name=f"room point {query}", **options)
+    if title is None:
+        title = titles[-1]
+    else:
+        describe(picture.rows)
+    return RoomAttentionPicture(picture, described, title, pos, fragment["index"])
 
 
 # The names of 0.1: both load segmenters too, so they say "trained model" now.
