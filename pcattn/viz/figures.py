@@ -139,6 +139,7 @@ class RowResult(NamedTuple):
     colors: np.ndarray           # (P, 3)
     probabilities: Optional[Tensor]   # softmax of the logits: a classifier's (num_classes,), a segmenter's
                                       # (P, num_classes), else None
+    drawn: Optional[np.ndarray] = None   # (M,) the rows of the cloud drawn (zoomed), None: every point
 
 
 class AttentionPicture(NamedTuple):
@@ -203,7 +204,7 @@ def attention_picture(
             caption = f"{name + ': ' if name else ''}layer {layer.index} {layer.name} ({layer.kind}, " \
                       f"{layer.pos.shape[0]} pts), " + (f"query {query_name or f'point {query}'}" if mode == "query" else "received") + \
                       (f", {reduce} over groups" if reduce != "mean" else "") + within
-            results.append(RowResult(name, layer, values, colors, probabilities))
+            results.append(RowResult(name, layer, values, colors, probabilities, None if zoom is None else drawn))
             figure_rows.append(FigureRow(images, caption, values.vmin, values.vmax, values.label))
     view_titles = [f"azimuth {a:.0f}, elevation {e:.0f}" for a, e in view_angles(views)]
     if mode == "query":
