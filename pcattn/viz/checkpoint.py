@@ -8,6 +8,11 @@
     cloud = checkpoint_input(segmenters[0], dataset="builtin-parts", index=3)   # with its category and parts
     result = checkpoint_parts_picture(segmenters, cloud, views=3, path="parts.png")
 
+    scenes = load_trained_models(["semseg/best.pt"])                           # scene segmentation checkpoints
+    room = checkpoint_room(scenes[0], dataset="builtin-rooms", index=0)         # a whole room, with its labels
+    result = checkpoint_semseg_picture(scenes[0], room, path="room.png")        # every point labelled, the mIoU
+    result = checkpoint_room_attention(scenes, room, query=1234, layers=[0, 2], path="room_attention.png")
+
 Owns loading checkpoints of one kind that can see the same input (:func:`load_trained_models`:
 classifiers, or part segmenters of the same categories and parts), choosing that input as the
 training run saw it (:func:`checkpoint_input`: a file or a dataset sample; the number of points,
@@ -15,8 +20,12 @@ the normals and the up axis default to the run's settings; a segmenter's input c
 category, and a part dataset's sample its true part labels), naming what each model predicts
 (:func:`predictions`, :func:`segment`), :func:`checkpoint_picture`, which draws the attention with
 :func:`~pcattn.viz.figures.attention_picture` under a title naming the input and the predictions,
-and :func:`checkpoint_parts_picture`, which draws a segmenter's predicted parts with
-:func:`~pcattn.viz.parts.parts_picture`. Checkpoints are read by :mod:`pcattn.models.checkpoint`;
+:func:`checkpoint_parts_picture`, which draws a segmenter's predicted parts with
+:func:`~pcattn.viz.parts.parts_picture`, and for scene segmenters the room they are shown
+(:func:`checkpoint_room`), its labels (:func:`segment_scene`, through
+:func:`~pcattn.engine.scene_inference.segment_room` as evaluation labels rooms), the picture of its
+classes (:func:`checkpoint_semseg_picture`, :func:`~pcattn.viz.scenes.semseg_picture`) and of a room
+point's attention (:func:`checkpoint_room_attention`). Checkpoints are read by :mod:`pcattn.models.checkpoint`;
 the part metrics (:mod:`pcattn.engine.metrics`) and the datasets are imported when a function runs.
 """
 from __future__ import annotations
