@@ -33,7 +33,8 @@ def write_scene_segmenter(path, seed=0):
     torch.manual_seed(seed)
     model = create_segmenter("pt-scene-tiny-vector", num_classes=len(ROOM_CLASSES), in_channels=6,
                              **SMALL_SCENE).eval()
-    train_config = dict(task="semseg", dataset="builtin-rooms", data_root=None, voxel_size=0.04)
+    train_config = dict(task="semseg", dataset="builtin-rooms", data_root=None, voxel_size=0.04, rooms=[3, 2],
+                        room_points=[2000, 2000])
     save_checkpoint(path, model_checkpoint(model, classes=list(ROOM_CLASSES), categories=None, category_parts=None,
                                            task="semseg", train_config=train_config))
     return path
@@ -222,6 +223,18 @@ def test_query_mode_in_a_room_zooms_around_the_query(segmenter, room, files, tmp
     assert set(row.values.neighborhood) <= set(row.drawn) and len(row.drawn) < len(result.pos) / 4
     assert np.array_equal(row.drawn, np.flatnonzero(distance <= 2 * reach))      # within twice its reach
     assert result.title.startswith(f"room.npy: point 11 (true: {ROOM_CLASSES[room['seg'][11]]}) - predicted: ")
+
+
+def test_a_room_of_the_runs_dataset(segmenter):
+    scene = viz.load_trained_models([segmenter])[0]
+    assert scene.is_scene_segmenter and scene.kind == "scene segmenter" and not scene.is_segmenter
+    room = viz.checkpoint_room(scene, dataset="builtin-rooms", index=1)     # the run's rooms: 2 test rooms of 2,000
+    assert room.source == "builtin-rooms test #1 (test_room_01)" and room.labelled
+    assert 1000 < room.num_points <= 2000 and room.sample["pos"].dtype == torch.float64
+    with pytest.raises(ValueError, match=r"index 2 out of range: the builtin-rooms test split has 2 rooms"):
+        viz.checkpoint_room(scene, dataset="builtin-rooms", index=2)
+    with pytest.raises(ValueError, match="is a scene segmenter: it is shown a room"):
+        viz.checkpoint_input(scene, dataset="builtin")
 
 
 def test_room_errors(segmenter, files, tmp_path, capsys):

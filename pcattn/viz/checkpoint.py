@@ -454,23 +454,17 @@ def _voxel_size(segmenter: TrainedModel) -> float:
 
 
 def _scene_dataset(name: str, split: str, root, train: Dict[str, Any]):
-    """Dataset ``name`` of :data:`SCENE_DATASETS`, ``split``; ``root`` and the S3DIS test area default to
-    the training run's when it used the same dataset."""
-    from ..data.rooms import BuiltinRooms
-    from ..data.s3dis import S3DIS
-    from ..data.scenes import ScanNet, SceneFolder
+    """Split ``split`` of scene dataset ``name`` (:func:`~pcattn.data.build_scene_dataset`); the folder, the
+    layout, the S3DIS test area and the built-in rooms' counts and sizes are the training run's when it
+    used the same dataset."""
+    from ..data import build_scene_dataset
 
     same = name == train.get("dataset")
-    root = root or (train.get("data_root") if same else None)
-    if name == "builtin-rooms":
-        return BuiltinRooms(split)
-    if name == "s3dis":
-        return S3DIS(root, split, test_area=int(train.get("test_area") or 5) if same else 5)
-    if root is None:
-        raise ValueError(f"dataset {name!r} needs its folder: give data_root (CLI --data-root)")
-    if name == "scannet":
-        return ScanNet(root, "val" if split == "test" else split)   # ScanNet's labelled held-out split is val
-    return SceneFolder(root, split)
+    options: Dict[str, Any] = {"root": root or (train.get("data_root") if same else None)}
+    if same:
+        options.update(format=train.get("format"), test_area=int(train.get("test_area") or 5),
+                       rooms=train.get("rooms"), room_points=train.get("room_points"))
+    return build_scene_dataset(name, split, **options)
 
 
 def _read_room_file(path, num_classes: int) -> Tuple[Dict[str, np.ndarray], bool]:
@@ -518,7 +512,8 @@ def checkpoint_room(segmenter: TrainedModel, input_file=None, dataset: Optional[
             with columns ``x y z [r g b] [label]`` (see :func:`~pcattn.data.scenes.read_labelled_scene`).
         dataset: one of :data:`SCENE_DATASETS` (exactly one of ``input_file`` and ``dataset``);
             ``data_root`` defaults to the training run's when it used the same dataset.
-        index, split: which room (ScanNet's ``"test"`` is its labelled ``val`` split).
+        index, split: which room (``"train"`` or ``"test"``; ScanNet's test rooms are its labelled ``val``
+            split).
 
     Raises:
         ValueError: not a scene segmenter, both or neither source, an unknown dataset, ``index`` out of
