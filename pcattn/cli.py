@@ -633,6 +633,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--num-points", type=int, default=None,
                         help="points a classifier or part segmenter sees (default: as in training); every point "
                              "of a larger part cloud takes the part of its nearest seen point")
+    parser.add_argument("--tile-points", type=int, default=None,
+                        help="a scene segmenter labels a scan of more points tile by tile, with 2 m of context "
+                             "around each (default 1,000,000: about 2 GB with pt-scene-tiny-vector)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip a file that cannot be read (named in the summary) instead of stopping")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
@@ -655,9 +658,12 @@ def run_predict(args: argparse.Namespace) -> int:
     try:
         refuse_unused([("--format", not folder and args.format is not None,
                         "it is the format of a folder's labelled clouds; for one file --out's extension says it")])
+        tiles = {} if args.tile_points is None else {"tile_points": args.tile_points}
         predictor = Predictor.from_checkpoint(args.checkpoint, category=args.category, num_points=args.num_points,
                                               votes=args.votes, device=args.device, progress=args.progress,
-                                              seed=args.seed)
+                                              seed=args.seed, **tiles)
+        refuse_unused([("--tile-points", args.tile_points is not None and predictor.task != "semseg",
+                        "it splits the scans of a scene segmenter; this checkpoint is not one")])
         results = predict_files(predictor, args.input, args.out, skip_bad=args.skip_bad,
                                 suffix=None if args.format is None else f".{args.format}", report=report)
     except (OSError, ValueError, ImportError, CheckpointError) as error:  # ValueError: a bad file, named

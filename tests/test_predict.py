@@ -349,5 +349,11 @@ def test_scene_segmenter_labels_every_point_and_far_from_the_origin_the_same(tmp
                  str(tmp_path / "far.ply"), "--no-progress"]) == 0
     written = read_labelled_scene(tmp_path / "far.ply")
     assert np.array_equal(written["pos"], moved[:, :3]) and np.array_equal(written["seg"], near.labels)
+    # a scan of more than tile_points points goes tile by tile: every point labelled from one tile, mostly as
+    # the whole room labels it, and the same far from the origin
+    tiled = pcattn.predict(scene_checkpoint, room, tile_points=800)
+    assert tiled.labels.shape == (3000,) and set(tiled.labels.tolist()) <= {0, 1, 2, 3}
+    assert (tiled.labels == near.labels).mean() > 0.8
+    assert np.array_equal(pcattn.predict(scene_checkpoint, moved, tile_points=800).labels, tiled.labels)
     with pytest.raises(ValueError, match="num_points is for classifiers and part segmenters"):
         pcattn.predict(scene_checkpoint, room, num_points=100)

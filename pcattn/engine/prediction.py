@@ -40,14 +40,20 @@ from .evaluation import vote_augment
 from .metrics import restrict_to_parts
 from .tasks import task_of_model
 
-__all__ = ["TASK_NAMES", "FPS_POOL", "Prediction", "Predictor", "FileResult", "UnreadableFile", "predict",
-           "predict_files", "model_features", "label_palette", "format_summary"]
+__all__ = ["TASK_NAMES", "FPS_POOL", "TILE_POINTS", "TILE_MARGIN", "Prediction", "Predictor", "FileResult",
+           "UnreadableFile", "predict", "predict_files", "model_features", "label_palette", "scene_tiles",
+           "format_summary"]
 
 #: what :attr:`Prediction.task` says, by the task's name in :mod:`pcattn.engine.tasks`
 TASK_NAMES = {"classification": "classifier", "partseg": "part segmenter", "semseg": "scene segmenter"}
 #: farthest point sampling of ``m`` points runs on at most ``FPS_POOL * m`` points (a random pre-selection of
 #: a larger cloud): its cost is ``m`` passes over its input, seconds instead of minutes on 10^7 points
 FPS_POOL = 64
+#: a scene segmenter labels a scan of more points tile by tile (:func:`scene_tiles`): its memory is that of a
+#: room of this many points (about 1.5 GB for pt-scene-tiny-vector, measured: README)
+TILE_POINTS = 1_000_000
+#: metres of context around each tile (the tiny scene networks see about a metre around a point)
+TILE_MARGIN = 2.0
 #: points whose nearest seen point is searched at once (part segmenters): bounded memory on 10^7 points
 NEAREST_CHUNK = 1 << 18
 
@@ -190,12 +196,15 @@ class Predictor:
         progress: progress bars on large clouds.
         name: how messages name the model (default: the checkpoint's file, else its class).
         seed: seeds the random choices (pre-selection, votes): the same input gives the same labels.
+        tile_points, tile_margin: a scene segmenter labels a scan of more points tile by tile, each with that
+            many metres of context around it (:func:`scene_tiles`): memory stays that of a ``tile_points`` room.
     """
 
     def __init__(self, model: nn.Module, classes: Optional[Sequence[str]] = None,
                  checkpoint: Optional[Dict[str, Any]] = None, category: Union[str, int, None] = None,
                  num_points: Optional[int] = None, votes: int = 1, device: Union[str, torch.device] = "cpu",
-                 progress: bool = False, name: Optional[str] = None, seed: int = 0):
+                 progress: bool = False, name: Optional[str] = None, seed: int = 0,
+                 tile_points: int = TILE_POINTS, tile_margin: float = TILE_MARGIN):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a pcattn classifier or segmenter (torch.nn.Module), got "
                             f"{type(model).__name__}")
@@ -215,6 +224,11 @@ class Predictor:
         self.name = name or type(model).__name__
         self.train_config = dict(checkpoint.get("train_config") or {})
         self.votes, self.progress, self.seed = votes, progress, seed
+        if isinstance(tile_points, bool) or not isinstance(tile_points, int) or tile_points < 1:
+            raise ValueError(f"tile_points must be a positive integer, got {tile_points!r}")
+        if not (isinstance(tile_margin, (int, float)) and 0 <= tile_margin < float("inf")):
+            raise ValueError(f"tile_margin must be a finite number of metres >= 0, got {tile_margin!r}")
+        self.tile_points, self.tile_margin = tile_points, float(tile_margin)
         if votes > 1 and self.task == "partseg":
             raise ValueError("votes are for classifiers and scene segmenters; a part segmenter labels each point "
                              "once (leave votes at 1)")
@@ -354,15 +368,59 @@ class Predictor:
         return nearest
 
     def _segment_scene(self, cloud: PointFile, features: Dict[str, np.ndarray]) -> Prediction:
+        """Every point through :func:`~pcattn.engine.scene_inference.segment_room`: the whole room at once,
+        or a scan of more than ``tile_points`` points tile by tile (:func:`scene_tiles`), so memory stays that
+        of a ``tile_points`` room."""
+        from tqdm.auto import tqdm
+
         from .scene_inference import segment_room
 
-        room = {"pos": torch.from_numpy(np.ascontiguousarray(cloud.pos, dtype=np.float64))}
-        room.update({name: torch.from_numpy(values) for name, values in features.items()})
-        scores = segment_room(self.model, room, self.voxel_size, self.votes, device=self.device,
-                              generator=torch.Generator().manual_seed(self.seed), progress=self.progress)
-        labels = scores.argmax(1).numpy().astype(np.int64)
+        pos = np.ascontiguousarray(cloud.pos, dtype=np.float64)
+        labels = np.full(len(pos), -1, dtype=np.int64)  # -1 left would be a point no tile labelled
+        tiles = scene_tiles(pos, self.tile_points, self.tile_margin)
+        for rows, core in tqdm(tiles, desc="tiles", unit="tile", leave=False, disable=not self.progress or
+                               len(tiles) == 1):
+            room = {"pos": torch.from_numpy(pos[rows])}
+            room.update({name: torch.from_numpy(values[rows]) for name, values in features.items()})
+            scores = segment_room(self.model, room, self.voxel_size, self.votes, device=self.device,
+                                  generator=torch.Generator().manual_seed(self.seed), progress=self.progress)
+            labels[rows[core]] = scores[torch.from_numpy(core)].argmax(1).numpy()
         return Prediction("semseg", self.classes, len(cloud), labels=labels,
                           colors=label_palette(len(self.classes))[labels])
+
+
+def scene_tiles(pos: np.ndarray, tile_points: int, margin: float) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Square tiles in x and y over a scan, each with ``margin`` metres of context around it.
+
+    A scan of at most ``tile_points`` points is one tile. A larger one is cut into squares of the side that
+    holds ``tile_points`` points on average (the grid starts at the scan's lowest corner, in float64, so it
+    does not depend on where the scan sits); each tile holds its square's points (its core, labelled from
+    this tile) and those within ``margin`` around it (context only). Every point is the core of one tile.
+
+    Returns:
+        ``[(rows, core)]``: int64 ``(M,)`` rows of ``pos`` of a tile, bool ``(M,)`` which of them are its core.
+    """
+    count = len(pos)
+    if count <= tile_points:
+        return [(np.arange(count), np.ones(count, dtype=bool))]
+    low, high = pos[:, :2].min(axis=0), pos[:, :2].max(axis=0)
+    extent = np.maximum(high - low, 1e-9)
+    side = float(np.sqrt(extent.prod() * tile_points / count))
+    side = max(side, float(extent.max()) * tile_points / count)  # a scan along a line: tiles along it
+    cells = np.floor((pos[:, :2] - low) / side).astype(np.int64)
+    shape = cells.max(axis=0) + 1
+    tiles = []
+    for ix in range(int(shape[0])):
+        near_x = np.flatnonzero((cells[:, 0] == ix) | (np.abs(pos[:, 0] - (low[0] + (ix + 0.5) * side))
+                                                        <= side / 2 + margin))
+        for iy in range(int(shape[1])):
+            near = (cells[near_x, 1] == iy) | (np.abs(pos[near_x, 1] - (low[1] + (iy + 0.5) * side))
+                                                <= side / 2 + margin)
+            rows = near_x[near]
+            core = (cells[rows, 0] == ix) & (cells[rows, 1] == iy)
+            if core.any():
+                tiles.append((rows, core))
+    return tiles
 
 
 # ------------------------------------------------------------------------- the Python call
@@ -400,7 +458,8 @@ def _as_point_file(points: PointsLike, colors=None, normals=None) -> PointFile:
 def predict(checkpoint_or_model: Union[str, os.PathLike, nn.Module], points: PointsLike, *,
             category: Union[str, int, None] = None, colors=None, normals=None,
             classes: Optional[Sequence[str]] = None, num_points: Optional[int] = None, votes: int = 1,
-            device: Union[str, torch.device] = "cpu", progress: bool = False, seed: int = 0) -> Prediction:
+            device: Union[str, torch.device] = "cpu", progress: bool = False, seed: int = 0,
+            tile_points: int = TILE_POINTS) -> Prediction:
     """Label one cloud with a trained model, as ``pcattn predict`` does.
 
     >>> result = pcattn.predict("runs/builtin-vector/best.pt", "chair.ply")
@@ -417,13 +476,14 @@ def predict(checkpoint_or_model: Union[str, os.PathLike, nn.Module], points: Poi
         category: a part segmenter's object category (name or id).
         colors, normals: ``(N, 3)`` features given apart from ``points`` (colours 0-255 or 0-1).
         classes: class names for a bare model.
-        num_points, votes, device, progress, seed: as :class:`Predictor`'s.
+        num_points, votes, device, progress, seed, tile_points: as :class:`Predictor`'s.
 
     Returns:
         a :class:`Prediction`: ``label``, ``class_name`` and ``probabilities`` of a classifier, ``labels (N,)``
         and ``colors (N, 3)`` of a segmenter, every input point in its order.
     """
-    options = dict(category=category, num_points=num_points, votes=votes, progress=progress, seed=seed)
+    options = dict(category=category, num_points=num_points, votes=votes, progress=progress, seed=seed,
+                   tile_points=tile_points)
     if isinstance(checkpoint_or_model, nn.Module):
         predictor = Predictor(checkpoint_or_model, classes, device=device, **options)
     elif isinstance(checkpoint_or_model, (str, os.PathLike)):
