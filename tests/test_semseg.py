@@ -266,6 +266,8 @@ def test_eval_of_a_scene_checkpoint_prints_miou_and_the_class_table(rooms_run, t
     assert f"mIoU                    {result['miou']:.4f}" in printed
     assert result["votes"] == 2 and result["target"] == one_vote["target"]   # the same points, scored again
     assert result["points"] == sum(result["target"]) == sum(map(sum, result["confusion"]))
+    assert main(["eval", "--checkpoint", str(rooms_run / "best.pt"), "--batch-size", "4"]) == 2  # one room at a time
+    assert "--batch-size" in capsys.readouterr().err
 
 
 def test_killed_scene_run_resumes_to_the_same_result(rooms_run, tmp_path, monkeypatch):

@@ -1,9 +1,10 @@
-"""Training, evaluation and checkpoints for point-cloud classifiers and part segmenters.
+"""Training, evaluation and checkpoints for point-cloud classifiers, part segmenters and scene segmenters.
 
 >>> from pcattn.engine import TrainConfig, train, load_model, evaluate_classification
 >>> result = train(TrainConfig(dataset="builtin", attention="vector", out="runs/demo"))
 >>> model, classes, checkpoint = load_model("runs/demo/best.pt")
 >>> parts = train(TrainConfig(task="partseg", dataset="builtin-parts", out="runs/parts"))
+>>> rooms = train(TrainConfig(dataset="builtin-rooms", out="runs/rooms"))  # task "semseg"
 
 Modules:
 
@@ -16,6 +17,8 @@ Modules:
   loss, metrics, the score that picks ``best.pt``);
 * :mod:`~pcattn.engine.evaluation`: metrics, test-time voting, :func:`evaluate_checkpoint`;
 * :mod:`~pcattn.engine.metrics`: part-segmentation accuracy, instance and class mIoU;
+* :mod:`~pcattn.engine.scene_inference`: :func:`segment_room` (every point of a whole room) and
+  :func:`evaluate_scenes`; :mod:`~pcattn.engine.scene_metrics`: mIoU, mAcc, OA over a split;
 * :mod:`~pcattn.engine.checkpoint`: random-state serialisation; it re-exports the checkpoint format,
   atomic writing and reading with named errors, which live in :mod:`pcattn.models.checkpoint` (below
   the engine and :mod:`pcattn.viz`, which both load checkpoints);
@@ -28,7 +31,8 @@ A run folder holds:
   instance mIoU, improves);
 * ``metrics.jsonl``: one JSON object per epoch (``epoch, train_loss, train_acc, test_loss,
   test_oa, test_macc, lr, epoch_time, samples_per_s``; part segmentation: ``test_acc,
-  test_instance_miou, test_class_miou`` instead of ``test_oa, test_macc``);
+  test_instance_miou, test_class_miou`` instead of ``test_oa, test_macc``; scenes: ``test_miou, test_macc,
+  test_oa``);
 * ``config.json``: the run's :class:`TrainConfig`;
 * ``eval.json``: evaluation of ``best.pt`` at the end of training (OA, mAcc, per-class accuracy,
   confusion matrix; part segmentation: instance and class mIoU, per-category mIoU, point accuracy,
@@ -50,6 +54,7 @@ from .loaders import build_loaders
 from .loop import train
 from .metrics import PartSegmentationMetrics, restrict_to_parts, shape_part_ious
 from .run_folder import RunFolderInUse, check_writable
+from .scene_inference import evaluate_scenes, segment_room
 
 __all__ = [
     "CHECKPOINT_KIND",
@@ -65,6 +70,8 @@ __all__ = [
     "evaluate_parts",
     "evaluate",  # deprecated: evaluate_classification / evaluate_parts
     "evaluate_checkpoint",
+    "evaluate_scenes",
+    "segment_room",
     "build_loaders",
     "save_checkpoint",
     "load_checkpoint",
