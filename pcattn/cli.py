@@ -59,6 +59,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     scenes = parser.add_argument_group("scenes (semseg)")
     scenes.add_argument("--voxel-size", type=float, help="grid sampling's voxel edge in metres, in training and in "
                                                          "the evaluation on whole rooms (default 0.04)")
+    scenes.add_argument("--eval-fragments", type=int, metavar="F",
+                        help="the evaluation after each epoch segments at most F grid fragments per test room, the "
+                             "other points taking their voxel's scores (default: every fragment, as the scene papers)")
     scenes.add_argument("--test-area", type=int, help="S3DIS: the held-out test area, 1-6 (default 5: train on the "
                                                       "other five)")
     scenes.add_argument("--room-repeats", type=int, help="random crops of each training room per epoch (default 4 "
@@ -233,6 +236,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="autocast of the forward passes (default: 32, whatever the run trained in)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the voting augmentation (default 0; "
                         "with --votes 2 or more)")
+    parser.add_argument("--max-fragments", type=int, default=None, metavar="F",
+                        help="scenes: segment at most F grid fragments per room, the other points taking their "
+                             "voxel's scores (default: every fragment, the scene papers' protocol)")
     parser.add_argument("--json", default=None, help="also write the full result (confusion matrix...) as JSON")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=True)
     return parser
@@ -249,7 +255,8 @@ def run_eval(args: argparse.Namespace) -> int:
             check_writable(args.json)  # before the evaluation, not after it
         result = evaluate_checkpoint(args.checkpoint, votes=args.votes, device=args.device, batch_size=args.batch_size,
                                      num_workers=args.num_workers, seed=0 if args.seed is None else args.seed,
-                                     data_root=args.data_root, progress=args.progress, precision=args.precision)
+                                     data_root=args.data_root, progress=args.progress, precision=args.precision,
+                                     max_fragments=args.max_fragments)
     except (OSError, ValueError, ImportError, CheckpointError) as error:  # OSError: e.g. --data-root is a file
         print(f"pcattn eval: error{_rank_tag()}: {error}", file=sys.stderr)
         return 2

@@ -382,3 +382,29 @@ def test_two_processes_train_and_evaluate_whole_rooms_as_one_process(tmp_path):
     for key in ("intersection", "union", "target", "confusion"):
         assert two[key] == one[key], key
     assert two["miou"] == one["miou"] and two["loss"] == pytest.approx(one["loss"], rel=1e-9)
+
+
+def test_capped_fragments_label_every_point_with_its_voxels_scores(tiny_room, scene_model):
+    """max_fragments: the kept fragments' points are scored as without a cap, every other point takes the
+    scores of its voxel's first point; a cap at or above the fragment count changes nothing."""
+    from pcattn.data.grid import voxel_groups
+
+    voxel = 0.2  # coarse: a few points per voxel, so there are several fragments
+    fragments = scene_test_fragments(tiny_room, voxel)
+    assert len(fragments) >= 3
+    full = segment_room(scene_model, tiny_room, voxel)
+    assert torch.equal(segment_room(scene_model, tiny_room, voxel, max_fragments=len(fragments)), full)
+    capped = segment_room(scene_model, tiny_room, voxel, max_fragments=1)
+    order, starts, counts = voxel_groups(tiny_room["pos"], voxel)
+    first = order[starts]  # fragment 0 holds exactly these rows
+    assert torch.allclose(capped[first], segment_room(scene_model, {**tiny_room}, voxel, max_fragments=1)[first])
+    voxel_of_row = torch.empty_like(order)
+    voxel_of_row[order] = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    assert torch.allclose(capped.sum(1), torch.ones(len(capped)))  # one fragment: one probability vector per point
+    assert torch.equal(capped, capped[first[voxel_of_row]])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_capped_fragments_refuse_a_bad_cap(tiny_room, scene_model, bad):
+    with pytest.raises(ValueError, match="max_fragments"):
+        segment_room(scene_model, tiny_room, 0.2, max_fragments=bad)

@@ -24,7 +24,7 @@ RESULT_FIELDS = ("task", "dataset", "format", "data_root", "model", "attention",
                  "lr", "weight_decay", "optimizer", "momentum", "warmup", "lr_schedule", "lr_steps", "lr_step_factor",
                  "label_smoothing", "seed", "augment",
                  "up_axis", "attention_options", "precision", "skip_missing", "init_encoder",
-                 "voxel_size", "test_area", "rooms", "room_points", "room_repeats")
+                 "voxel_size", "test_area", "rooms", "room_points", "room_repeats", "eval_fragments")
 
 #: the tasks a run trains, and the datasets of each (the first is the task's default)
 TASKS = ("classification", "partseg", "semseg")
@@ -91,6 +91,10 @@ class TrainConfig:
         test_area: S3DIS: the area held out for testing, 1-6 (default 5: train on the other five).
         rooms: built-in rooms: ``(train, test)`` numbers of rooms (default ``(16, 4)``).
         room_points: built-in rooms: the range of points per room (default ``(50000, 200000)``).
+        eval_fragments: scenes: the evaluation after each epoch segments at most this many grid fragments of
+            each test room (``None``, the default: all, the scene papers' protocol); the points of no kept
+            fragment take their voxel's scores (:func:`~pcattn.engine.scene_inference.segment_room`). A
+            cheaper evaluation for short runs on a CPU; ``pcattn eval`` keeps the full protocol.
         room_repeats: scenes: crops drawn from each training room per epoch (default 4 for the built-in
             rooms, 30 for S3DIS, 1 otherwise).
         lr, weight_decay, optimizer (``"adamw"`` or ``"sgd"``), momentum (SGD only).
@@ -153,6 +157,7 @@ class TrainConfig:
     rooms: Optional[Tuple[int, int]] = None
     room_points: Optional[Tuple[int, int]] = None
     room_repeats: Optional[int] = None
+    eval_fragments: Optional[int] = None
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
     num_points: Optional[int] = None
@@ -301,7 +306,7 @@ def _check_lr_schedule(config: TrainConfig) -> None:
 def _check_scene_options(config: TrainConfig) -> None:
     """The scene settings: only for ``semseg`` (and ``test_area`` only for S3DIS, ``rooms`` / ``room_points``
     only for the built-in rooms); ``voxel_size`` filled in (0.04) and every value checked."""
-    scene_only = ("voxel_size", "test_area", "rooms", "room_points", "room_repeats")
+    scene_only = ("voxel_size", "test_area", "rooms", "room_points", "room_repeats", "eval_fragments")
     if config.task != "semseg":
         given = [name for name in scene_only if getattr(config, name) is not None]
         if given:
@@ -317,6 +322,11 @@ def _check_scene_options(config: TrainConfig) -> None:
             and config.voxel_size > 0):
         raise ValueError(f"voxel_size must be a positive number of metres, got {config.voxel_size!r}")
     config.voxel_size = float(config.voxel_size)
+    if config.eval_fragments is not None and (isinstance(config.eval_fragments, bool)
+                                              or not isinstance(config.eval_fragments, int)
+                                              or config.eval_fragments < 1):
+        raise ValueError(f"eval_fragments must be a whole number >= 1 (or unset: every fragment), got "
+                         f"{config.eval_fragments!r}")
     if config.test_area is not None and config.dataset != "s3dis":
         raise ValueError(f"test_area (--test-area) picks S3DIS's held-out area; {config.dataset} has no areas")
     if config.dataset == "s3dis":

@@ -238,7 +238,8 @@ def _skip_votes(generator: torch.Generator, size: int, votes: int) -> None:
 
 def evaluate_checkpoint(checkpoint_path, votes: int = 1, device: str = "auto", batch_size: Optional[int] = None,
                         num_workers: int = 0, seed: int = 0, data_root: Optional[str] = None,
-                        progress: bool = True, precision: Optional[str] = None) -> Dict[str, Any]:
+                        progress: bool = True, precision: Optional[str] = None,
+                        max_fragments: Optional[int] = None) -> Dict[str, Any]:
     """Evaluate a checkpoint on the test split of the data it was trained on (from the checkpoint
     alone; ``data_root`` overrides where the data is). The forward passes run in float32 unless
     ``precision`` (``"32"``, ``"bf16"``, ``"fp16"``) says otherwise, whatever precision the run trained
@@ -247,14 +248,16 @@ def evaluate_checkpoint(checkpoint_path, votes: int = 1, device: str = "auto", b
     segmenter's: :func:`evaluate_parts`'s) plus ``"checkpoint"``, ``"epoch"`` and ``"precision"``.
 
     Under ``torchrun`` every process evaluates its share of the test set and every process returns
-    the whole result (equal to a one-process evaluation's)."""
+    the whole result (equal to a one-process evaluation's). ``max_fragments`` caps the grid fragments of
+    each room of a scene segmenter (:func:`~pcattn.engine.scene_inference.segment_room`; default: all) and
+    is refused for the other tasks."""
     with distributed_session(resolve_device(device)) as distributed:
         return _evaluate_checkpoint(checkpoint_path, distributed, votes, batch_size, num_workers, seed, data_root,
-                                    progress and distributed.is_main, precision)
+                                    progress and distributed.is_main, precision, max_fragments)
 
 
 def _evaluate_checkpoint(checkpoint_path, distributed: Distributed, votes, batch_size, num_workers, seed, data_root,
-                         progress, precision) -> Dict[str, Any]:
+                         progress, precision, max_fragments=None) -> Dict[str, Any]:
     resolved_device = distributed.device
     model, classes, checkpoint = load_model(checkpoint_path, resolved_device)
     config = TrainConfig.from_dict(checkpoint.get("train_config") or {})
@@ -275,7 +278,11 @@ def _evaluate_checkpoint(checkpoint_path, distributed: Distributed, votes, batch
     options = dict(votes=votes, up_axis=test_loader.dataset.up_axis, seed=seed, progress=progress,
                    precision=precision)
     if checkpoint.get("task") == "semseg" or is_scene_segmenter(model):  # whole test rooms, every point
-        result = evaluate_scenes(model, test_loader, classes=classes, voxel_size=config.voxel_size, **options)
+        result = evaluate_scenes(model, test_loader, classes=classes, voxel_size=config.voxel_size,
+                                 max_fragments=max_fragments, **options)
+    elif max_fragments is not None:
+        raise ValueError("max_fragments (--max-fragments) caps the grid fragments of scene rooms; this checkpoint "
+                         "is not a scene segmenter")
     elif isinstance(model, PointTransformerSegmenter):  # its categories and parts: the test set's, checked above
         result = evaluate_parts(model, test_loader, **options)
     else:

@@ -225,7 +225,7 @@ class SemanticSegmentationTask(Task):
         return int(((logits.argmax(-1) == target) & labelled).sum()), int(labelled.sum())
 
     def evaluation_options(self, config):
-        return {"voxel_size": config.voxel_size}
+        return {"voxel_size": config.voxel_size, "max_fragments": config.eval_fragments}
 
     def checkpoint_entries(self, labels):
         # a segmenter's checkpoint holds the categories' entries: a scene segmenter has none
