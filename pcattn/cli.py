@@ -337,7 +337,8 @@ def format_scene_evaluation(result) -> str:
     names = list(result["iou"])
     width = max(len(name) for name in names + ["class"])
     lines = [f"{result['checkpoint']} (epoch {result.get('epoch')}), {result['samples']} test rooms, "
-             f"{result['points']:,} labelled points, {result['votes']} vote(s), voxel {result['voxel_size']} m",
+             f"{result['points']:,} labelled points, {result['votes']} vote(s), voxel {result['voxel_size']} m"
+             + (f", at most {result['max_fragments']} fragments per room" if result.get("max_fragments") else ""),
              f"mIoU                    {result['miou']:.4f}",
              f"mAcc                    {result['macc']:.4f}",
              f"OA                      {result['oa']:.4f}",
@@ -643,6 +644,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--tile-points", type=int, default=None,
                         help="a scene segmenter labels a scan of more points tile by tile, with 2 m of context "
                              "around each (default 1,000,000: about 2 GB with pt-scene-tiny-vector)")
+    parser.add_argument("--max-fragments", type=int, default=None, metavar="F",
+                        help="a scene segmenter sees at most F grid fragments per room or tile, the other points "
+                             "taking their voxel's scores (default: every fragment; 1-2 is several times faster)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip a file that cannot be read (named in the summary) instead of stopping")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
@@ -668,9 +672,11 @@ def run_predict(args: argparse.Namespace) -> int:
         tiles = {} if args.tile_points is None else {"tile_points": args.tile_points}
         predictor = Predictor.from_checkpoint(args.checkpoint, category=args.category, num_points=args.num_points,
                                               votes=args.votes, device=args.device, progress=args.progress,
-                                              seed=args.seed, **tiles)
+                                              seed=args.seed, max_fragments=args.max_fragments, **tiles)
         refuse_unused([("--tile-points", args.tile_points is not None and predictor.task != "semseg",
-                        "it splits the scans of a scene segmenter; this checkpoint is not one")])
+                        "it splits the scans of a scene segmenter; this checkpoint is not one"),
+                       ("--max-fragments", args.max_fragments is not None and predictor.task != "semseg",
+                        "it caps the grid fragments of a scene segmenter; this checkpoint is not one")])
         results = predict_files(predictor, args.input, args.out, skip_bad=args.skip_bad,
                                 suffix=None if args.format is None else f".{args.format}", report=report)
     except (OSError, ValueError, ImportError, CheckpointError) as error:  # ValueError: a bad file, named

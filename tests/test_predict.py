@@ -357,3 +357,23 @@ def test_scene_segmenter_labels_every_point_and_far_from_the_origin_the_same(tmp
     assert np.array_equal(pcattn.predict(scene_checkpoint, moved, tile_points=800).labels, tiled.labels)
     with pytest.raises(ValueError, match="num_points is for classifiers and part segmenters"):
         pcattn.predict(scene_checkpoint, room, num_points=100)
+
+
+def test_scene_segmenter_with_capped_fragments_labels_every_point_by_its_voxel(tmp_path, scene_checkpoint, room):
+    """max_fragments=1: every point labelled, each with its voxel's label (one fragment scores each voxel once);
+    the command line takes --max-fragments, refused for a classifier."""
+    from pcattn.data.grid import voxel_groups
+
+    capped = pcattn.predict(scene_checkpoint, room, max_fragments=1)
+    assert capped.labels.shape == (3000,)
+    order, starts, counts = voxel_groups(torch.from_numpy(room[:, :3]), 0.04)
+    per_voxel = torch.from_numpy(capped.labels)[order].split(counts.tolist())
+    assert all(bool((labels == labels[0]).all()) for labels in per_voxel)
+    assert (capped.labels == pcattn.predict(scene_checkpoint, room).labels).mean() > 0.8
+    source = tmp_path / "room.npy"
+    np.save(source, room)
+    assert main(["predict", "--checkpoint", str(scene_checkpoint), "--input", str(source), "--out",
+                 str(tmp_path / "room.npy.labels.npy"), "--max-fragments", "1", "--no-progress"]) == 0
+    assert np.array_equal(np.load(tmp_path / "room.npy.labels.npy")[:, 3], capped.labels)
+    with pytest.raises(ValueError, match="max_fragments"):
+        pcattn.predict(scene_checkpoint, room, max_fragments=0)

@@ -268,6 +268,11 @@ def test_eval_of_a_scene_checkpoint_prints_miou_and_the_class_table(rooms_run, t
     assert result["points"] == sum(result["target"]) == sum(map(sum, result["confusion"]))
     assert main(["eval", "--checkpoint", str(rooms_run / "best.pt"), "--batch-size", "4"]) == 2  # one room at a time
     assert "--batch-size" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(rooms_run / "best.pt"), "--max-fragments", "1", "--json", str(saved),
+                 "--no-progress"]) == 0
+    assert "at most 1 fragments per room" in capsys.readouterr().out
+    capped = json.loads(saved.read_text())
+    assert capped["max_fragments"] == 1 and capped["target"] == one_vote["target"]  # every point still scored
 
 
 def test_killed_scene_run_resumes_to_the_same_result(rooms_run, tmp_path, monkeypatch):

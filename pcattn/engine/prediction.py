@@ -198,13 +198,17 @@ class Predictor:
         seed: seeds the random choices (pre-selection, votes): the same input gives the same labels.
         tile_points, tile_margin: a scene segmenter labels a scan of more points tile by tile, each with that
             many metres of context around it (:func:`scene_tiles`): memory stays that of a ``tile_points`` room.
+        max_fragments: a scene segmenter sees at most this many grid fragments of each tile, the other points
+            taking their voxel's scores (default ``None``: every fragment;
+            :func:`~pcattn.engine.scene_inference.segment_room`): faster on dense scans.
     """
 
     def __init__(self, model: nn.Module, classes: Optional[Sequence[str]] = None,
                  checkpoint: Optional[Dict[str, Any]] = None, category: Union[str, int, None] = None,
                  num_points: Optional[int] = None, votes: int = 1, device: Union[str, torch.device] = "cpu",
                  progress: bool = False, name: Optional[str] = None, seed: int = 0,
-                 tile_points: int = TILE_POINTS, tile_margin: float = TILE_MARGIN):
+                 tile_points: int = TILE_POINTS, tile_margin: float = TILE_MARGIN,
+                 max_fragments: Optional[int] = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a pcattn classifier or segmenter (torch.nn.Module), got "
                             f"{type(model).__name__}")
@@ -229,6 +233,13 @@ class Predictor:
         if not (isinstance(tile_margin, (int, float)) and 0 <= tile_margin < float("inf")):
             raise ValueError(f"tile_margin must be a finite number of metres >= 0, got {tile_margin!r}")
         self.tile_points, self.tile_margin = tile_points, float(tile_margin)
+        if max_fragments is not None and (isinstance(max_fragments, bool) or not isinstance(max_fragments, int)
+                                          or max_fragments < 1):
+            raise ValueError(f"max_fragments must be None (every fragment) or an integer >= 1, got {max_fragments!r}")
+        if max_fragments is not None and self.task != "semseg":
+            raise ValueError("max_fragments caps the grid fragments of a scene segmenter; this model is a "
+                             f"{self.task} model")
+        self.max_fragments = max_fragments
         if votes > 1 and self.task == "partseg":
             raise ValueError("votes are for classifiers and scene segmenters; a part segmenter labels each point "
                              "once (leave votes at 1)")
@@ -382,7 +393,8 @@ class Predictor:
                                len(tiles) == 1):
             room = {"pos": torch.from_numpy(pos[rows])}
             room.update({name: torch.from_numpy(values[rows]) for name, values in features.items()})
-            scores = segment_room(self.model, room, self.voxel_size, self.votes, device=self.device,
+            scores = segment_room(self.model, room, self.voxel_size, self.votes, max_fragments=self.max_fragments,
+                                  device=self.device,
                                   generator=torch.Generator().manual_seed(self.seed), progress=self.progress)
             labels[rows[core]] = scores[torch.from_numpy(core)].argmax(1).numpy()
         return Prediction("semseg", self.classes, len(cloud), labels=labels,
@@ -459,7 +471,7 @@ def predict(checkpoint_or_model: Union[str, os.PathLike, nn.Module], points: Poi
             category: Union[str, int, None] = None, colors=None, normals=None,
             classes: Optional[Sequence[str]] = None, num_points: Optional[int] = None, votes: int = 1,
             device: Union[str, torch.device] = "cpu", progress: bool = False, seed: int = 0,
-            tile_points: int = TILE_POINTS) -> Prediction:
+            tile_points: int = TILE_POINTS, max_fragments: Optional[int] = None) -> Prediction:
     """Label one cloud with a trained model, as ``pcattn predict`` does.
 
     >>> result = pcattn.predict("runs/builtin-vector/best.pt", "chair.ply")
@@ -476,14 +488,14 @@ def predict(checkpoint_or_model: Union[str, os.PathLike, nn.Module], points: Poi
         category: a part segmenter's object category (name or id).
         colors, normals: ``(N, 3)`` features given apart from ``points`` (colours 0-255 or 0-1).
         classes: class names for a bare model.
-        num_points, votes, device, progress, seed, tile_points: as :class:`Predictor`'s.
+        num_points, votes, device, progress, seed, tile_points, max_fragments: as :class:`Predictor`'s.
 
     Returns:
         a :class:`Prediction`: ``label``, ``class_name`` and ``probabilities`` of a classifier, ``labels (N,)``
         and ``colors (N, 3)`` of a segmenter, every input point in its order.
     """
     options = dict(category=category, num_points=num_points, votes=votes, progress=progress, seed=seed,
-                   tile_points=tile_points)
+                   tile_points=tile_points, max_fragments=max_fragments)
     if isinstance(checkpoint_or_model, nn.Module):
         predictor = Predictor(checkpoint_or_model, classes, device=device, **options)
     elif isinstance(checkpoint_or_model, (str, os.PathLike)):
