@@ -260,6 +260,13 @@ def _evaluate_checkpoint(checkpoint_path, distributed: Distributed, votes, batch
                          progress, precision, max_fragments=None) -> Dict[str, Any]:
     resolved_device = distributed.device
     model, classes, checkpoint = load_model(checkpoint_path, resolved_device)
+    scene = checkpoint.get("task") == "semseg" or is_scene_segmenter(model)
+    if scene and batch_size is not None:
+        raise ValueError("batch_size (--batch-size) has no effect on a scene segmenter: it evaluates one whole room "
+                         "at a time, in grid fragments")
+    if not scene and max_fragments is not None:
+        raise ValueError("max_fragments (--max-fragments) caps the grid fragments of scene rooms; this checkpoint "
+                         "is not a scene segmenter")
     config = TrainConfig.from_dict(checkpoint.get("train_config") or {})
     if data_root is not None:
         config.data_root = data_root
@@ -277,12 +284,9 @@ def _evaluate_checkpoint(checkpoint_path, distributed: Distributed, votes, batch
     precision = resolve_precision(config.precision, resolved_device)
     options = dict(votes=votes, up_axis=test_loader.dataset.up_axis, seed=seed, progress=progress,
                    precision=precision)
-    if checkpoint.get("task") == "semseg" or is_scene_segmenter(model):  # whole test rooms, every point
+    if scene:  # whole test rooms, every point
         result = evaluate_scenes(model, test_loader, classes=classes, voxel_size=config.voxel_size,
                                  max_fragments=max_fragments, **options)
-    elif max_fragments is not None:
-        raise ValueError("max_fragments (--max-fragments) caps the grid fragments of scene rooms; this checkpoint "
-                         "is not a scene segmenter")
     elif isinstance(model, PointTransformerSegmenter):  # its categories and parts: the test set's, checked above
         result = evaluate_parts(model, test_loader, **options)
     else:
