@@ -241,12 +241,10 @@ def test_partseg_settings_are_checked_before_anything_runs(tmp_path, options, ma
     assert not (tmp_path / "run").exists()
 
 
-def test_a_segmenter_is_not_exported_and_a_classifier_run_cannot_resume_as_partseg(small_parts, tmp_path, capsys):
+def test_a_partseg_run_evaluates_no_folder_and_cannot_resume_as_classification(small_parts, tmp_path, capsys):
+    """(Segmenters export since pcattn exports every network: tests/test_compile_export.py.)"""
     out = tmp_path / "run"
     train(parts_config(out, epochs=1))
-    assert main(["export", "--checkpoint", str(out / "best.pt"), "--format", "onnx", "--out",
-                 str(tmp_path / "model.onnx")]) == 2
-    assert "a segmenter checkpoint, but a classifier is needed" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(out / "best.pt"), "--data-root", str(tmp_path), "--no-progress"]) == 2
     assert "the built-in parts are generated in memory and read no folder" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"cannot resume .*\(task: run has 'partseg', now 'classification'"):
