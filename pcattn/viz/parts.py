@@ -1,7 +1,8 @@
 """Part-segmentation pictures: every point coloured by its part, the truth below the prediction, the wrong points.
 
 Owns the part colours (:func:`part_palette`: matplotlib's qualitative ``tab10`` by the part's index
-within its category, ``tab20`` for categories of more than ten parts), :func:`part_colors`,
+within its category, ``tab20`` for categories of more than ten parts; the table is
+:func:`pcattn.engine.prediction.label_palette`'s, which colours predict's labelled files), :func:`part_colors`,
 :func:`error_colors` (:data:`WRONG_COLOR` red, :data:`RIGHT_COLOR` light grey), :func:`part_legend`
 and :func:`parts_picture`, which renders the rows with :func:`~pcattn.viz.render.render_views` and
 tiles them with :func:`~pcattn.viz.figures.compose_figure`. Nothing here runs a model:
@@ -14,7 +15,6 @@ from typing import List, NamedTuple, Sequence, Tuple, Union
 import numpy as np
 from torch import Tensor
 
-from ..optional import require
 from .figures import FigureRow, compose_figure
 from .render import render_views, view_angles
 from .values import INACTIVE_COLOR
@@ -37,13 +37,12 @@ def part_palette(count: int) -> List[Tuple[str, np.ndarray]]:
     Returns:
         ``[(colour name, rgb (3,) float64 in [0, 1]), ...]``, one per part.
     """
-    colormaps = require("matplotlib", "viz", "colouring parts").colormaps
+    from ..engine.prediction import label_palette  # the one tab10/tab20 table: predict's labelled files use it too
 
     if count < 1:
         raise ValueError(f"a category has at least one part, got count={count}")
-    cmap, names = ("tab10", _TAB10_NAMES) if count <= 10 else ("tab20", _TAB20_NAMES)
-    colors = colormaps[cmap].colors
-    return [(names[i % len(names)], np.asarray(colors[i % len(colors)], dtype=np.float64)) for i in range(count)]
+    names = _TAB10_NAMES if count <= 10 else _TAB20_NAMES
+    return [(names[i % len(names)], rgb) for i, rgb in enumerate(label_palette(count))]
 
 
 def _numpy_labels(labels: Union[Tensor, np.ndarray, Sequence[int]]) -> np.ndarray:
