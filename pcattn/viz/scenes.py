@@ -22,7 +22,7 @@ from torch import Tensor
 from ..data.scenes import IGNORE_INDEX
 from ..optional import require
 from .figures import FigureRow, compose_figure
-from .parts import RIGHT_COLOR, WRONG_COLOR
+from .parts import RIGHT_COLOR, WRONG_COLOR, _numpy_labels  # labels as a flat int64 array
 from .render import render_views
 
 __all__ = ["UNLABELLED_COLOR", "TOP_VIEW", "PERSPECTIVE_VIEWS", "MAX_DRAWN_POINTS", "class_palette", "label_colors",
@@ -52,12 +52,6 @@ def class_palette(count: int) -> np.ndarray:
     colors = list(colormaps["tab10"].colors) + list(colormaps["tab20"].colors[1::2]) + \
         list(colormaps["tab20b"].colors) + list(colormaps["tab20c"].colors)
     return np.asarray([colors[i % len(colors)] for i in range(count)], dtype=np.float64)
-
-
-def _numpy_labels(labels: Union[Tensor, np.ndarray, Sequence[int]]) -> np.ndarray:
-    if isinstance(labels, Tensor):
-        labels = labels.detach().cpu().numpy()
-    return np.asarray(labels, dtype=np.int64).reshape(-1)
 
 
 def label_colors(labels: Union[Tensor, np.ndarray], num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
