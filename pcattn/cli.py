@@ -62,6 +62,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     scenes.add_argument("--eval-fragments", type=int, metavar="F",
                         help="the evaluation after each epoch segments at most F grid fragments per test room, the "
                              "other points taking their voxel's scores (default: every fragment, as the scene papers)")
+    scenes.add_argument("--class-weights", choices=("none", "sqrt", "inverse"),
+                        help="weigh each class's points in the loss by its share f of the training points: none "
+                             "(default), sqrt (f^-1/2) or inverse (f^-1): rare classes count more, as mIoU does")
     scenes.add_argument("--test-area", type=int, help="S3DIS: the held-out test area, 1-6 (default 5: train on the "
                                                       "other five)")
     scenes.add_argument("--room-repeats", type=int, help="random crops of each training room per epoch (default 4 "

@@ -163,6 +163,43 @@ def test_loss_and_hits_leave_the_ignore_label_out():
     assert float(unlabelled.detach()) == 0.0 and unlabelled.requires_grad    # no NaN from a crop without labels
     batch = collate_scenes([crop(5, 1), crop(3, 2), crop(4, 3)])
     assert task.samples(batch, batch["seg"]) == 3                    # crops, not points
+    weight, both = torch.tensor([0.5, 2.0]), torch.tensor([0, 1, -1, 1])   # both classes among the targets
+    weighted = torch.nn.functional.cross_entropy(logits[[0, 1, 3]], both[[0, 1, 3]], weight=weight)
+    torch.testing.assert_close(task.loss(logits, both, 0.0, weight), weighted)
+    assert not torch.allclose(weighted, task.loss(logits, both, 0.0))
+
+
+def test_class_weights_are_the_inverse_share_of_the_labelled_points_to_a_power():
+    from pcattn.engine.tasks import class_loss_weights
+
+    counts = [900, 90, 10, 0]                                        # shares 0.9, 0.09, 0.01; class 3 absent
+    raw = torch.tensor([0.9, 0.09, 0.01]) ** -0.5
+    sqrt = class_loss_weights(counts, "sqrt")
+    torch.testing.assert_close(sqrt, torch.cat([raw / raw.mean(), torch.zeros(1)]))
+    inverse = class_loss_weights(counts, "inverse")
+    torch.testing.assert_close(inverse[:3] / inverse[0], torch.tensor([1.0, 10.0, 90.0]))
+    assert float(inverse[3]) == 0.0 and float(inverse[:3].mean()) == pytest.approx(1.0)
+    assert class_loss_weights(counts, "none") is None
+    with pytest.raises(ValueError, match="no labelled point"):
+        class_loss_weights([0, 0], "sqrt")
+    with pytest.raises(ValueError, match="class_weights"):
+        class_loss_weights(counts, "log")
+
+
+def test_a_weighted_run_weighs_the_loss_by_the_training_rooms_labels(tmp_path, monkeypatch):
+    from pcattn.engine import train
+    from pcattn.engine.tasks import SemanticSegmentationTask, class_loss_weights
+
+    rooms = BuiltinRooms("train", rooms=4, num_points=(600, 800))
+    counts = rooms.label_counts()
+    seen = torch.cat([rooms[i]["seg"] for i in range(len(rooms))])
+    assert counts.tolist() == torch.bincount(seen, minlength=len(rooms.classes)).tolist()
+    weights = []
+    loss = SemanticSegmentationTask.loss
+    monkeypatch.setattr(SemanticSegmentationTask, "loss",
+                        lambda self, *args: weights.append(args[3]) or loss(self, *args))
+    train(tiny_rooms_config(tmp_path / "weighted", class_weights="inverse", epochs=1))
+    assert weights and all(torch.equal(w, class_loss_weights(counts, "inverse")) for w in weights)
 
 
 def test_task_of_model_tells_a_scene_segmenter_from_a_part_segmenter(scene_model):
@@ -183,6 +220,8 @@ def test_task_of_model_tells_a_scene_segmenter_from_a_part_segmenter(scene_model
     (dict(dataset="builtin-rooms", data_root="somewhere"), "generated in memory"),
     (dict(dataset="builtin-rooms", room_points=(900, 100)), "low <= high"),
     (dict(task="partseg", dataset="builtin-rooms"), "semseg dataset"),
+    (dict(dataset="builtin-rooms", class_weights="log"), "class_weights"),
+    (dict(dataset="builtin", class_weights="sqrt"), "scene segmentation"),
 ])
 def test_scene_settings_are_checked_before_anything_runs(options, match):
     from pcattn.engine import TrainConfig

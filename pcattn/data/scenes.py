@@ -175,6 +175,17 @@ class SceneDataset(Dataset):
             raise IndexError(f"room index {index} out of range for {len(self)} rooms")
         return self._reader(index % len(self))
 
+    def label_counts(self, progress: bool = False) -> np.ndarray:
+        """The labelled points of each class over every room: int64 ``(num_classes,)`` (unlabelled points,
+        ``ignore_index``, not counted). Reads every room once (a progress bar with ``progress``)."""
+        from tqdm.auto import tqdm
+
+        counts = np.zeros(self.num_classes, dtype=np.int64)
+        for index in tqdm(range(len(self)), desc="counting labels", unit="room", disable=not progress, leave=False):
+            seg = np.asarray(self.load_room(index)["seg"])
+            counts += np.bincount(seg[seg != self.ignore_index], minlength=self.num_classes)[: self.num_classes]
+        return counts
+
     def __getitem__(self, index: int) -> Dict[str, Tensor]:
         sample = room_to_sample(self.load_room(index))
         return self.transform(sample) if self.transform is not None else sample

@@ -24,7 +24,11 @@ RESULT_FIELDS = ("task", "dataset", "format", "data_root", "model", "attention",
                  "lr", "weight_decay", "optimizer", "momentum", "warmup", "lr_schedule", "lr_steps", "lr_step_factor",
                  "label_smoothing", "seed", "augment",
                  "up_axis", "attention_options", "precision", "skip_missing", "init_encoder",
-                 "voxel_size", "test_area", "rooms", "room_points", "room_repeats", "eval_fragments")
+                 "voxel_size", "test_area", "rooms", "room_points", "room_repeats", "eval_fragments",
+                 "class_weights")
+
+#: scenes: how the loss weighs the classes (see TrainConfig.class_weights)
+CLASS_WEIGHTS = ("none", "sqrt", "inverse")
 
 #: the tasks a run trains, and the datasets of each (the first is the task's default)
 TASKS = ("classification", "partseg", "semseg")
@@ -97,6 +101,10 @@ class TrainConfig:
             cheaper evaluation for short runs on a CPU; ``pcattn eval`` keeps the full protocol.
         room_repeats: scenes: crops drawn from each training room per epoch (default 4 for the built-in
             rooms, 30 for S3DIS, 1 otherwise).
+        class_weights: scenes: the cross-entropy's weight of each class, from its share ``f_c`` of the
+            labelled training points: ``"none"`` (default, every point alike), ``"sqrt"`` (``f_c^-1/2``) or
+            ``"inverse"`` (``f_c^-1``), scaled to a mean of 1 over the classes. Rooms are mostly floor, walls
+            and ceiling; mIoU counts every class alike, so weighing the rare ones up raises it.
         lr, weight_decay, optimizer (``"adamw"`` or ``"sgd"``), momentum (SGD only).
             ``None`` for ``epochs``, ``batch_size``, ``lr``, ``weight_decay`` and ``label_smoothing`` takes the
             task's default (:data:`TASK_DEFAULTS`: 15, 32, 2e-3, 1e-4, 0.1 for classification; 15, 16, 5e-3,
@@ -158,6 +166,7 @@ class TrainConfig:
     room_points: Optional[Tuple[int, int]] = None
     room_repeats: Optional[int] = None
     eval_fragments: Optional[int] = None
+    class_weights: Optional[str] = None
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
     num_points: Optional[int] = None
@@ -306,7 +315,8 @@ def _check_lr_schedule(config: TrainConfig) -> None:
 def _check_scene_options(config: TrainConfig) -> None:
     """The scene settings: only for ``semseg`` (and ``test_area`` only for S3DIS, ``rooms`` / ``room_points``
     only for the built-in rooms); ``voxel_size`` filled in (0.04) and every value checked."""
-    scene_only = ("voxel_size", "test_area", "rooms", "room_points", "room_repeats", "eval_fragments")
+    scene_only = ("voxel_size", "test_area", "rooms", "room_points", "room_repeats", "eval_fragments",
+                  "class_weights")
     if config.task != "semseg":
         given = [name for name in scene_only if getattr(config, name) is not None]
         if given:
@@ -322,6 +332,9 @@ def _check_scene_options(config: TrainConfig) -> None:
             and config.voxel_size > 0):
         raise ValueError(f"voxel_size must be a positive number of metres, got {config.voxel_size!r}")
     config.voxel_size = float(config.voxel_size)
+    config.class_weights = "none" if config.class_weights is None else config.class_weights
+    if config.class_weights not in CLASS_WEIGHTS:
+        raise ValueError(f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}, got {config.class_weights!r}")
     if config.eval_fragments is not None and (isinstance(config.eval_fragments, bool)
                                               or not isinstance(config.eval_fragments, int)
                                               or config.eval_fragments < 1):

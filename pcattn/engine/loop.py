@@ -44,7 +44,7 @@ from .distributed import (SYNC_BATCHNORMS, Distributed, broadcast_buffers, conve
 from .loaders import build_loaders
 from .run_folder import (CONFIG, METRICS, RunFolderLock, append_metrics, check_shared_folder, mark_shared_folder,
                          prepare_run_folder, remove_temporary_files, start_metrics, write_json)
-from .tasks import Labels, Task, describe_labels, get_task
+from .tasks import Labels, Task, class_loss_weights, describe_labels, get_task
 
 __all__ = ["TrainingState", "train", "build_training", "restore", "run_epoch", "train_one_epoch", "end_epoch",
            "finish_run", "lr_schedule"]
@@ -67,6 +67,7 @@ class TrainingState:
     history: Optional[List[Dict[str, Any]]] = None  # every epoch's metrics row (metrics.jsonl is rebuilt from it)
     run_id: str = ""  # the run folder's identity (config.json and every checkpoint carry it)
     network: Optional[nn.Module] = None  # what the training forward calls: DistributedDataParallel(model) or None
+    class_weight: Optional[Tensor] = None  # scenes: the loss's weight of each class (config.class_weights)
 
     @property
     def training_module(self) -> nn.Module:
@@ -147,6 +148,8 @@ def _train_locked(config: TrainConfig, device: torch.device, out: Path, distribu
     state = build_training(config, Labels.of_dataset(train_loader.dataset), len(train_loader), device, generator,
                            distributed)
     state.run_id = run_id
+    if config.class_weights not in (None, "none"):
+        state.class_weight = _class_weight(config, train_loader.dataset, device)
     metrics_path = out / METRICS
     with distributed.together():
         if checkpoint is None and config.init_encoder:
@@ -188,6 +191,16 @@ def _train_locked(config: TrainConfig, device: torch.device, out: Path, distribu
 
 
 # ============================================================================ set-up
+
+def _class_weight(config: TrainConfig, train_set, device: torch.device) -> Tensor:
+    """The loss's class weights of a scene run, from the labels of every training room (counted once, the same
+    on every rank and on a resume), logged with the class names."""
+    rooms = getattr(train_set, "rooms", train_set)  # RepeatedRooms -> its SceneDataset
+    weight = class_loss_weights(rooms.label_counts(progress=config.progress), config.class_weights)
+    shown = ", ".join(f"{name} {value:.2f}" for name, value in zip(rooms.classes, weight.tolist()))
+    _log(f"class weights ({config.class_weights}): {shown}", config.progress)
+    return weight.to(device)
+
 def lr_schedule(total_steps: int, warmup: float, kind: str = "cosine", steps_per_epoch: int = 1,
                 epoch_steps: Sequence[int] = (), step_factor: float = 0.1) -> Callable[[int], float]:
     """The learning-rate factor of each iteration ``step`` (from 0): a linear warm-up over the first
@@ -330,7 +343,7 @@ def train_step(state: TrainingState, args: Tuple[Any, ...], kwargs: Dict[str, An
     try:
         with autocast(device, config.precision):
             logits = state.training_module(*args, **kwargs)
-            loss = state.task.loss(logits, target, config.label_smoothing)
+            loss = state.task.loss(logits, target, config.label_smoothing, state.class_weight)
     except Exception as error:  # e.g. out of memory on this rank alone: the other ranks must hear of it
         failure, loss = error, torch.zeros(())
     # Every rank's loss and outcome, before the backward's gradient all-reduce that a rank stopping

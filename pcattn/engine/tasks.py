@@ -37,7 +37,7 @@ from .loaders import batch_inputs
 from .scene_inference import evaluate_scenes, is_scene_segmenter
 
 __all__ = ["Labels", "Task", "ClassificationTask", "PartSegmentationTask", "SemanticSegmentationTask", "get_task",
-           "task_of_model", "describe_labels"]
+           "class_loss_weights", "task_of_model", "describe_labels"]
 
 
 @dataclass
@@ -113,7 +113,9 @@ class Task:
         """``(args, kwargs, target)``: the model is called ``model(*args, **kwargs)``."""
         raise NotImplementedError
 
-    def loss(self, logits: Tensor, target: Tensor, label_smoothing: float) -> Tensor:
+    def loss(self, logits: Tensor, target: Tensor, label_smoothing: float,
+             class_weight: Optional[Tensor] = None) -> Tensor:
+        """The training loss; ``class_weight (C,)``: the cross-entropy's weight of each class (scenes only)."""
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
                                label_smoothing=label_smoothing)
 
@@ -214,10 +216,11 @@ class SemanticSegmentationTask(Task):
     def samples(self, batch, target):
         return int(batch["batch"][-1]) + 1  # crops, not points
 
-    def loss(self, logits, target, label_smoothing):
+    def loss(self, logits, target, label_smoothing, class_weight=None):
         if not bool((target != IGNORE_INDEX).any()):  # a batch of unlabelled points: no signal, not NaN
             return logits.float().sum() * 0.0
-        return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
+        return F.cross_entropy(logits.float(), target, weight=class_weight, ignore_index=IGNORE_INDEX,
+                               label_smoothing=label_smoothing)
 
     @staticmethod
     def hits(logits, target):
@@ -246,6 +249,29 @@ class SemanticSegmentationTask(Task):
 
 
 _TASKS = {task.name: task for task in (ClassificationTask(), PartSegmentationTask(), SemanticSegmentationTask())}
+
+
+def class_loss_weights(counts, kind: str) -> Optional[Tensor]:
+    """The cross-entropy's class weights of :attr:`~pcattn.engine.TrainConfig.class_weights` from the labelled
+    training points of each class ``counts (C,)``: ``None`` for ``"none"``; else ``f_c^-p`` (``f_c`` the class's
+    share of the points, ``p`` 1/2 for ``"sqrt"``, 1 for ``"inverse"``) scaled to a mean of 1 over the classes
+    that have points. A class with no training point gets weight 0 (it is never a target). float32 ``(C,)``.
+
+    Raises:
+        ValueError: an unknown ``kind``, or no labelled point at all.
+    """
+    powers = {"none": None, "sqrt": 0.5, "inverse": 1.0}
+    if kind not in powers:
+        raise ValueError(f"class_weights must be one of {', '.join(powers)}, got {kind!r}")
+    if powers[kind] is None:
+        return None
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    if not bool((counts > 0).any()):
+        raise ValueError("the training rooms hold no labelled point: no class weights can be computed")
+    present = counts > 0
+    weight = torch.zeros_like(counts)
+    weight[present] = (counts[present] / counts.sum()) ** -powers[kind]
+    return (weight / weight[present].mean()).float()
 
 
 def get_task(name: str) -> Task:
