@@ -1,13 +1,16 @@
 """Scene segmenters (grid-pooling U-Nets): each level holds one point per occupied voxel of the level
-before, a ragged batch equals each room on its own, rooms far from the origin give the same logits,
-every parameter learns, and the settings are checked."""
+before, the decoder copies each voxel's features back to its points, a ragged batch equals each room on
+its own, rooms far from the origin give the same logits, every parameter learns, the settings are
+checked, and checkpoints of earlier versions (interpolating decoders) load as what they were."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pcattn.models import create_segmenter
-from pcattn.nn.grid import voxel_clusters
+from pcattn.models import PointTransformerSegmenter, create_segmenter
+from pcattn.models.checkpoint import SEGMENTER_KIND, model_checkpoint, model_from_checkpoint
+from pcattn.nn import TransitionUp
+from pcattn.nn.grid import GridUnpool, voxel_clusters
 
 
 def room(points: int, seed: int) -> torch.Tensor:
@@ -39,6 +42,33 @@ def test_each_level_holds_one_point_per_occupied_voxel(model):
         assert coarse.x.shape[0] == voxel_clusters(fine.pos, fine.batch, size)[1] < fine.x.shape[0]
 
 
+def test_the_scene_decoder_copies_each_voxels_features_to_every_point_of_the_voxel():
+    """With the skip branch silenced, the first transition up gives every point of a 0.08 m voxel the
+    same row, the voxel's (its cluster is the grid pooling's, computed here on its own): a copy by index,
+    where an interpolation would weigh the 3 nearest coarse points by distance, point by point."""
+    torch.manual_seed(2)
+    model = create_segmenter("pt-scene-tiny-vector", num_classes=3, in_channels=6).eval()
+    assert model.config["unpool"] == "grid"
+    assert all(isinstance(up, GridUnpool) for up in model.up)
+    assert not any(isinstance(module, TransitionUp) for module in model.modules())
+    first_up = model.up[0]
+    torch.nn.init.zeros_(first_up.skip[0].weight)
+    torch.nn.init.zeros_(first_up.skip[0].bias)
+    seen = {}
+    first_up.register_forward_hook(lambda module, args, out: seen.update(coarse=args[0], out=out))
+    pos = room(600, 5)
+    with torch.no_grad():
+        model(features(pos, 5), pos)
+    cluster, voxels = voxel_clusters(pos, torch.zeros(600, dtype=torch.long), model.encoder.grid_sizes[0])
+    assert seen["coarse"].shape[0] == voxels < 600
+    one_of_voxel = torch.zeros(voxels, dtype=torch.long).scatter_(0, cluster, torch.arange(600))  # any of its points
+    out = seen["out"]
+    assert torch.equal(out, out[one_of_voxel][cluster])                   # one row per voxel
+    with torch.no_grad():
+        assert torch.equal(out, first_up.coarse(seen["coarse"])[cluster])  # its voxel's coarse features
+    assert out[one_of_voxel].unique(dim=0).shape[0] > voxels // 2       # not one row for all
+
+
 def test_a_ragged_batch_equals_each_room_on_its_own(model):
     rooms = [room(900, 1), room(500, 2)]
     inputs = [features(pos, seed) for seed, pos in enumerate(rooms)]
@@ -53,7 +83,8 @@ def test_a_ragged_batch_equals_each_room_on_its_own(model):
 @pytest.mark.parametrize("shift", [1e3, 1e5])
 def test_a_room_far_from_the_origin_gives_the_same_logits(model, shift):
     """Grid pooling averages positions, which float32 cannot hold at 10^5 m (its step is 8 mm there): the
-    encoder first subtracts each room's first point, exactly."""
+    encoder first subtracts each room's first point, exactly. (The decoder unpools by voxel index.)"""
+    assert all(isinstance(up, GridUnpool) for up in model.up)
     pos = room(800, 3)
     x = features(pos, 3)  # given features (the data pipeline centres each crop in float64)
     with torch.no_grad():
@@ -70,6 +101,32 @@ def test_every_parameter_learns():
     silent = [name for name, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
     # mapping's last bias is cancelled by the softmax over neighbours; the rest must learn
     assert all("mapping" in name or "to_value.bias" in name for name in silent), silent
+
+
+def test_grid_unpooling_needs_grid_pooling():
+    with pytest.raises(ValueError, match="unpool='grid'.*grid_sizes"):
+        create_segmenter("pt-scene-tiny-vector", num_classes=3, in_channels=6, grid_sizes=None)
+    with pytest.raises(ValueError, match="unpool='grid'.*grid_sizes"):
+        PointTransformerSegmenter(3, widths=(16, 32), depths=(1, 1), unpool="grid")
+    with pytest.raises(ValueError, match="unpool must be one of.*'nearest'"):
+        PointTransformerSegmenter(3, widths=(16, 32), depths=(1, 1), grid_sizes=(0.1,), unpool="nearest")
+
+
+def test_a_scene_checkpoint_of_an_earlier_version_loads_with_its_interpolating_decoder():
+    """Earlier scene segmenters went back up by interpolation and recorded no ``unpool``: both kinds of
+    transition up name their weights alike, so only the config default keeps them from loading silently
+    into a grid decoder that would label the points otherwise."""
+    torch.manual_seed(3)
+    earlier = create_segmenter("pt-scene-tiny-vector", num_classes=3, in_channels=6, widths=(16, 32),
+                               depths=(1, 1), grid_sizes=(0.16,), unpool="interpolate").eval()
+    checkpoint = model_checkpoint(earlier, ["a", "b", "c"], categories=None, category_parts=None)
+    checkpoint["model_config"] = {key: value for key, value in earlier.config.items() if key != "unpool"}
+    assert checkpoint["kind"] == SEGMENTER_KIND
+    loaded = model_from_checkpoint(checkpoint).eval()
+    assert loaded.unpool == "interpolate" and isinstance(loaded.up[0], TransitionUp)
+    pos = room(300, 6)
+    with torch.no_grad():
+        assert torch.equal(loaded(features(pos, 6), pos), earlier(features(pos, 6), pos))
 
 
 def test_grid_settings_are_checked():

@@ -100,6 +100,7 @@ def test_segment_room_scores_every_point_in_every_vote_and_batches_do_not_change
 
 
 def test_a_room_moved_1e5_m_away_evaluates_the_same(tiny_room, scene_model):
+    assert scene_model.unpool == "grid"  # the scene decoder copies each voxel's features back by index
     far = {**tiny_room, "pos": tiny_room["pos"] - tiny_room["pos"].min(0).values + 1e5}
     near = {**tiny_room, "pos": tiny_room["pos"] - tiny_room["pos"].min(0).values}
     torch.testing.assert_close(segment_room(scene_model, far, votes=2), segment_room(scene_model, near, votes=2),

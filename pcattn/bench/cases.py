@@ -511,8 +511,8 @@ def fps_seconds_estimate(pos, cloud_sizes: List[int], stride: int, levels: int) 
 
 
 def _build_scene(p: Dict[str, Any]) -> Built:
-    """A scene segmenter with grid pooling ("ours") against the same widths and depths with farthest point
-    sampling + kNN transitions ("fps-knn"), on ``N`` points of grid-sampled built-in rooms (:func:`scene_points`).
+    """A scene segmenter with grid pooling and unpooling ("ours") against the same widths and depths with farthest
+    point sampling + kNN transitions down and interpolation up ("fps-knn"), on ``N`` points of grid-sampled built-in rooms (:func:`scene_points`).
 
     ``mode="train"``: one training step (forward, cross-entropy, backward, AdamW). ``mode="infer"``: one forward
     pass under ``torch.no_grad`` over all ``N`` points at once. The FPS side is not run where its sampling
@@ -531,7 +531,8 @@ def _build_scene(p: Dict[str, Any]) -> Built:
     labels = scene["seg"].to(dev)
     torch.manual_seed(0)
     models = {"ours": create_segmenter(name, len(ROOM_CLASSES), in_channels=6),
-              "fps-knn": create_segmenter(name, len(ROOM_CLASSES), in_channels=6, grid_sizes=None)}
+              "fps-knn": create_segmenter(name, len(ROOM_CLASSES), in_channels=6, grid_sizes=None,
+                                          unpool="interpolate")}
     fps_down = models["fps-knn"].encoder.down
     extra: Dict[str, Any] = {"points": N, "params": sum(t.numel() for t in models["ours"].parameters())}
 

@@ -296,6 +296,7 @@ def model_from_checkpoint(checkpoint: Dict[str, Any], path="checkpoint"
     config = dict(checkpoint["model_config"])
     if checkpoint.get("kind") == SEGMENTER_KIND:
         config.setdefault("interpolation_power", 2)  # segmenters saved before it was recorded: 1 / d^2
+        config.setdefault("unpool", "interpolate")   # and before grid unpooling: every one interpolated
     try:
         name = config.pop("name")
         model = create_model(name, **config)

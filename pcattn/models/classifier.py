@@ -102,7 +102,8 @@ class PointTransformerClassifier(nn.Module):
         x, pos, batch, B, _ = inputs
         clouds = static_clouds(inputs)  # equal-sized clouds on accelerators / while tracing: batched kNN, FPS
         with checked_inputs():  # checked above: the layers below skip their checks (no host syncs)
-            x, _, batch, _ = self.encoder(x, pos, batch, clouds)[-1]
+            coarsest = self.encoder(x, pos, batch, clouds)[-1]
+            x, batch = coarsest.x, coarsest.batch
         # Average per cloud, summed in at least float32 (a bf16 sum of 1024 points would round).
         dtype = torch.promote_types(x.dtype, torch.float32)
         pooled = x.new_zeros(B, x.shape[1], dtype=dtype).index_add_(0, batch, x.to(dtype))

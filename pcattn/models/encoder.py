@@ -26,12 +26,16 @@ ENCODER_ARGUMENTS = ("in_channels", "attention", "widths", "depths", "k", "strid
 
 class EncoderLevel(NamedTuple):
     """One level of the encoder's output: its features ``x (N_l, C_l)``, positions ``pos (N_l, 3)``,
-    batch vector ``batch (N_l,)`` and the kNN ``neighbors (N_l, k)`` its blocks attended over."""
+    batch vector ``batch (N_l,)``, the kNN ``neighbors (N_l, k)`` its blocks attended over, and, for a
+    level made by grid pooling, ``cluster (N_{l-1},)``: the row of this level (the voxel) that each point
+    of the finer level was pooled into, what :class:`~pcattn.nn.grid.GridUnpool` copies back along
+    (``None`` for level 0 and after farthest point sampling)."""
 
     x: Tensor
     pos: Tensor
     batch: Tensor
     neighbors: Tensor
+    cluster: Optional[Tensor] = None
 
 
 def make_stage(width: int, depth: int, attention: str = "vector", k: int = 16, group_size: int = 8,
@@ -74,7 +78,8 @@ class Encoder(nn.Module):
         cloud searched on its own) or the number of equal-sized clouds the rows hold back to back
         (static shapes: one batched search, see :func:`~pcattn.nn.geometry.knn_equal_clouds`; both
         give the same result). Returns one :class:`EncoderLevel` per stage, finest first; the last
-        level's ``x`` has ``widths[-1]`` channels.
+        level's ``x`` has ``widths[-1]`` channels; with ``grid_sizes``, each level after the first
+        holds the ``cluster`` its grid pooling grouped the level before by.
     """
 
     def __init__(self, in_channels: int = 3, attention: str = "vector",
@@ -107,13 +112,16 @@ class Encoder(nn.Module):
             pos = relative_to_first_point(pos, batch)
         x = self.stem(x)
         levels: List[EncoderLevel] = []
+        cluster: Optional[Tensor] = None
         for stage, blocks in enumerate(self.stages):
             if stage > 0:
-                x, pos, batch, _ = self.down[stage - 1](x, pos, batch, clouds)
+                # GridPool's last field is the voxel of each finer point; TransitionDown's the kept rows
+                x, pos, batch, fine_to_coarse = self.down[stage - 1](x, pos, batch, clouds)
+                cluster = fine_to_coarse if self.grid_sizes is not None else None
             neighbors = knn(pos, self.k, batch) if clouds is None else knn_equal_clouds(pos, self.k, clouds)
             for block in blocks:
                 x = block(x, pos, batch, neighbors)
-            levels.append(EncoderLevel(x, pos, batch, neighbors))
+            levels.append(EncoderLevel(x, pos, batch, neighbors, cluster))
         return levels
 
 

@@ -61,19 +61,21 @@ SEGMENTER_CONFIGS: Dict[str, Dict[str, Any]] = {
     "pt-seg-tiny-scalar": dict(_encoder_settings("pt-tiny-scalar"), head_channels=(32,), interpolation_power=2),
     # Scene segmenters: transition down by grid pooling (voxels of 0.08, 0.16, ... m: on surfaces sampled at
     # 0.04 m, each level keeps about a quarter of the points, as the paper's stride 4 does), features
-    # xyz + rgb (in_channels=6). pt-scene-vector has the block counts of the official S3DIS network
+    # xyz + rgb (in_channels=6); transition up by copying each voxel's features back to its points
+    # (unpool="grid", as Point Transformer V2). pt-scene-vector has the block counts of the official S3DIS network
     # (its [2, 3, 4, 6, 3] count the transition down too: 1, 2, 3, 5, 2 Point Transformer blocks).
     "pt-scene-vector": dict(attention="vector", widths=(32, 64, 128, 256, 512), depths=(1, 2, 3, 5, 2),
-                            grid_sizes=(0.08, 0.16, 0.32, 0.64), head_channels=(32,)),
+                            grid_sizes=(0.08, 0.16, 0.32, 0.64), head_channels=(32,), unpool="grid"),
     "pt-scene-tiny-vector": dict(attention="vector", widths=(32, 64, 128, 256), depths=(1, 1, 1, 1),
-                                 grid_sizes=(0.08, 0.16, 0.32), head_channels=(32,)),
+                                 grid_sizes=(0.08, 0.16, 0.32), head_channels=(32,), unpool="grid"),
     "pt-scene-tiny-scalar": dict(attention="scalar", widths=(32, 64, 128, 256), depths=(1, 1, 1, 1),
-                                 grid_sizes=(0.08, 0.16, 0.32), head_channels=(32,)),
+                                 grid_sizes=(0.08, 0.16, 0.32), head_channels=(32,), unpool="grid"),
 }
 
 
-for _segmenter in SEGMENTER_CONFIGS.values():  # recorded in model.config (earlier checkpoints: 2, see checkpoint.py)
+for _segmenter in SEGMENTER_CONFIGS.values():  # recorded in model.config (earlier checkpoints: see checkpoint.py)
     _segmenter.setdefault("interpolation_power", 1)
+    _segmenter.setdefault("unpool", "interpolate")
 
 
 def list_models(task: str = "classification") -> list:

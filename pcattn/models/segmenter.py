@@ -10,10 +10,14 @@ from torch import Tensor, nn
 
 from ..nn.blocks import TransitionUp
 from ..nn.geometry import checked_inputs, tracing
+from ..nn.grid import GridUnpool
 from .encoder import Encoder, make_stage, rename_legacy_keys
 from .inputs import flat_model_inputs, static_clouds
 
-__all__ = ["PointTransformerSegmenter"]
+__all__ = ["PointTransformerSegmenter", "UNPOOLINGS"]
+
+#: The transitions up of :class:`PointTransformerSegmenter` (its ``unpool`` argument).
+UNPOOLINGS = ("interpolate", "grid")
 
 
 class PointTransformerSegmenter(nn.Module):
@@ -32,6 +36,16 @@ class PointTransformerSegmenter(nn.Module):
 
     .. math::
         \mathbf{y}_i = \mathrm{MLP}\big([\mathbf{f}_i, \mathrm{onehot}(c_{b(i)})]\big)
+
+    With grid pooling (``grid_sizes``) and ``unpool="grid"``, each transition up is instead a
+    :class:`~pcattn.nn.grid.GridUnpool`, as in Point Transformer V2: every point of a voxel takes that
+    voxel's coarse features (the voxel it was pooled into on the way down, ``v(i)``), plus its skip:
+
+    .. math::
+        \mathbf{y}_i = \mathrm{ReLU}(\mathrm{BN}(W_c \mathbf{x}^{c}_{v(i)}))
+            + \mathrm{ReLU}(\mathrm{BN}(W_f \mathbf{x}^{f}_i))
+
+    a copy by index, with no neighbour search and no distances.
 
     Args:
         num_classes: labels per point (all part labels of all categories for part segmentation).
@@ -53,6 +67,10 @@ class PointTransformerSegmenter(nn.Module):
             :class:`~pcattn.models.encoder.Encoder`), instead of farthest point sampling.
         interpolation_power: the transitions up weigh the 3 nearest coarse points by ``1 / d`` (1, the
             official code's) or ``1 / d^2`` (2: segmenter checkpoints of earlier pcattn versions load with it).
+            Unused with ``unpool="grid"``.
+        unpool: the transitions up: ``"interpolate"`` (default; :class:`~pcattn.nn.blocks.TransitionUp`,
+            from the 3 nearest coarse points) or ``"grid"`` (:class:`~pcattn.nn.grid.GridUnpool`, each
+            point takes its voxel's features; needs ``grid_sizes``: the scene networks' way).
 
     Shapes:
         - call: ``model(x, pos, batch=None, category=None)``, the classifier's order.
@@ -81,6 +99,7 @@ class PointTransformerSegmenter(nn.Module):
         attention_kwargs: Optional[Dict[str, Any]] = None,
         grid_sizes: Optional[Sequence[float]] = None,
         interpolation_power: int = 1,
+        unpool: str = "interpolate",
     ):
         super().__init__()
         if not widths or len(widths) != len(depths):
@@ -93,13 +112,23 @@ class PointTransformerSegmenter(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if num_categories is not None and num_categories < 1:
             raise ValueError(f"num_categories must be None or >= 1, got {num_categories}")
+        if unpool not in UNPOOLINGS:
+            raise ValueError(f"unpool must be one of {UNPOOLINGS}, got {unpool!r}")
+        if unpool == "grid" and grid_sizes is None:
+            raise ValueError("unpool='grid' copies features back along the voxels of grid pooling: it needs "
+                             "grid_sizes (got None); use unpool='interpolate' with farthest point sampling")
         self.num_classes, self.in_channels, self.k = num_classes, in_channels, k
+        self.unpool = unpool
         self.num_categories = num_categories
         self.encoder = Encoder(in_channels, attention, widths, depths, k=k, stride=stride, group_size=group_size,
                                groups=groups, heads=heads, attention_kwargs=attention_kwargs, grid_sizes=grid_sizes)
         # up[s] and decoder[s] bring level s + 1 back to level s (index 0 is the finest level)
-        self.up = nn.ModuleList(TransitionUp(coarse, fine, fine, interpolation_power=interpolation_power)
-                                for fine, coarse in zip(widths[:-1], widths[1:]))
+        # (both kinds name their branches coarse and skip: the choice is recorded in model.config)
+        if unpool == "grid":
+            self.up = nn.ModuleList(GridUnpool(coarse, fine, fine) for fine, coarse in zip(widths[:-1], widths[1:]))
+        else:
+            self.up = nn.ModuleList(TransitionUp(coarse, fine, fine, interpolation_power=interpolation_power)
+                                    for fine, coarse in zip(widths[:-1], widths[1:]))
         self.decoder = nn.ModuleList(make_stage(width, depth, attention, k, group_size, groups, heads, attention_kwargs)
                                      for width, depth in zip(widths[:-1], decoder_depths))
 
@@ -128,11 +157,13 @@ class PointTransformerSegmenter(nn.Module):
             levels = self.encoder(x, pos, batch, clouds)  # finest first
             x = levels[-1].x
             for level in reversed(range(len(self.decoder))):
-                skip, pos, batch, neighbors = levels[level]
-                coarse = levels[level + 1]
-                x = self.up[level](x, coarse.pos, coarse.batch, skip, pos, batch, clouds)
+                fine, coarse = levels[level], levels[level + 1]
+                if self.unpool == "grid":  # each fine point takes the voxel it was pooled into
+                    x = self.up[level](x, fine.x, coarse.cluster)
+                else:
+                    x = self.up[level](x, coarse.pos, coarse.batch, fine.x, fine.pos, fine.batch, clouds)
                 for block in self.decoder[level]:
-                    x = block(x, pos, batch, neighbors)
+                    x = block(x, fine.pos, fine.batch, fine.neighbors)
         if onehot is not None:
             x = torch.cat([x, onehot.to(x.dtype)], dim=1)
         logits = self.head(x)
