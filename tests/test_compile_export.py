@@ -186,6 +186,7 @@ def scene_export(tmp_path_factory):
     torch.manual_seed(0)
     model = create_model("pt-scene-tiny-vector", num_classes=5, in_channels=6, widths=(16, 32), depths=(1, 1),
                          grid_sizes=(0.2,), k=8).eval()
+    assert model.unpool == "grid"  # the decoder copies by voxel index along the recorded clusters
     path = tmp_path_factory.mktemp("scene") / "scene.onnx"
     # check=False: the tests below compare it with eager themselves, at two other sizes
     return model, export_model(model, path, "onnx", num_points=2000, check=False)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pcattn.models import PointTransformerSegmenter, create_segmenter
-from pcattn.models.checkpoint import SEGMENTER_KIND, model_checkpoint, model_from_checkpoint
+from pcattn.models.checkpoint import SEGMENTER_KIND, model_checkpoint, model_from_checkpoint, recorded_model_config
 from pcattn.nn import TransitionUp
 from pcattn.nn.grid import GridUnpool, voxel_clusters
 
@@ -127,6 +127,14 @@ def test_a_scene_checkpoint_of_an_earlier_version_loads_with_its_interpolating_d
     pos = room(300, 6)
     with torch.no_grad():
         assert torch.equal(loaded(features(pos, 6), pos), earlier(features(pos, 6), pos))
+    # a run resumes when its checkpoint's config, so completed, is the rebuilt model's: an earlier part
+    # segmenter's (no unpool, no interpolation_power: 1 / d^2) is today's pt-seg-tiny-vector
+    assert recorded_model_config(checkpoint) == loaded.config
+    part_segmenter = create_segmenter("pt-seg-tiny-vector", num_classes=4, num_categories=2, widths=(16, 32),
+                                      depths=(1, 1))
+    legacy = {key: value for key, value in part_segmenter.config.items()
+              if key not in ("unpool", "interpolation_power")}
+    assert recorded_model_config({"kind": SEGMENTER_KIND, "model_config": legacy}) == part_segmenter.config
 
 
 def test_grid_settings_are_checked():

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..deprecation import warn_renamed
+from ..models.checkpoint import recorded_model_config
 from .checkpoint import CheckpointError, load_checkpoint, load_encoder, load_model, model_checkpoint, rng_state, \
     save_checkpoint, seed_everything, set_rng_state
 from .config import TrainConfig
@@ -272,7 +273,7 @@ def _count_sync_bn(model: nn.Module) -> int:
 def restore(state: TrainingState, checkpoint: Dict[str, Any], path: Path) -> None:
     """Load the model, optimizer, schedule, scaler, epoch, best result and every random stream from
     ``checkpoint`` (read from ``path``), so the run continues as if it had never stopped."""
-    if checkpoint["model_config"] != state.model.config:
+    if recorded_model_config(checkpoint) != state.model.config:
         raise CheckpointError(f"{path}: holds a {checkpoint['model_config'].get('name')} model that differs from "
                               f"this run's ({state.model.config}); start a new --out")
     different = Labels.of_checkpoint(checkpoint).differences(state.labels)

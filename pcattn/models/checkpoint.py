@@ -43,8 +43,8 @@ from .segmenter import PointTransformerSegmenter
 
 __all__ = ["CHECKPOINT_KIND", "SEGMENTER_KIND", "FORMAT_VERSION", "CheckpointError", "DiskFullError",
            "model_checkpoint",
-           "save_checkpoint", "state_checksum", "load_checkpoint", "model_from_checkpoint", "load_model",
-           "load_encoder"]
+           "save_checkpoint", "state_checksum", "load_checkpoint", "model_from_checkpoint", "recorded_model_config",
+           "load_model", "load_encoder"]
 
 CHECKPOINT_KIND = "pcattn-classifier"
 SEGMENTER_KIND = "pcattn-segmenter"
@@ -290,13 +290,20 @@ def verify_checkpoint(checkpoint: Dict[str, Any], path) -> None:
                                   f"(a diverged run or a damaged file)")
 
 
-def model_from_checkpoint(checkpoint: Dict[str, Any], path="checkpoint"
-                          ) -> Union[PointTransformerClassifier, PointTransformerSegmenter]:
-    """Rebuild the model described by ``checkpoint["model_config"]`` and load its weights."""
+def recorded_model_config(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
+    """``checkpoint["model_config"]`` with the settings earlier versions did not record filled in with
+    what those versions built, so it compares equal to the ``model.config`` of the same network today."""
     config = dict(checkpoint["model_config"])
     if checkpoint.get("kind") == SEGMENTER_KIND:
         config.setdefault("interpolation_power", 2)  # segmenters saved before it was recorded: 1 / d^2
         config.setdefault("unpool", "interpolate")   # and before grid unpooling: every one interpolated
+    return config
+
+
+def model_from_checkpoint(checkpoint: Dict[str, Any], path="checkpoint"
+                          ) -> Union[PointTransformerClassifier, PointTransformerSegmenter]:
+    """Rebuild the model described by ``checkpoint["model_config"]`` and load its weights."""
+    config = recorded_model_config(checkpoint)
     try:
         name = config.pop("name")
         model = create_model(name, **config)
