@@ -186,6 +186,30 @@ def test_checkpointed_chunks_give_identical_gradients():
             assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_training_without_recompute_runs_one_chunk_and_inference_stays_chunked(monkeypatch):
+    """Plain autograd keeps every chunk's pairs for backward, so without ``recompute`` a training call runs
+    all its rows as one chunk; inference keeps cache-sized chunks; a chunk_size the user set is kept."""
+    x, pos, batch = make_batch(sizes=(60, 40))
+    monkeypatch.setenv("PCATTN_CHUNK_ELEMENTS", "256")                   # 256 // (8 x 16) = 2 rows a chunk
+    for make in (VectorSelfAttention, ScalarSelfAttention):
+        calls = []
+        for options, grad in ((dict(recompute=False), True), (dict(recompute=False), False),
+                              (dict(recompute=False, chunk_size=30), True)):
+            layer = make(16, 16, k=8, **options)
+            attend = layer._attend_chunk
+            monkeypatch.setattr(layer, "_attend_chunk", lambda query, hood: calls.append(len(query)) or attend(query, hood))
+            calls.clear()
+            with torch.set_grad_enabled(grad):
+                layer(x.repeat(1, 2), pos, batch)
+            rows = list(calls)
+            if grad and "chunk_size" not in options:
+                assert rows == [100], (make.__name__, rows)                  # one chunk of every row
+            elif grad:
+                assert rows == [30, 30, 30, 10], (make.__name__, rows)
+            else:
+                assert len(rows) > 1 and sum(rows) == 100, (make.__name__, rows)
+
+
 @pytest.mark.parametrize("options", [
     dict(),
     dict(relation="addition", groups=4),

@@ -92,7 +92,8 @@ class NeighborhoodAttention(nn.Module):
         and, when ``want_weights``, ``weights (M, K, G)``.
 
         In training (``recompute``) the chunks run through :class:`~pcattn.nn.chunked.recompute.RecomputedChunks`,
-        which keeps nothing per pair and recomputes each chunk in backward. BatchNorm in the pair modules
+        which keeps nothing per pair and recomputes each chunk in backward; without ``recompute`` (and no
+        ``chunk_size`` set) training runs one chunk, since autograd keeps every pair anyway. BatchNorm in the pair modules
         in training runs as one chunk in plain autograd: its statistics must see all pairs at once, and
         a recomputation would update its running statistics twice.
         """
@@ -105,7 +106,9 @@ class NeighborhoodAttention(nn.Module):
             out, w = attend(query, gather_chunk(key, value, query_pos, pos, neighbors, 0, neighbors.shape[0]))
             return out, (w if want_weights else None)
         n, k = neighbors.shape
-        rows = n if batchnorm_training else chunk_rows(k, self._pair_channels, self.chunk_size, neighbors.device)
+        # plain autograd keeps every chunk's pairs for backward anyway: smaller chunks would save no memory
+        one_chunk = batchnorm_training or (needs_grad and not self.recompute and not self.chunk_size)
+        rows = n if one_chunk else chunk_rows(k, self._pair_channels, self.chunk_size, neighbors.device)
         if needs_grad and not tracing() and self.recompute and not want_weights and not batchnorm_training:
             return RecomputedChunks.apply(self, attend, rows, needs_verification(modules), query, key, value,
                                           query_pos, pos, neighbors, *params), None
