@@ -54,20 +54,21 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                            "(default: an error naming the file)")
     data.add_argument("--num-points", type=int, help="points per cloud (default 512 built-in, 1024 ModelNet, "
                                                      "2048 ShapeNetPart); semseg: at most this many points per "
-                                                     "training crop (default 8192 built-in rooms, 80000 S3DIS, "
+                                                     "training crop (default 4096 built-in rooms, 80000 S3DIS, "
                                                      "100000 ScanNet)")
     scenes = parser.add_argument_group("scenes (semseg)")
     scenes.add_argument("--voxel-size", type=float, help="grid sampling's voxel edge in metres, in training and in "
-                                                         "the evaluation on whole rooms (default 0.04)")
+                                                         "the evaluation on whole rooms (default 0.04; 0.08 built-in rooms)")
     scenes.add_argument("--eval-fragments", type=int, metavar="F",
                         help="the evaluation after each epoch segments at most F grid fragments per test room, the "
                              "other points taking their voxel's scores (default: every fragment, as the scene papers)")
     scenes.add_argument("--class-weights", choices=("none", "sqrt", "inverse"),
                         help="weigh each class's points in the loss by its share f of the training points: none "
-                             "(default), sqrt (f^-1/2) or inverse (f^-1): rare classes count more, as mIoU does")
+                             "(default), sqrt (f^-1/2; the built-in rooms' default) or inverse (f^-1): rare classes count "
+                             "more, as mIoU does")
     scenes.add_argument("--test-area", type=int, help="S3DIS: the held-out test area, 1-6 (default 5: train on the "
                                                       "other five)")
-    scenes.add_argument("--room-repeats", type=int, help="random crops of each training room per epoch (default 4 "
+    scenes.add_argument("--room-repeats", type=int, help="random crops of each training room per epoch (default 8 "
                                                          "built-in rooms, 30 S3DIS, 1 otherwise)")
     scenes.add_argument("--rooms", type=_pair, metavar="TRAIN,TEST",
                         help="built-in rooms: how many train and test rooms (default 16,4)")

@@ -235,9 +235,11 @@ def test_builtin_rooms_imply_semseg_with_the_scene_defaults():
     from pcattn.engine import TrainConfig
 
     config = TrainConfig(dataset="builtin-rooms").resolved()
-    assert (config.task, config.model, config.voxel_size) == ("semseg", "pt-scene-tiny-vector", 0.04)
+    assert (config.task, config.model, config.voxel_size) == ("semseg", "pt-scene-tiny-vector", 0.08)
+    assert (config.num_points, config.class_weights) == (4096, "sqrt")
     s3dis = TrainConfig(dataset="s3dis").resolved()
     assert (s3dis.model, s3dis.test_area, s3dis.num_points) == ("pt-scene-vector", 5, 80_000)
+    assert (s3dis.voxel_size, s3dis.class_weights) == (0.04, "none")
 
 
 # ------------------------------------------------------------------------------------------ training runs

@@ -44,7 +44,9 @@ TASK_DEFAULTS = {"classification": dict(epochs=15, batch_size=32, lr=2e-3, weigh
 #: the Point Transformer v2 trains, 100 epochs, crops of 80,000 (S3DIS) or 100,000 (ScanNet) points, each S3DIS
 #: room cropped 30 times per epoch as the official Point Transformer code loops over its 204 training rooms)
 DATASET_DEFAULTS = {
-    "builtin-rooms": dict(num_points=8192, room_repeats=4),
+    # the built-in rooms as the scene main job trains on them on a CPU (an 8 cm grid for pt-scene-tiny-*, the
+    # rare classes weighed up)
+    "builtin-rooms": dict(num_points=4096, room_repeats=8, voxel_size=0.08, class_weights="sqrt"),
     "s3dis": dict(epochs=100, batch_size=8, lr=5e-3, weight_decay=0.05, num_points=80_000, room_repeats=30),
     "scannet": dict(epochs=100, batch_size=8, lr=5e-3, weight_decay=0.02, num_points=100_000, room_repeats=1),
     "folder": dict(num_points=80_000, room_repeats=1),
@@ -89,9 +91,9 @@ class TrainConfig:
             ``torchrun``: each of N processes takes ``batch_size / N``); ``num_points=None`` is 512 for the built-in
             datasets, 1024 for ModelNet and 2048 for ShapeNetPart. Scenes: ``batch_size`` crops per step and
             ``num_points`` the crop's budget (at most that many grid-sampled points around a random point:
-            8,192 for the built-in rooms, 80,000 S3DIS, 100,000 ScanNet).
-        voxel_size: scenes: the grid sampling's voxel edge in metres (default 0.04, the Point Transformer's),
-            in training and in the evaluation on whole rooms.
+            4,096 for the built-in rooms, 80,000 S3DIS, 100,000 ScanNet).
+        voxel_size: scenes: the grid sampling's voxel edge in metres (default 0.04, the Point Transformer's;
+            0.08 for the built-in rooms, a CPU-sized grid), in training and in the evaluation on whole rooms.
         test_area: S3DIS: the area held out for testing, 1-6 (default 5: train on the other five).
         rooms: built-in rooms: ``(train, test)`` numbers of rooms (default ``(16, 4)``).
         room_points: built-in rooms: the range of points per room (default ``(50000, 200000)``).
@@ -99,10 +101,11 @@ class TrainConfig:
             each test room (``None``, the default: all, the scene papers' protocol); the points of no kept
             fragment take their voxel's scores (:func:`~pcattn.engine.scene_inference.segment_room`). A
             cheaper evaluation for short runs on a CPU; ``pcattn eval`` keeps the full protocol.
-        room_repeats: scenes: crops drawn from each training room per epoch (default 4 for the built-in
+        room_repeats: scenes: crops drawn from each training room per epoch (default 8 for the built-in
             rooms, 30 for S3DIS, 1 otherwise).
         class_weights: scenes: the cross-entropy's weight of each class, from its share ``f_c`` of the
-            labelled training points: ``"none"`` (default, every point alike), ``"sqrt"`` (``f_c^-1/2``) or
+            labelled training points: ``"none"`` (every point alike; the default but for the built-in rooms),
+            ``"sqrt"`` (``f_c^-1/2``, the built-in rooms' default) or
             ``"inverse"`` (``f_c^-1``), scaled to a mean of 1 over the classes. Rooms are mostly floor, walls
             and ceiling; mIoU counts every class alike, so weighing the rare ones up raises it.
         lr, weight_decay, optimizer (``"adamw"`` or ``"sgd"``), momentum (SGD only).
