@@ -118,12 +118,14 @@ def test_a_scene_checkpoint_of_an_earlier_version_loads_with_its_interpolating_d
     into a grid decoder that would label the points otherwise."""
     torch.manual_seed(3)
     earlier = create_segmenter("pt-scene-tiny-vector", num_classes=3, in_channels=6, widths=(16, 32),
-                               depths=(1, 1), grid_sizes=(0.16,), unpool="interpolate").eval()
+                               depths=(1, 1), grid_sizes=(0.16,), unpool="interpolate", k=16).eval()
     checkpoint = model_checkpoint(earlier, ["a", "b", "c"], categories=None, category_parts=None)
-    checkpoint["model_config"] = {key: value for key, value in earlier.config.items() if key != "unpool"}
+    # earlier versions recorded neither unpool nor k (pt-scene-tiny-* then took the constructor's 16 neighbours)
+    checkpoint["model_config"] = {key: value for key, value in earlier.config.items() if key not in ("unpool", "k")}
     assert checkpoint["kind"] == SEGMENTER_KIND
     loaded = model_from_checkpoint(checkpoint).eval()
     assert loaded.unpool == "interpolate" and isinstance(loaded.up[0], TransitionUp)
+    assert loaded.k == 16 and create_segmenter("pt-scene-tiny-vector", num_classes=3).k == 8
     pos = room(300, 6)
     with torch.no_grad():
         assert torch.equal(loaded(features(pos, 6), pos), earlier(features(pos, 6), pos))

@@ -294,6 +294,8 @@ def recorded_model_config(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
     """``checkpoint["model_config"]`` with the settings earlier versions did not record filled in with
     what those versions built, so it compares equal to the ``model.config`` of the same network today."""
     config = dict(checkpoint["model_config"])
+    if str(config.get("name", "")).startswith("pt-scene-tiny-"):
+        config.setdefault("k", 16)  # saved before these set (and recorded) 8 neighbours: the constructor's 16
     if checkpoint.get("kind") == SEGMENTER_KIND:
         config.setdefault("interpolation_power", 2)  # segmenters saved before it was recorded: 1 / d^2
         config.setdefault("unpool", "interpolate")   # and before grid unpooling: every one interpolated
