@@ -202,6 +202,7 @@ def _class_weight(config: TrainConfig, train_set, device: torch.device) -> Tenso
     _log(f"class weights ({config.class_weights}): {shown}", config.progress)
     return weight.to(device)
 
+
 def lr_schedule(total_steps: int, warmup: float, kind: str = "cosine", steps_per_epoch: int = 1,
                 epoch_steps: Sequence[int] = (), step_factor: float = 0.1) -> Callable[[int], float]:
     """The learning-rate factor of each iteration ``step`` (from 0): a linear warm-up over the first
