@@ -197,7 +197,8 @@ def test_training_without_recompute_runs_one_chunk_and_inference_stays_chunked(m
                               (dict(recompute=False, chunk_size=30), True)):
             layer = make(16, 16, k=8, **options)
             attend = layer._attend_chunk
-            monkeypatch.setattr(layer, "_attend_chunk", lambda query, hood: calls.append(len(query)) or attend(query, hood))
+            monkeypatch.setattr(layer, "_attend_chunk",
+                                lambda query, hood: calls.append(len(query)) or attend(query, hood))
             calls.clear()
             with torch.set_grad_enabled(grad):
                 layer(x.repeat(1, 2), pos, batch)

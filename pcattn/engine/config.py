@@ -15,7 +15,7 @@ from .checkpoint import load_checkpoint
 from .device import check_precision_name
 
 __all__ = ["TrainConfig", "TASKS", "TASK_DATASETS", "TASK_DEFAULTS", "DATASET_DEFAULTS", "RESULT_FIELDS",
-           "check_resume_settings",
+           "CLASS_WEIGHTS", "CLASS_WEIGHT_POWERS", "check_resume_settings",
            "merge_resume_config", "read_run_config"]
 
 # TrainConfig fields that change what a run computes: a resumed run must not change them.
@@ -27,8 +27,10 @@ RESULT_FIELDS = ("task", "dataset", "format", "data_root", "model", "attention",
                  "voxel_size", "test_area", "rooms", "room_points", "room_repeats", "eval_fragments",
                  "class_weights")
 
-#: scenes: how the loss weighs the classes (see TrainConfig.class_weights)
-CLASS_WEIGHTS = ("none", "sqrt", "inverse")
+#: scenes: how the loss weighs the classes (see TrainConfig.class_weights): each kind's power p of the weights
+#: f_c^-p (f_c: the class's share of the training points; None: unweighted)
+CLASS_WEIGHT_POWERS = {"none": None, "sqrt": 0.5, "inverse": 1.0}
+CLASS_WEIGHTS = tuple(CLASS_WEIGHT_POWERS)
 
 #: the tasks a run trains, and the datasets of each (the first is the task's default)
 TASKS = ("classification", "partseg", "semseg")

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from ..data.grid import scene_model_inputs
 from ..data.scenes import IGNORE_INDEX
 from ..models import PointTransformerSegmenter, create_model
+from .config import CLASS_WEIGHT_POWERS, CLASS_WEIGHTS
 from .evaluation import evaluate_classification, evaluate_parts
 from .loaders import batch_inputs
 from .scene_inference import evaluate_scenes, is_scene_segmenter
@@ -260,17 +261,17 @@ def class_loss_weights(counts, kind: str) -> Optional[Tensor]:
     Raises:
         ValueError: an unknown ``kind``, or no labelled point at all.
     """
-    powers = {"none": None, "sqrt": 0.5, "inverse": 1.0}
-    if kind not in powers:
-        raise ValueError(f"class_weights must be one of {', '.join(powers)}, got {kind!r}")
-    if powers[kind] is None:
+    if kind not in CLASS_WEIGHTS:
+        raise ValueError(f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}, got {kind!r}")
+    power = CLASS_WEIGHT_POWERS[kind]
+    if power is None:
         return None
     counts = torch.as_tensor(counts, dtype=torch.float64)
     if not bool((counts > 0).any()):
         raise ValueError("the training rooms hold no labelled point: no class weights can be computed")
     present = counts > 0
     weight = torch.zeros_like(counts)
-    weight[present] = (counts[present] / counts.sum()) ** -powers[kind]
+    weight[present] = (counts[present] / counts.sum()) ** -power
     return (weight / weight[present].mean()).float()
 
 

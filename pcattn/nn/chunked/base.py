@@ -93,8 +93,8 @@ class NeighborhoodAttention(nn.Module):
 
         In training (``recompute``) the chunks run through :class:`~pcattn.nn.chunked.recompute.RecomputedChunks`,
         which keeps nothing per pair and recomputes each chunk in backward; without ``recompute`` (and no
-        ``chunk_size`` set) training runs one chunk, since autograd keeps every pair anyway. BatchNorm in the pair modules
-        in training runs as one chunk in plain autograd: its statistics must see all pairs at once, and
+        ``chunk_size`` set) training runs one chunk, since autograd keeps every pair anyway. BatchNorm in the
+        pair modules in training runs as one chunk in plain autograd: its statistics must see all pairs at once, and
         a recomputation would update its running statistics twice.
         """
         modules = [module for module in self._pair_modules() if module is not None]
