@@ -66,6 +66,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="weigh each class's points in the loss by its share f of the training points: none "
                              "(default), sqrt (f^-1/2; the built-in rooms' default) or inverse (f^-1): rare classes count "
                              "more, as mIoU does")
+    scenes.add_argument("--crop-centres", choices=("none", "sqrt", "inverse"),
+                        help="centre each training crop on a point drawn with the weight of its class, as "
+                             "--class-weights weighs the loss: none (any point alike; default), sqrt or inverse: "
+                             "crops fall on rare classes more often")
     scenes.add_argument("--test-area", type=int, help="S3DIS: the held-out test area, 1-6 (default 5: train on the "
                                                       "other five)")
     scenes.add_argument("--room-repeats", type=int, help="random crops of each training room per epoch (default 8 "

@@ -79,6 +79,28 @@ def test_sphere_crop_keeps_the_nearest_points():
     assert SphereCrop(5000)(sample) is sample
 
 
+def test_weighted_sphere_crops_centre_on_the_weighted_classes():
+    sample = room(2000)
+    sample["seg"] = torch.zeros(2000, dtype=torch.long)
+    sample["seg"][-30:] = 1                                          # a rare class: 30 points 10 m from the rest
+    sample["pos"][-30:, 0] += 10.0
+    sample["seg"][:100] = -1                                         # unlabelled points are never centres
+    generator = torch.Generator().manual_seed(0)
+
+    def rare_points(crop):  # of 20 crops of 50 points: a crop centred on the cluster holds all 30 of its points
+        return [int((crop(sample)["seg"] == 1).sum()) for _ in range(20)]
+
+    assert rare_points(SphereCrop(50, generator, centre_weights=[0.0, 1.0])) == [30] * 20
+    assert rare_points(SphereCrop(50, generator, centre_weights=[1.0, 0.0])) == [0] * 20
+    assert sum(rare_points(SphereCrop(50, generator))) < 30 * 10     # uniform centres: mostly elsewhere
+    unlabelled = {**sample, "seg": torch.full((2000,), -1)}          # nothing weighted: any point, as without weights
+    assert len(SphereCrop(50, generator, centre_weights=[0.0, 1.0])(unlabelled)["pos"]) == 50
+    assert "centre_weights=[0.0, 1.0]" in repr(SphereCrop(50, centre_weights=[0.0, 1.0]))
+    for bad in ([0.0, 0.0], [1.0, -1.0], [float("nan")], [[1.0]]):
+        with pytest.raises(ValueError, match="centre_weights"):
+            SphereCrop(50, centre_weights=bad)
+
+
 def test_augmentations_keep_labels_with_their_points():
     sample = CentreCrop()(room())
     out = scene_train_transforms(0.2, 400, drop=1.0, auto_contrast=1.0, generator=torch.Generator().manual_seed(1))(

@@ -203,6 +203,21 @@ def test_a_weighted_run_weighs_the_loss_by_the_training_rooms_labels(tmp_path, m
     assert weights and all(torch.equal(w, class_loss_weights(counts, "inverse")) for w in weights)
 
 
+def test_balanced_crops_centre_on_points_weighed_by_the_training_rooms_labels():
+    from pcattn.data.grid import SphereCrop
+    from pcattn.engine.loaders import build_loaders
+    from pcattn.engine.tasks import class_loss_weights
+
+    def crop_of(config):
+        train_loader, _ = build_loaders(config.resolved(), torch.Generator().manual_seed(0))
+        rooms = train_loader.dataset.rooms
+        return rooms, next(step for step in rooms.transform.transforms if isinstance(step, SphereCrop))
+
+    rooms, crop = crop_of(tiny_rooms_config("unused", crop_centres="inverse", rooms=(2, 1)))
+    torch.testing.assert_close(crop.centre_weights, class_loss_weights(rooms.label_counts(), "inverse").double())
+    assert crop_of(tiny_rooms_config("unused", crop_centres="none", rooms=(2, 1)))[1].centre_weights is None
+
+
 def test_task_of_model_tells_a_scene_segmenter_from_a_part_segmenter(scene_model):
     from pcattn.engine.tasks import task_of_model
 
@@ -223,6 +238,8 @@ def test_task_of_model_tells_a_scene_segmenter_from_a_part_segmenter(scene_model
     (dict(task="partseg", dataset="builtin-rooms"), "semseg dataset"),
     (dict(dataset="builtin-rooms", class_weights="log"), "class_weights"),
     (dict(dataset="builtin", class_weights="sqrt"), "scene segmentation"),
+    (dict(dataset="builtin-rooms", crop_centres="log"), "crop_centres"),
+    (dict(dataset="builtin", crop_centres="sqrt"), "scene segmentation"),
 ])
 def test_scene_settings_are_checked_before_anything_runs(options, match):
     from pcattn.engine import TrainConfig
@@ -236,10 +253,10 @@ def test_builtin_rooms_imply_semseg_with_the_scene_defaults():
 
     config = TrainConfig(dataset="builtin-rooms").resolved()
     assert (config.task, config.model, config.voxel_size) == ("semseg", "pt-scene-tiny-vector", 0.08)
-    assert (config.num_points, config.class_weights) == (4096, "sqrt")
+    assert (config.num_points, config.class_weights, config.crop_centres) == (4096, "sqrt", "none")
     s3dis = TrainConfig(dataset="s3dis").resolved()
     assert (s3dis.model, s3dis.test_area, s3dis.num_points) == ("pt-scene-vector", 5, 80_000)
-    assert (s3dis.voxel_size, s3dis.class_weights) == (0.04, "none")
+    assert (s3dis.voxel_size, s3dis.class_weights, s3dis.crop_centres) == (0.04, "none", "none")
 
 
 # ------------------------------------------------------------------------------------------ training runs

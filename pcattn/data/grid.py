@@ -122,25 +122,52 @@ def grid_fragments(sample: Sample, voxel_size: float = 0.04) -> List[Sample]:
 
 class SphereCrop:
     """Keep at most ``max_points`` points: the ones nearest to a random point of the cloud (distances in
-    float64). A cloud with fewer points is returned as it is. Kept points stay in their original order."""
+    float64). A cloud with fewer points is returned as it is. Kept points stay in their original order.
 
-    def __init__(self, max_points: int = 80_000, generator: Optional[torch.Generator] = None):
+    ``centre_weights`` (float ``(C,)``, optional): draw the centre point with a probability proportional to
+    the weight of its class (``sample["seg"]``; unlabelled points and classes past ``C`` weigh 0), so crops
+    land on rare classes more often (class-balanced crops); without it, or for a sample with no ``seg`` or
+    no weighted point, every point is as likely.
+    """
+
+    def __init__(self, max_points: int = 80_000, generator: Optional[torch.Generator] = None,
+                 centre_weights: Optional[Sequence[float]] = None):
         if not isinstance(max_points, int) or max_points < 1:
             raise ValueError(f"max_points must be a positive integer, got {max_points!r}")
         self.max_points = max_points
         self.generator = generator
+        self.centre_weights = None
+        if centre_weights is not None:
+            weights = torch.as_tensor(centre_weights, dtype=torch.float64)
+            if weights.ndim != 1 or not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) \
+                    or not bool((weights > 0).any()):
+                raise ValueError(f"centre_weights must be finite weights >= 0 per class, one positive at least, got "
+                                 f"{centre_weights!r}")
+            self.centre_weights = weights
+
+    def _centre_row(self, sample: Sample) -> int:
+        rows = sample["pos"].shape[0]
+        if self.centre_weights is not None and "seg" in sample:
+            seg = sample["seg"]
+            known = (seg >= 0) & (seg < len(self.centre_weights))
+            weight = torch.zeros(rows, dtype=torch.float64)
+            weight[known] = self.centre_weights[seg[known]]
+            if bool((weight > 0).any()):
+                return int(torch.multinomial(weight, 1, generator=self.generator))
+        return int(torch.randint(rows, (1,), generator=self.generator))
 
     def __call__(self, sample: Sample) -> Sample:
         pos = sample["pos"]
         if pos.shape[0] <= self.max_points:
             return sample
-        centre = pos[int(torch.randint(pos.shape[0], (1,), generator=self.generator))]
+        centre = pos[self._centre_row(sample)]
         distance = (pos.to(torch.float64) - centre.to(torch.float64)).square().sum(dim=1)
         nearest = torch.topk(distance, self.max_points, largest=False).indices
         return take_points(sample, torch.sort(nearest).values)
 
     def __repr__(self) -> str:
-        return f"SphereCrop(max_points={self.max_points})"
+        balanced = "" if self.centre_weights is None else f", centre_weights={self.centre_weights.tolist()}"
+        return f"SphereCrop(max_points={self.max_points}{balanced})"
 
 
 class CentreCrop:
@@ -252,15 +279,16 @@ def scene_train_transforms(voxel_size: float = 0.04, max_points: Optional[int] =
                            scale: Tuple[float, float] = (0.9, 1.1), jitter: float = 0.005,
                            color_jitter: float = 0.05, auto_contrast: float = 0.2, drop: float = 0.2,
                            generator: Optional[torch.Generator] = None, rotate: bool = True,
-                           flip: bool = True) -> Compose:
+                           flip: bool = True, centre_weights: Optional[Sequence[float]] = None) -> Compose:
     """Grid sampling, a sphere crop of at most ``max_points`` (``None``: no crop), float64 centring, then
     the augmentations: rotation about z, isotropic scale, flips of x and y, jitter (sigma ``jitter``,
     clipped at 4 sigma), colour auto-contrast (probability ``auto_contrast``), colour jitter, point dropout
     (20% of the points, with probability ``drop``). A zero (``rotate=False``, ``flip=False``, ``scale=None``)
-    turns one off; labels follow their points."""
+    turns one off; labels follow their points. ``centre_weights``: the crop centre's class weights
+    (:class:`SphereCrop`)."""
     steps: List[Callable[[Sample], Sample]] = [GridSample(voxel_size, generator)]
     if max_points is not None:
-        steps.append(SphereCrop(max_points, generator))
+        steps.append(SphereCrop(max_points, generator, centre_weights))
     steps.append(CentreCrop())
     if rotate:
         steps.append(RandomRotateUp(axis=2, generator=generator))

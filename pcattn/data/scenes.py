@@ -177,14 +177,18 @@ class SceneDataset(Dataset):
 
     def label_counts(self, progress: bool = False) -> np.ndarray:
         """The labelled points of each class over every room: int64 ``(num_classes,)`` (unlabelled points,
-        ``ignore_index``, not counted). Reads every room once (a progress bar with ``progress``)."""
+        ``ignore_index``, not counted). Reads every room once (a progress bar with ``progress``), the first
+        time it is asked; a copy of those counts after that."""
         from tqdm.auto import tqdm
 
+        if getattr(self, "_label_counts", None) is not None:
+            return self._label_counts.copy()
         counts = np.zeros(self.num_classes, dtype=np.int64)
         for index in tqdm(range(len(self)), desc="counting labels", unit="room", disable=not progress, leave=False):
             seg = np.asarray(self.load_room(index)["seg"])
             counts += np.bincount(seg[seg != self.ignore_index], minlength=self.num_classes)[: self.num_classes]
-        return counts
+        self._label_counts = counts
+        return counts.copy()
 
     def __getitem__(self, index: int) -> Dict[str, Tensor]:
         sample = room_to_sample(self.load_room(index))

@@ -25,10 +25,11 @@ RESULT_FIELDS = ("task", "dataset", "format", "data_root", "model", "attention",
                  "label_smoothing", "seed", "augment",
                  "up_axis", "attention_options", "precision", "skip_missing", "init_encoder",
                  "voxel_size", "test_area", "rooms", "room_points", "room_repeats", "eval_fragments",
-                 "class_weights")
+                 "class_weights", "crop_centres")
 
-#: scenes: how the loss weighs the classes (see TrainConfig.class_weights): each kind's power p of the weights
-#: f_c^-p (f_c: the class's share of the training points; None: unweighted)
+#: scenes: how the loss weighs the classes (TrainConfig.class_weights) and how training crops pick their centres
+#: (TrainConfig.crop_centres): each kind's power p of the weights f_c^-p (f_c: the class's share of the training
+#: points; None: unweighted)
 CLASS_WEIGHT_POWERS = {"none": None, "sqrt": 0.5, "inverse": 1.0}
 CLASS_WEIGHTS = tuple(CLASS_WEIGHT_POWERS)
 
@@ -110,6 +111,10 @@ class TrainConfig:
             ``"sqrt"`` (``f_c^-1/2``, the built-in rooms' default) or
             ``"inverse"`` (``f_c^-1``), scaled to a mean of 1 over the classes. Rooms are mostly floor, walls
             and ceiling; mIoU counts every class alike, so weighing the rare ones up raises it.
+        crop_centres: scenes: how a training crop picks the point it is centred on: ``"none"`` (any point
+            alike; the default) or, as ``class_weights`` weighs the loss, with a probability ``f_c^-p`` for
+            a point of class ``c`` (``"sqrt"`` or ``"inverse"``: crops fall on the rare classes, e.g. the
+            built-in rooms' doors, windows and boards, more often: :class:`~pcattn.data.grid.SphereCrop`).
         lr, weight_decay, optimizer (``"adamw"`` or ``"sgd"``), momentum (SGD only).
             ``None`` for ``epochs``, ``batch_size``, ``lr``, ``weight_decay`` and ``label_smoothing`` takes the
             task's default (:data:`TASK_DEFAULTS`: 15, 32, 2e-3, 1e-4, 0.1 for classification; 15, 16, 5e-3,
@@ -172,6 +177,7 @@ class TrainConfig:
     room_repeats: Optional[int] = None
     eval_fragments: Optional[int] = None
     class_weights: Optional[str] = None
+    crop_centres: Optional[str] = None
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
     num_points: Optional[int] = None
@@ -321,7 +327,7 @@ def _check_scene_options(config: TrainConfig) -> None:
     """The scene settings: only for ``semseg`` (and ``test_area`` only for S3DIS, ``rooms`` / ``room_points``
     only for the built-in rooms); ``voxel_size`` filled in (0.04) and every value checked."""
     scene_only = ("voxel_size", "test_area", "rooms", "room_points", "room_repeats", "eval_fragments",
-                  "class_weights")
+                  "class_weights", "crop_centres")
     if config.task != "semseg":
         given = [name for name in scene_only if getattr(config, name) is not None]
         if given:
@@ -340,6 +346,9 @@ def _check_scene_options(config: TrainConfig) -> None:
     config.class_weights = "none" if config.class_weights is None else config.class_weights
     if config.class_weights not in CLASS_WEIGHTS:
         raise ValueError(f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}, got {config.class_weights!r}")
+    config.crop_centres = "none" if config.crop_centres is None else config.crop_centres
+    if config.crop_centres not in CLASS_WEIGHTS:
+        raise ValueError(f"crop_centres must be one of {', '.join(CLASS_WEIGHTS)}, got {config.crop_centres!r}")
     if config.eval_fragments is not None and (isinstance(config.eval_fragments, bool)
                                               or not isinstance(config.eval_fragments, int)
                                               or config.eval_fragments < 1):

@@ -100,6 +100,11 @@ def _scene_loaders(config: TrainConfig, generator: torch.Generator, with_train: 
     # without augmentation: grid sampling, the crop and its centring only
     options = {} if config.augment else dict(rotate=False, flip=False, scale=None, jitter=0, color_jitter=0,
                                              auto_contrast=0, drop=0)
+    if config.crop_centres not in (None, "none"):  # class-balanced crops: the rare classes' points as centres
+        from .tasks import class_loss_weights
+
+        options["centre_weights"] = class_loss_weights(rooms.label_counts(progress=config.progress),
+                                                       config.crop_centres)
     rooms.transform = scene_train_transforms(config.voxel_size, config.num_points, **options)
     train_set = RepeatedRooms(rooms, config.room_repeats)
     if len(train_set) < config.batch_size:
