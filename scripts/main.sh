@@ -44,7 +44,7 @@ elif [ "$task" = semseg ]; then
     # attention pair in memory (~1.5x faster steps); after each epoch a quick evaluation (2 grid fragments
     # per test room, the other points taking their voxel's scores)
     pcattn train --dataset builtin-rooms --attention "$attention" --rooms 16,4 --room-points 30000,40000 \
-        --voxel-size 0.08 --num-points 4096 --batch-size 4 --room-repeats 8 --epochs 12 --lr 0.005 \
+        --voxel-size 0.08 --num-points 4096 --batch-size 4 --room-repeats 8 --epochs 14 --lr 0.005 \
         --use-normals --class-weights sqrt --attention-option recompute=false \
         --eval-fragments 2 --out "$run" "${resume[@]}"
 
