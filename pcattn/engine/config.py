@@ -112,9 +112,11 @@ class TrainConfig:
             ``"inverse"`` (``f_c^-1``), scaled to a mean of 1 over the classes. Rooms are mostly floor, walls
             and ceiling; mIoU counts every class alike, so weighing the rare ones up raises it.
         crop_centres: scenes: how a training crop picks the point it is centred on: ``"none"`` (any point
-            alike; the default) or, as ``class_weights`` weighs the loss, with a probability ``f_c^-p`` for
-            a point of class ``c`` (``"sqrt"`` or ``"inverse"``: crops fall on the rare classes, e.g. the
-            built-in rooms' doors, windows and boards, more often: :class:`~pcattn.data.grid.SphereCrop`).
+            alike; the default) or, as ``class_weights`` weighs the loss, with a probability proportional to
+            ``f_c^-p`` for a point of class ``c`` (``"sqrt"``: class ``c`` is the centre of a share
+            ``f_c^1/2`` of the crops, before normalising; ``"inverse"``: every class as often), so crops fall on
+            the rare classes (the built-in rooms' doors, windows, boards) more often
+            (:class:`~pcattn.data.grid.SphereCrop`).
         lr, weight_decay, optimizer (``"adamw"`` or ``"sgd"``), momentum (SGD only).
             ``None`` for ``epochs``, ``batch_size``, ``lr``, ``weight_decay`` and ``label_smoothing`` takes the
             task's default (:data:`TASK_DEFAULTS`: 15, 32, 2e-3, 1e-4, 0.1 for classification; 15, 16, 5e-3,
