@@ -93,25 +93,8 @@ def test_peak_memory_probe_resets():
     assert _peak_bytes() < high - 32 * 1024 * 1024
 
 
-def test_quick_benchmark_smoke(tmp_path):
-    out = tmp_path / "tmp.json"
-    # one allocator column (the tuned one: its settings must reach the workers); a second column repeats
-    # the same processes with another environment and doubles the test's time
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--quick", "--allocators", "tuned",
-                           "--out", str(out)], capture_output=True, text=True, timeout=170, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| case |" in proc.stdout and "speedup" in proc.stdout
-    assert "target" not in proc.stdout.lower()     # measurements only: the goals are the README's
-    data = json.loads(out.read_text())
-    assert data["config"]["threads"] == 2
-    cases = data["cases"]
-    kinds = {c["kind"] for c in cases}
-    assert {"vector", "scalar", "knn", "fps", "ceiling"} <= kinds
-    vector = [c for c in cases if c["kind"] == "vector"]
-    assert {c["allocator"] for c in vector} == {"tuned"} and ALLOCATORS["tuned"]
-    for case in vector:   # the allocator setting really reached the worker process
-        assert case["malloc_env"] == ALLOCATORS[case["allocator"]]
-        assert case["threads"] == 2
+def _check_records(cases):
+    """Every case ran without an error and its ratios are positive finite numbers; how many ratios there are."""
     n_ratios = 0
     for case in cases:
         assert not case["errors"], case["errors"]
@@ -119,10 +102,56 @@ def test_quick_benchmark_smoke(tmp_path):
             for value in ratio.values():
                 assert isinstance(value, float) and math.isfinite(value) and value > 0
                 n_ratios += 1
-    assert n_ratios >= 6
+    return n_ratios
+
+
+def test_quick_benchmark_smoke(tmp_path, monkeypatch, capsys):
+    """``scripts/benchmark.py --quick`` end to end, in two parts (each worker subprocess costs seconds of
+    start-up here). The main layer case as the command runs it: its worker subprocesses (the timing one and
+    the memory-only one) under the tuned allocator column, whose settings must reach them. Then every case of
+    ``--quick`` through :func:`harness.main` in this process, each worker's spec and result passed through
+    JSON as between processes but run here: every builder, the summary, the ratios and the table."""
+    out = tmp_path / "tmp.json"
+    # one allocator column (the tuned one: its settings must reach the workers); a second column repeats
+    # the same processes with another environment and doubles the test's time
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--quick", "--allocators", "tuned",
+                           "--cases", "pyg-maths", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| case |" in proc.stdout and "speedup" in proc.stdout
+    assert "target" not in proc.stdout.lower()     # measurements only: the goals are the README's
+    data = json.loads(out.read_text())
+    assert data["config"]["threads"] == 2
+    vector = data["cases"]
+    assert [c["kind"] for c in vector] == ["vector"]
+    assert {c["allocator"] for c in vector} == {"tuned"} and ALLOCATORS["tuned"]
+    for case in vector:   # the allocator setting really reached the worker process
+        assert case["malloc_env"] == ALLOCATORS[case["allocator"]]
+        assert case["threads"] == 2
+    assert _check_records(vector) >= 2
     checks = {k: v for c in vector for k, v in c["checks"].items()}
     assert checks and all(v < 1e-4 for v in checks.values())    # ours == PyG == dense reference
-    assert any(c["sides"]["pyg"].get("peak_mib") for c in vector)
+    assert any(c["sides"]["pyg"].get("peak_mib") for c in vector)   # from the memory-only process
+
+    threads = torch.get_num_threads()
+
+    def worker_here(spec, allocator, timeout):
+        try:
+            return json.loads(json.dumps(worker(json.loads(json.dumps(spec)))))
+        finally:
+            torch.set_num_threads(threads)
+
+    monkeypatch.setattr(harness, "_run_worker_process", worker_here)
+    out = tmp_path / "all.json"
+    assert harness.main(["--quick", "--allocators", "tuned", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| case |" in printed and "speedup" in printed and "target" not in printed.lower()
+    cases = json.loads(out.read_text())["cases"]
+    kinds = {c["kind"] for c in cases}
+    assert {"vector", "scalar", "knn", "fps", "ceiling"} <= kinds
+    assert _check_records(cases) >= 6
+    checks = {k: v for c in cases if c["kind"] == "vector" for k, v in c["checks"].items()}
+    assert checks and all(v < 1e-4 for v in checks.values())
     ceiling = next(c for c in cases if c["kind"] == "ceiling")
     assert ceiling["extra"]["matmul_gflops"] > 0 and ceiling["extra"]["copy_gbs"] > 0
 
