@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 __all__ = ["FORMATS", "EXTENSIONS", "ExportedModel", "PointsToLogits", "PointsToPartLogits", "CloudToLogits",
            "export_model", "export_classifier", "example_clouds", "example_scene", "network_kind",
-           "run_exported", "exported_points_range"]
+           "run_exported", "load_exported", "exported_points_range"]
 
 FORMATS = ("onnx", "torchscript", "torch-export")
 TOLERANCE = 1e-4
@@ -308,12 +308,13 @@ def export_model(model: nn.Module, path, format: str, num_points: int = 1024, ba
         return result
     diffs, sizes = [], []
     checks = _check_sizes(kind, dynamic, batch_size, num_points, points_range[0])
+    run = load_exported(path, format)    # once for every check (a torch-export file takes seconds to load)
     for checked in checks:
         inputs = _example_inputs(kind, model, *checked, seed=1 + len(sizes))
         say(f"checking the exported model against eager on {' and '.join(str(tuple(t.shape)) for t in inputs)}")
         with torch.no_grad():
             expected = wrapper(*inputs)
-        got = run_exported(path, format, *inputs)
+        got = run(*inputs)
         diff = float((got - expected).abs().max())
         if not diff <= TOLERANCE:
             raise RuntimeError(f"the exported {format} model differs from eager by {diff:.3g} (> {TOLERANCE:g}) "
@@ -390,41 +391,62 @@ def run_exported(path, format: str, points: Tensor, category: Optional[Tensor] =
     Raises:
         ValueError: ``points`` has another number of channels than the export, or a number of points the
             file does not take (TorchScript: another shape than the export's), naming what it takes."""
-    inputs = (points,) if category is None else (points, category)
+    return load_exported(path, format)(points, category)
+
+
+def load_exported(path, format: str) -> Callable[..., Tensor]:
+    """Load an exported model once (as :func:`run_exported` does); returns ``run(points, category=None)``,
+    which checks and runs one input as :func:`run_exported` does. Loading a ``torch-export`` file takes
+    seconds, so checking a file on several inputs loads it once."""
     if format == "torchscript":
         module = torch.jit.load(str(path))
         expected = list(getattr(module, "shape", []))   # (files of older versions have no shape check)
-        if expected and list(points.shape) != expected:
-            raise ValueError(f"{path}: exported for points of shape {tuple(expected)} (batch, points, channels), "
-                             f"got {tuple(points.shape)}")
-        with torch.no_grad():
-            return module(*inputs)
+
+        def run_torchscript(points: Tensor, category: Optional[Tensor] = None) -> Tensor:
+            if expected and list(points.shape) != expected:
+                raise ValueError(f"{path}: exported for points of shape {tuple(expected)} (batch, points, channels), "
+                                 f"got {tuple(points.shape)}")
+            with torch.no_grad():
+                return module(*_inputs(points, category))
+        return run_torchscript
     if format == "torch-export":
         program = torch.export.load(str(path))
         example = program.example_inputs[0][0] if program.example_inputs else None
-        if example is not None and (example.dim() != points.dim() or points.shape[-1] != example.shape[-1]):
-            raise ValueError(f"{path}: exported for points of shape ({'B, P' if example.dim() == 3 else 'N'}, "
-                             f"{example.shape[-1]}), got {tuple(points.shape)}")
-        _refuse_size(path, points, exported_points_range(program), points.dim() == 3)
-        with torch.no_grad():
-            return program.module()(*inputs)
+        allowed = exported_points_range(program)
+        graph = program.module()
+
+        def run_program(points: Tensor, category: Optional[Tensor] = None) -> Tensor:
+            if example is not None and (example.dim() != points.dim() or points.shape[-1] != example.shape[-1]):
+                raise ValueError(f"{path}: exported for points of shape ({'B, P' if example.dim() == 3 else 'N'}, "
+                                 f"{example.shape[-1]}), got {tuple(points.shape)}")
+            _refuse_size(path, points, allowed, points.dim() == 3)
+            with torch.no_grad():
+                return graph(*_inputs(points, category))
+        return run_program
     _require_onnx()
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    expected = session.get_inputs()[0].shape                 # [a name or an int, ...]
-    if len(expected) != points.dim() or any(isinstance(size, int) and size != got
-                                            for size, got in zip(expected, points.shape)):
-        raise ValueError(f"{path}: exported for points of shape ({', '.join(map(str, expected))}), "
-                         f"got {tuple(points.shape)}")
+    expected_shape = session.get_inputs()[0].shape                 # [a name or an int, ...]
     metadata = session.get_modelmeta().custom_metadata_map
-    if "pcattn.min_points" in metadata:
-        allowed = (int(metadata["pcattn.min_points"]), int(metadata["pcattn.max_points"]))
-        _refuse_size(path, points, allowed, points.dim() == 3)
-    feeds = {"points": points.numpy()}
-    if category is not None:
-        feeds["category"] = category.numpy()
-    return torch.from_numpy(session.run(None, feeds)[0])
+
+    def run_session(points: Tensor, category: Optional[Tensor] = None) -> Tensor:
+        if len(expected_shape) != points.dim() or any(isinstance(size, int) and size != got
+                                                      for size, got in zip(expected_shape, points.shape)):
+            raise ValueError(f"{path}: exported for points of shape ({', '.join(map(str, expected_shape))}), "
+                             f"got {tuple(points.shape)}")
+        if "pcattn.min_points" in metadata:
+            allowed = (int(metadata["pcattn.min_points"]), int(metadata["pcattn.max_points"]))
+            _refuse_size(path, points, allowed, points.dim() == 3)
+        feeds = {"points": points.numpy()}
+        if category is not None:
+            feeds["category"] = category.numpy()
+        return torch.from_numpy(session.run(None, feeds)[0])
+    return run_session
+
+
+def _inputs(points: Tensor, category: Optional[Tensor]) -> Tuple[Tensor, ...]:
+    return (points,) if category is None else (points, category)
 
 
 def _require_onnx() -> None:

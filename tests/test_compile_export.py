@@ -101,10 +101,11 @@ def checkpoint(tmp_path_factory):
 def test_export_command_round_trips(checkpoint, fmt, tmp_path, capsys):
     """Exported at 32 points: TorchScript takes that shape only (its file refuses others); torch.export and
     ONNX take another batch size and another number of points (equal to eager there), and refuse, by
-    name, a cloud smaller than the graph allows."""
+    name, a cloud smaller than the graph allows. (The file is loaded once for both: a torch.export file takes
+    seconds to load.)"""
     from pcattn.cli import main
     from pcattn.engine import load_model
-    from pcattn.export import example_clouds, run_exported
+    from pcattn.export import example_clouds, load_exported
 
     out = tmp_path / f"model.{fmt}"
     assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--num-points", "32",
@@ -117,18 +118,19 @@ def test_export_command_round_trips(checkpoint, fmt, tmp_path, capsys):
     clouds = example_clouds(5, 50, seed=7) if dynamic else example_clouds(2, 32, seed=7)
     with torch.no_grad():
         expected = model(None, clouds)
-    assert (run_exported(out, fmt, clouds) - expected).abs().max() <= 1e-4
+    run = load_exported(out, fmt)
+    assert (run(clouds) - expected).abs().max() <= 1e-4
     if fmt == "torchscript":                                    # the file itself refuses (the bare trace did not)
         other = example_clouds(2, 20, seed=7)
         with pytest.raises(ValueError, match=r"exported for points of shape \(2, 32, 3\).*got \(2, 20, 3\)"):
-            run_exported(out, fmt, other)
+            run(other)
         for wrong in (other, example_clouds(3, 32)):
             with pytest.raises(Exception, match=r"exported for points of shape \[2, 32, 3\]"):
                 torch.jit.load(str(out))(wrong)
     else:                                                       # every level keeps 2 points: 5 at least
         assert "any B, P from 5" in captured.out
         with pytest.raises(ValueError, match=r"takes clouds of 5 to 16,777,216 points .*got \(2, 4, 3\)"):
-            run_exported(out, fmt, example_clouds(2, 4, seed=7))
+            run(example_clouds(2, 4, seed=7))
 
 
 # ----------------------------------------------------------------------------- the recorded (exported) paths
