@@ -70,7 +70,7 @@ def test_scripts_run_and_a_killed_process_resumes(tiny_modelnet10_root, tmp_path
     """The real scripts in subprocesses: SIGKILL a training run after its first checkpoint, resume it,
     and compare with an uninterrupted run."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = train_args(tiny_modelnet10_root, "OUT", "--epochs", "4", "--no-plots")[1:]
+    common = train_args(tiny_modelnet10_root, "OUT", "--epochs", "3", "--no-plots")[1:]
 
     def command(out, *extra):
         return [sys.executable, str(REPO / "scripts" / "train_cls.py"),
@@ -86,7 +86,7 @@ def test_scripts_run_and_a_killed_process_resumes(tiny_modelnet10_root, tmp_path
     process.send_signal(signal.SIGKILL)
     process.wait()
     epochs_done = torch.load(last, weights_only=True)["epoch"]
-    assert epochs_done < 4, "the run finished before it could be killed"
+    assert epochs_done < 3, "the run finished before it could be killed"
     subprocess.run(command(tmp_path / "killed", "--resume"), env=env, check=True, capture_output=True)
 
     def rows(run):
