@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import ddp_recording
 from conftest import TINY_BUILTIN
 from pcattn.cli import main
 from pcattn.engine import evaluate_checkpoint, load_checkpoint
@@ -60,29 +61,12 @@ def metric_rows(out: Path):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-# Dropout is the one thing a rank cannot draw as one process does (each rank draws the masks of its
-# half of the batch from its own stream): the comparison with one process switches it off in both runs.
-# The script records what train_step saw and left at every step of the run's first epoch: the batch,
-# the loss, and after the first step the (all-reduced) gradients and the BatchNorm running statistics.
-RECORDING_TRAIN = ("import sys, torch\n"
-                   "torch.nn.Dropout.forward = lambda module, x: x\n"
-                   "import pcattn.engine.loop as loop\n"
+# As scripts/train_cls.py, without dropout, recording its steps (see ddp_recording.install).
+RECORDING_TRAIN = ("import sys\n"
+                   f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+                   "import ddp_recording\n"
                    "from pcattn.cli import main\n"
-                   "record, original = sys.argv[1], loop.train_step\n"
-                   "steps = []\n"
-                   "def recording_step(state, args, kwargs, target, config, device, epoch):\n"
-                   "    loss, logits = original(state, args, kwargs, target, config, device, epoch)\n"
-                   "    if epoch == 1:\n"
-                   "        steps.append({'inputs': [a.clone() for a in args if a is not None],\n"
-                   "                      'target': target.clone(), 'loss': loss.clone()})\n"
-                   "    if epoch == 1 and len(steps) == 1:\n"
-                   "        steps[0]['grads'] = {n: p.grad.clone() for n, p in state.model.named_parameters()\n"
-                   "                             if p.grad is not None}\n"
-                   "        steps[0]['buffers'] = {n: b.clone() for n, b in state.model.named_buffers()}\n"
-                   "    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0\n"
-                   "    torch.save(steps, f'{record}/rank{rank}.pt')\n"
-                   "    return loss, logits\n"
-                   "loop.train_step = recording_step\n"
+                   "ddp_recording.install(sys.argv[1])\n"
                    "sys.exit(main(['train', *sys.argv[2:]]))\n")
 
 
@@ -98,10 +82,11 @@ def two_process_run(tiny_modelnet10_root, tmp_path_factory):
         record.mkdir()
     out = folder / "two"
     printed = torchrun(2, records["two"], *train_args(tiny_modelnet10_root, out)[1:], "--sync-bn", script=script)
-    done = subprocess.run([sys.executable, str(script), str(records["one"]),
-                           *map(str, train_args(tiny_modelnet10_root, folder / "one")[1:])],
-                          env=ENV, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:  # the one-process run here: no second start-up of torch
+        ddp_recording.install(str(records["one"]), patch.setattr)
+        assert main(["train", *map(str, train_args(tiny_modelnet10_root, folder / "one")[1:])]) == 0
+    torch.set_num_threads(threads)
     steps = {"two": [torch.load(records["two"] / f"rank{rank}.pt") for rank in range(2)],
              "one": torch.load(records["one"] / "rank0.pt")}
     return out, printed, steps
