@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,28 @@ def test_a_second_run_on_the_same_folder_is_refused_and_a_dead_holder_does_not_b
     train(tiny(tiny_modelnet10_root, out, epochs=1))                            # and does not block
     assert epochs_logged(out) == [1]
 
+
+
+def test_a_forked_child_does_not_keep_the_run_folder_locked(tmp_path):
+    """A DataLoader worker (a fork) that outlives its killed run must not refuse the run's resume."""
+    from pcattn.engine.run_folder import RunFolderLock
+
+    lock = RunFolderLock(tmp_path / "run").__enter__()
+    started, ready = os.pipe()
+    child = os.fork()
+    if child == 0:  # the worker: lives on a while after its parent let go
+        os.write(ready, b"1")  # past the fork (and its handlers)
+        time.sleep(3)
+        os._exit(0)
+    try:
+        assert os.read(started, 1) == b"1"
+        lock.__exit__(None, None, None)
+        with RunFolderLock(tmp_path / "run"):  # the resumed run, while the forked child still lives
+            assert os.waitpid(child, os.WNOHANG) == (0, 0)
+    finally:
+        os.waitpid(child, 0)
+        os.close(started)
+        os.close(ready)
 
 
 def test_a_new_run_beside_other_files_says_so(tmp_path):

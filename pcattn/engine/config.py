@@ -15,7 +15,7 @@ from .checkpoint import load_checkpoint
 from .device import check_precision_name
 
 __all__ = ["TrainConfig", "TASKS", "TASK_DATASETS", "TASK_DEFAULTS", "DATASET_DEFAULTS", "RESULT_FIELDS",
-           "CLASS_WEIGHTS", "CLASS_WEIGHT_POWERS", "check_resume_settings",
+           "CLASS_WEIGHTS", "CLASS_WEIGHT_POWERS", "class_loss_weights", "check_resume_settings",
            "merge_resume_config", "read_run_config"]
 
 # TrainConfig fields that change what a run computes: a resumed run must not change them.
@@ -32,6 +32,33 @@ RESULT_FIELDS = ("task", "dataset", "format", "data_root", "model", "attention",
 #: points; None: unweighted)
 CLASS_WEIGHT_POWERS = {"none": None, "sqrt": 0.5, "inverse": 1.0}
 CLASS_WEIGHTS = tuple(CLASS_WEIGHT_POWERS)
+
+
+def class_loss_weights(counts, kind: str) -> "Optional[torch.Tensor]":
+    """The cross-entropy's class weights of :attr:`~pcattn.engine.TrainConfig.class_weights` from the labelled
+    training points of each class ``counts (C,)``: ``None`` for ``"none"``; else ``f_c^-p`` (``f_c`` the class's
+    share of the points, ``p`` 1/2 for ``"sqrt"``, 1 for ``"inverse"``) scaled to a mean of 1 over the classes
+    that have points. A class with no training point gets weight 0 (it is never a target). float32 ``(C,)``.
+    The weights of :attr:`~pcattn.engine.TrainConfig.crop_centres` too (the crop centre's draw).
+
+    Raises:
+        ValueError: an unknown ``kind``, or no labelled point at all.
+    """
+    import torch
+
+    if kind not in CLASS_WEIGHTS:
+        raise ValueError(f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}, got {kind!r}")
+    power = CLASS_WEIGHT_POWERS[kind]
+    if power is None:
+        return None
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    if not bool((counts > 0).any()):
+        raise ValueError("the training rooms hold no labelled point: no class weights can be computed")
+    present = counts > 0
+    weight = torch.zeros_like(counts)
+    weight[present] = (counts[present] / counts.sum()) ** -power
+    return (weight / weight[present].mean()).float()
+
 
 #: the tasks a run trains, and the datasets of each (the first is the task's default)
 TASKS = ("classification", "partseg", "semseg")

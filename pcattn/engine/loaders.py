@@ -101,7 +101,7 @@ def _scene_loaders(config: TrainConfig, generator: torch.Generator, with_train: 
     options = {} if config.augment else dict(rotate=False, flip=False, scale=None, jitter=0, color_jitter=0,
                                              auto_contrast=0, drop=0)
     if config.crop_centres not in (None, "none"):  # class-balanced crops: the rare classes' points as centres
-        from .tasks import class_loss_weights
+        from .config import class_loss_weights
 
         options["centre_weights"] = class_loss_weights(rooms.label_counts(progress=config.progress),
                                                        config.crop_centres)

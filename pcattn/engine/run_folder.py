@@ -24,6 +24,7 @@ import errno
 import json
 import os
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -52,7 +53,10 @@ class RunFolderLock:
 
     The lock file holds the holder's process id, for the error message of the next one. The lock
     itself lives in the kernel and goes with its process, so a killed run leaves no stale lock (the
-    file stays, harmless). Where ``fcntl`` does not exist (Windows) no lock is taken.
+    file stays, harmless). A process forked while the lock is held (a DataLoader worker) closes its copy
+    of the descriptor at once: a ``flock`` is shared with forked children, and workers that outlive a
+    killed run by a few seconds would otherwise refuse its immediate ``--resume``. Where ``fcntl`` does
+    not exist (Windows) no lock is taken.
 
     Raises:
         RunFolderInUse: another process holds the lock.
@@ -82,12 +86,36 @@ class RunFolderLock:
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
         self._descriptor = descriptor
+        _HELD_LOCKS.add(self)
         return self
 
     def __exit__(self, *exc_info) -> None:
+        _HELD_LOCKS.discard(self)
         if self._descriptor is not None:
             os.close(self._descriptor)  # closing the last descriptor releases the flock
             self._descriptor = None
+
+    def _forget_in_child(self) -> None:
+        """In a forked child: close the inherited descriptor (the parent's lock stays held by the parent)."""
+        if self._descriptor is not None:
+            try:
+                os.close(self._descriptor)
+            except OSError:
+                pass
+            self._descriptor = None
+
+
+_HELD_LOCKS: "weakref.WeakSet[RunFolderLock]" = weakref.WeakSet()  # the locks this process holds now
+
+
+def _release_in_child() -> None:
+    for lock in list(_HELD_LOCKS):
+        lock._forget_in_child()
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_release_in_child)
 
 
 def check_writable(path) -> Path:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from ..data.grid import scene_model_inputs
 from ..data.scenes import IGNORE_INDEX
 from ..models import PointTransformerSegmenter, create_model
-from .config import CLASS_WEIGHT_POWERS, CLASS_WEIGHTS
+from .config import class_loss_weights  # noqa: F401  (re-exported: its home before crop_centres used it)
 from .evaluation import evaluate_classification, evaluate_parts
 from .loaders import batch_inputs
 from .scene_inference import evaluate_scenes, is_scene_segmenter
@@ -250,29 +250,6 @@ class SemanticSegmentationTask(Task):
 
 
 _TASKS = {task.name: task for task in (ClassificationTask(), PartSegmentationTask(), SemanticSegmentationTask())}
-
-
-def class_loss_weights(counts, kind: str) -> Optional[Tensor]:
-    """The cross-entropy's class weights of :attr:`~pcattn.engine.TrainConfig.class_weights` from the labelled
-    training points of each class ``counts (C,)``: ``None`` for ``"none"``; else ``f_c^-p`` (``f_c`` the class's
-    share of the points, ``p`` 1/2 for ``"sqrt"``, 1 for ``"inverse"``) scaled to a mean of 1 over the classes
-    that have points. A class with no training point gets weight 0 (it is never a target). float32 ``(C,)``.
-
-    Raises:
-        ValueError: an unknown ``kind``, or no labelled point at all.
-    """
-    if kind not in CLASS_WEIGHTS:
-        raise ValueError(f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}, got {kind!r}")
-    power = CLASS_WEIGHT_POWERS[kind]
-    if power is None:
-        return None
-    counts = torch.as_tensor(counts, dtype=torch.float64)
-    if not bool((counts > 0).any()):
-        raise ValueError("the training rooms hold no labelled point: no class weights can be computed")
-    present = counts > 0
-    weight = torch.zeros_like(counts)
-    weight[present] = (counts[present] / counts.sum()) ** -power
-    return (weight / weight[present].mean()).float()
 
 
 def get_task(name: str) -> Task:
