@@ -429,14 +429,15 @@ def load_exported(path, format: str) -> Callable[..., Tensor]:
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     expected_shape = session.get_inputs()[0].shape                 # [a name or an int, ...]
     metadata = session.get_modelmeta().custom_metadata_map
+    allowed = ((int(metadata["pcattn.min_points"]), int(metadata["pcattn.max_points"]))
+               if "pcattn.min_points" in metadata else None)   # files of older versions record no range
 
     def run_session(points: Tensor, category: Optional[Tensor] = None) -> Tensor:
         if len(expected_shape) != points.dim() or any(isinstance(size, int) and size != got
                                                       for size, got in zip(expected_shape, points.shape)):
             raise ValueError(f"{path}: exported for points of shape ({', '.join(map(str, expected_shape))}), "
                              f"got {tuple(points.shape)}")
-        if "pcattn.min_points" in metadata:
-            allowed = (int(metadata["pcattn.min_points"]), int(metadata["pcattn.max_points"]))
+        if allowed is not None:
             _refuse_size(path, points, allowed, points.dim() == 3)
         feeds = {"points": points.numpy()}
         if category is not None:

@@ -372,12 +372,11 @@ def _check_scene_options(config: TrainConfig) -> None:
             and config.voxel_size > 0):
         raise ValueError(f"voxel_size must be a positive number of metres, got {config.voxel_size!r}")
     config.voxel_size = float(config.voxel_size)
-    config.class_weights = "none" if config.class_weights is None else config.class_weights
-    if config.class_weights not in CLASS_WEIGHTS:
-        raise ValueError(f"class_weights must be one of {', '.join(CLASS_WEIGHTS)}, got {config.class_weights!r}")
-    config.crop_centres = "none" if config.crop_centres is None else config.crop_centres
-    if config.crop_centres not in CLASS_WEIGHTS:
-        raise ValueError(f"crop_centres must be one of {', '.join(CLASS_WEIGHTS)}, got {config.crop_centres!r}")
+    for name in ("class_weights", "crop_centres"):  # the same kinds of weights (CLASS_WEIGHT_POWERS)
+        kind = "none" if getattr(config, name) is None else getattr(config, name)
+        if kind not in CLASS_WEIGHTS:
+            raise ValueError(f"{name} must be one of {', '.join(CLASS_WEIGHTS)}, got {kind!r}")
+        setattr(config, name, kind)
     if config.eval_fragments is not None and (isinstance(config.eval_fragments, bool)
                                               or not isinstance(config.eval_fragments, int)
                                               or config.eval_fragments < 1):
