@@ -15,7 +15,7 @@ import pcattn
 from pcattn.cli import main
 from pcattn.data.pointfile import read_points, write_labelled
 from pcattn.data.scenes import read_labelled_scene
-from pcattn.engine.prediction import Predictor, UnreadableFile, label_palette, predict_files
+from pcattn.engine.prediction import Predictor, UnreadableFile, label_palette, predict_files, scene_palette
 from pcattn.models import create_model
 from pcattn.models.checkpoint import model_checkpoint, save_checkpoint
 from pcattn.optional import MissingExtra
@@ -357,6 +357,36 @@ def test_scene_segmenter_labels_every_point_and_far_from_the_origin_the_same(tmp
     assert np.array_equal(pcattn.predict(scene_checkpoint, moved, tile_points=800).labels, tiled.labels)
     with pytest.raises(ValueError, match="num_points is for classifiers and part segmenters"):
         pcattn.predict(scene_checkpoint, room, num_points=100)
+
+
+def test_scene_files_take_the_room_pictures_colours_beyond_ten_classes(tmp_path, room):
+    """A 13-class (S3DIS-sized) scene segmenter's labelled points have the colours of the room pictures
+    (tab10, then tab20's light shades), not the part palette's tab20."""
+    from pcattn import viz
+
+    torch.manual_seed(5)
+    model = create_model("pt-scene-tiny-vector", num_classes=13, in_channels=6, grid_sizes=(0.1,), **TINY).eval()
+    with torch.no_grad():
+        model.head[-1].bias[12] += 100.0  # every point: class 12
+    path = tmp_path / "s3dis.pt"
+    classes = [f"class{i}" for i in range(13)]
+    save_checkpoint(path, model_checkpoint(model, classes, task="semseg", categories=None, category_parts=None,
+                                           train_config={"voxel_size": 0.04}))
+    result = pcattn.predict(path, room)
+    assert (result.labels == 12).all()
+    np.testing.assert_array_equal(result.colors, np.broadcast_to(viz.class_palette(13)[12], (len(room), 3)))
+    np.testing.assert_allclose(result.colors[0] * 255, [0x98, 0xdf, 0x8a])  # tab20's light green
+
+
+def test_scene_palette_is_matplotlibs_tab10_then_light_tab20_then_tab20b_and_c():
+    colormaps = pytest.importorskip("matplotlib").colormaps
+    expected = np.array(list(colormaps["tab10"].colors) + list(colormaps["tab20"].colors[1::2])
+                        + list(colormaps["tab20b"].colors) + list(colormaps["tab20c"].colors))
+    palette = scene_palette(61)
+    np.testing.assert_allclose(palette[:60], expected, atol=0.5 / 255)
+    assert len(np.unique(palette[:60], axis=0)) == 60 and np.array_equal(palette[60], palette[0])
+    with pytest.raises(ValueError, match="at least one class"):
+        scene_palette(0)
 
 
 def test_scene_segmenter_with_capped_fragments_labels_every_point_by_its_voxel(tmp_path, scene_checkpoint, room):

@@ -41,7 +41,7 @@ from .metrics import restrict_to_parts
 from .tasks import task_of_model
 
 __all__ = ["TASK_NAMES", "FPS_POOL", "TILE_POINTS", "TILE_MARGIN", "Prediction", "Predictor", "FileResult",
-           "UnreadableFile", "predict", "predict_files", "model_features", "label_palette", "scene_tiles",
+           "UnreadableFile", "predict", "predict_files", "model_features", "label_palette", "scene_palette", "scene_tiles",
            "format_summary"]
 
 #: what :attr:`Prediction.task` says, by the task's name in :mod:`pcattn.engine.tasks`
@@ -63,12 +63,36 @@ _TAB20 = ("1f77b4", "aec7e8", "ff7f0e", "ffbb78", "2ca02c", "98df8a", "d62728", 
           "8c564b", "c49c94", "e377c2", "f7b6d2", "7f7f7f", "c7c7c7", "bcbd22", "dbdb8d", "17becf", "9edae5")
 
 
+# Matplotlib's tab20b and tab20c: the scene palette's classes 20-59.
+_TAB20B_C = ("393b79", "5254a3", "6b6ecf", "9c9ede", "637939", "8ca252", "b5cf6b", "cedb9c", "8c6d31", "bd9e39",
+             "e7ba52", "e7cb94", "843c39", "ad494a", "d6616b", "e7969c", "7b4173", "a55194", "ce6dbd", "de9ed6",
+             "3182bd", "6baed6", "9ecae1", "c6dbef", "e6550d", "fd8d3c", "fdae6b", "fdd0a2", "31a354", "74c476",
+             "a1d99b", "c7e9c0", "756bb1", "9e9ac8", "bcbddc", "dadaeb", "636363", "969696", "bdbdbd", "d9d9d9")
+
+
+def _rgb(codes: Sequence[str], count: int) -> np.ndarray:
+    rows = [codes[i % len(codes)] for i in range(count)]
+    return np.array([[int(code[i:i + 2], 16) for i in (0, 2, 4)] for code in rows], dtype=np.float64).reshape(-1, 3) / 255.0
+
+
+def scene_palette(count: int) -> np.ndarray:
+    """``(count, 3)`` float64 RGB in ``[0, 1]``, one colour per scene class (label = row): ``tab10`` for the
+    first ten classes, the light shades of ``tab20`` for classes 10-19, then ``tab20b`` and ``tab20c``
+    (repeating beyond 60), so S3DIS's 13 and ScanNet's 20 classes each get their own colour. The room
+    pictures (:func:`pcattn.viz.class_palette`) and ``pcattn predict``'s labelled scene files both use it.
+
+    Raises:
+        ValueError: ``count`` below 1.
+    """
+    if count < 1:
+        raise ValueError(f"a scene has at least one class, got count={count}")
+    return _rgb(_TAB10 + _TAB20[1::2] + _TAB20B_C, count)
+
+
 def label_palette(count: int) -> np.ndarray:
     """``(count, 3)`` float64 RGB in ``[0, 1]``: matplotlib's ``tab10`` for up to ten labels (the part
     pictures' colours), ``tab20`` beyond (repeating after twenty)."""
-    table = _TAB10 if count <= 10 else _TAB20
-    rows = [table[i % len(table)] for i in range(count)]
-    return np.array([[int(code[i:i + 2], 16) for i in (0, 2, 4)] for code in rows], dtype=np.float64) / 255.0
+    return _rgb(_TAB10 if count <= 10 else _TAB20, count)
 
 
 class UnreadableFile(ValueError):
@@ -398,7 +422,7 @@ class Predictor:
                                   generator=torch.Generator().manual_seed(self.seed), progress=self.progress)
             labels[rows[core]] = scores[torch.from_numpy(core)].argmax(1).numpy()
         return Prediction("semseg", self.classes, len(cloud), labels=labels,
-                          colors=label_palette(len(self.classes))[labels])
+                          colors=scene_palette(len(self.classes))[labels])
 
 
 def scene_tiles(pos: np.ndarray, tile_points: int, margin: float) -> List[Tuple[np.ndarray, np.ndarray]]:

@@ -20,7 +20,6 @@ import numpy as np
 from torch import Tensor
 
 from ..data.scenes import IGNORE_INDEX
-from ..optional import require
 from .figures import FigureRow, compose_figure
 from .parts import RIGHT_COLOR, WRONG_COLOR, _numpy_labels  # labels as a flat int64 array
 from .render import render_views
@@ -40,18 +39,14 @@ _CUT_FRACTION = 0.7
 
 
 def class_palette(count: int) -> np.ndarray:
-    """``(count, 3)`` RGB in [0, 1], one colour per class (label = row).
-
-    ``tab10``, then the light shades of ``tab20`` (classes 10-19), then ``tab20b`` and ``tab20c``;
-    beyond 60 classes the colours repeat.
+    """``(count, 3)`` RGB in [0, 1], one colour per class (label = row):
+    :func:`pcattn.engine.prediction.scene_palette` (``tab10``, then the light shades of ``tab20`` for
+    classes 10-19, then ``tab20b`` and ``tab20c``; beyond 60 classes the colours repeat), the colours of
+    ``pcattn predict``'s labelled scene files too.
     """
-    colormaps = require("matplotlib", "viz", "colouring classes").colormaps
+    from ..engine.prediction import scene_palette
 
-    if count < 1:
-        raise ValueError(f"a scene has at least one class, got count={count}")
-    colors = list(colormaps["tab10"].colors) + list(colormaps["tab20"].colors[1::2]) + \
-        list(colormaps["tab20b"].colors) + list(colormaps["tab20c"].colors)
-    return np.asarray([colors[i % len(colors)] for i in range(count)], dtype=np.float64)
+    return scene_palette(count)
 
 
 def label_colors(labels: Union[Tensor, np.ndarray], num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
