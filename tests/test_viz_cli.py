@@ -108,12 +108,14 @@ def test_visualize_compare_two_checkpoints_and_layers(checkpoints, cloud_file, t
 
 def test_visualize_dataset_sample(checkpoints, tmp_path, capsys):
     out = tmp_path / "sample.png"
+    # --data-root under tmp_path: the default (<repo>/datasets) would generate the dataset into the checkout
     code = visualize("--checkpoint", checkpoints[0], "--dataset", "builtin", "--split", "test", "--index", 3,
-                     "--views", 1, "--size", 160, "--out", out)
+                     "--data-root", tmp_path / "builtin_shapes", "--views", 1, "--size", 160, "--out", out)
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "true class" in printed and "builtin test #3" in printed
     assert_shows_query(read_png(out), 160, 1)
+    assert (tmp_path / "builtin_shapes" / "builtin_info.json").is_file()
 
 
 @pytest.mark.parametrize("argv, message", [
