@@ -44,12 +44,13 @@ elif [ "$task" = semseg ]; then
     # attention pair in memory (~1.5x faster steps); after each epoch a quick evaluation (2 grid fragments
     # per test room, the other points taking their voxel's scores)
     pcattn train --dataset builtin-rooms --attention "$attention" --rooms 16,4 --room-points 30000,40000 \
-        --voxel-size 0.08 --num-points 4096 --batch-size 4 --room-repeats 8 --epochs 14 --lr 0.005 \
+        --voxel-size 0.08 --num-points 4096 --batch-size 4 --room-repeats 8 --epochs 15 --lr 0.005 \
         --use-normals --class-weights sqrt --attention-option recompute=false \
         --eval-fragments 2 --out "$run" "${resume[@]}"
 
-    echo "[main] evaluating $run/best.pt on every point of the whole test rooms (mIoU, mAcc, OA, per class)"
-    pcattn eval --checkpoint "$run/best.pt" --json "$run/eval_full.json"
+    # 4 votes: the room as it is and 3 copies turned about the vertical and mirrored, the scores summed
+    echo "[main] evaluating $run/best.pt on every point of the whole test rooms, 4 votes (mIoU, mAcc, OA, per class)"
+    pcattn eval --checkpoint "$run/best.pt" --votes 4 --json "$run/eval_full.json"
 
     echo "[main] predicted and true classes of test room 0 -> $run/room.png, $run/room.ply"
     pcattn visualize --checkpoint "$run/best.pt" --dataset builtin-rooms --index 0 --mode semseg \
