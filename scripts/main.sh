@@ -41,9 +41,10 @@ elif [ "$task" = semseg ]; then
     echo "[main] training pt-scene-tiny-$attention on the built-in rooms -> $run"
     # CPU-sized: rooms of 30-40k points, an 8 cm grid, crops of 4,096 points, colours and normals as features,
     # the rare classes weighed up (sqrt of the inverse share) and crops centred on their points more often
-    # (class-balanced crops: the one board of the test rooms, a plate 2 cm off its wall, is missed without); recompute=false: crops this small keep every
-    # attention pair in memory (~1.5x faster steps); after each epoch a quick evaluation (2 grid fragments
-    # per test room, the other points taking their voxel's scores)
+    # (class-balanced crops: without them a short run can miss the test rooms' one board, a plate 2 cm off
+    # its wall); recompute=false: crops this small keep every attention pair in memory (~1.5x faster steps);
+    # after each epoch a quick evaluation (2 grid fragments per test room, the other points taking their
+    # voxel's scores)
     pcattn train --dataset builtin-rooms --attention "$attention" --rooms 16,4 --room-points 30000,40000 \
         --voxel-size 0.08 --num-points 4096 --batch-size 4 --room-repeats 8 --epochs 16 --lr 0.005 \
         --use-normals --class-weights sqrt --crop-centres sqrt --attention-option recompute=false \

@@ -319,3 +319,18 @@ def test_plot_run_writes_curves_and_confusion(tmp_path):
     (run / "eval.json").write_text(json.dumps(dict(confusion=[[1, 2]])))
     with pytest.raises(ValueError, match="square"):
         viz.plot_run(run)
+
+
+def test_a_long_title_is_set_smaller_inside_the_picture_not_cut_at_its_edges():
+    """A scene picture's title (room, points, mIoU, mAcc, OA) is wider than 13 pt bold allows: it is set
+    smaller, whole, with a margin on both sides (it overflowed both edges)."""
+    pytest.importorskip("matplotlib")
+    from pcattn.viz.figures import FigureRow, compose_figure
+
+    image = np.full((300, 400, 3), 255, np.uint8)
+    title = "builtin-rooms test #0 (test_room_00), 30,142 points: mIoU 82.6%, mAcc 92.0%, OA 98.0%"
+    picture = compose_figure([FigureRow([image, image], "predicted")], title, colorbar=False,
+                             legend=[("ceiling", (0.0, 0.0, 1.0))])
+    inked = np.where((picture[:40].mean(axis=2) < 128).any(axis=0))[0]
+    assert inked.min() >= 8 and inked.max() <= picture.shape[1] - 8
+    assert inked.max() - inked.min() > picture.shape[1] // 2  # set, not dropped
