@@ -41,8 +41,8 @@ from .metrics import restrict_to_parts
 from .tasks import task_of_model
 
 __all__ = ["TASK_NAMES", "FPS_POOL", "TILE_POINTS", "TILE_MARGIN", "Prediction", "Predictor", "FileResult",
-           "UnreadableFile", "predict", "predict_files", "model_features", "label_palette", "scene_palette", "scene_tiles",
-           "format_summary"]
+           "UnreadableFile", "predict", "predict_files", "model_features", "label_palette", "scene_palette",
+           "scene_tiles", "format_summary"]
 
 #: what :attr:`Prediction.task` says, by the task's name in :mod:`pcattn.engine.tasks`
 TASK_NAMES = {"classification": "classifier", "partseg": "part segmenter", "semseg": "scene segmenter"}
@@ -71,8 +71,10 @@ _TAB20B_C = ("393b79", "5254a3", "6b6ecf", "9c9ede", "637939", "8ca252", "b5cf6b
 
 
 def _rgb(codes: Sequence[str], count: int) -> np.ndarray:
+    """``(count, 3)`` float64 RGB in ``[0, 1]`` of the hex ``codes``, repeating after ``len(codes)``."""
     rows = [codes[i % len(codes)] for i in range(count)]
-    return np.array([[int(code[i:i + 2], 16) for i in (0, 2, 4)] for code in rows], dtype=np.float64).reshape(-1, 3) / 255.0
+    rgb = np.array([[int(code[i:i + 2], 16) for i in (0, 2, 4)] for code in rows], dtype=np.float64)
+    return rgb.reshape(-1, 3) / 255.0
 
 
 def scene_palette(count: int) -> np.ndarray:
