@@ -88,9 +88,10 @@ def compose_figure(rows: Sequence[FigureRow], title: str = "", path=None, colorb
     if title:
         # about 12 px per character at 13 pt bold (digits and capitals are wide): a longer title is set smaller,
         # down to 9 pt, then shortened, rather than overflow the picture's edges
-        size = 13.0 if len(title) * 12 <= total_w - gap else max(9.0, 13.0 * (total_w - gap) / (12 * len(title)))
-        figure.text(0.5, 1 - 12 / total_h, _fit(title, int((total_w - gap) * 13.0 / (12 * size))), ha="center",
-                    va="top", fontsize=size, weight="bold")
+        width = total_w - gap
+        size = min(13.0, max(9.0, 13.0 * width / (12 * len(title))))
+        figure.text(0.5, 1 - 12 / total_h, _fit(title, int(width * 13.0 / (12 * size))), ha="center", va="top",
+                    fontsize=size, weight="bold")
     for r, row in enumerate(rows):
         y0 = top + r * (header + h + gap) + header            # top edge of the images, in pixels from the top
         figure.text(gap / total_w, 1 - (y0 - 7) / total_h, _fit(row.title, (total_w - gap) // 6), ha="left",

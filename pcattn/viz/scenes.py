@@ -3,14 +3,14 @@ wrong points; from above and in perspective, with a class legend.
 
 Gives the class colours of scenes (:func:`class_palette`, the table that ``pcattn predict``'s labelled scene
 files use too: matplotlib's ``tab10`` for the first ten classes, then the light shades of ``tab20``, then
-``tab20b`` and ``tab20c``, so S3DIS's 13 and ScanNet's 20 classes each get their own colour), :data:`UNLABELLED_COLOR` (black: points whose true label is the
-ignore label), :func:`label_colors`, :func:`scene_error_colors` (wrong red, right light grey, unlabelled
-black, as :mod:`pcattn.viz.parts` colours parts), :func:`class_legend`, what is drawn of a room
-(:func:`drawn_points`: the points below a cut height, so the ceiling does not hide the floor plan, at
-most ``max_points`` of them), and :func:`semseg_picture`, which renders the rows with
-:func:`~pcattn.viz.render.render_views` (an orthographic camera from above, perspective cameras at an
-angle) and tiles them with :func:`~pcattn.viz.figures.compose_figure`. Nothing here runs a model:
-:func:`pcattn.viz.checkpoint.checkpoint_semseg_picture` does.
+``tab20b`` and ``tab20c``, so S3DIS's 13 and ScanNet's 20 classes each get their own colour),
+:data:`UNLABELLED_COLOR` (black: points whose true label is the ignore label), :func:`label_colors`,
+:func:`scene_error_colors` (wrong red, right light grey, unlabelled black, as :mod:`pcattn.viz.parts` colours
+parts), :func:`class_legend`, what is drawn of a room (:func:`drawn_points`: the points below a cut height, so
+the ceiling does not hide the floor plan, at most ``max_points`` of them), and :func:`semseg_picture`, which
+renders the rows with :func:`~pcattn.viz.render.render_views` (an orthographic camera from above, perspective
+cameras at an angle) and tiles them with :func:`~pcattn.viz.figures.compose_figure`. Nothing here runs a
+model: :func:`pcattn.viz.checkpoint.checkpoint_semseg_picture` does.
 """
 from __future__ import annotations
 
